@@ -1,0 +1,4 @@
+"""The ``lora-gateway`` command (placeholder entry until the CLI lands)."""
+
+def main() -> int:
+    return 0

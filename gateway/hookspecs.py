@@ -1,0 +1,59 @@
+"""Hook specifications: the extension points of lora-edge-gateway.
+
+A plugin is a module or object with functions named like these, marked with
+``gateway.hookspecs.hookimpl``. Built-in plugins (``plugins/``) and third-party ones
+(entry-point group ``lora_gateway``) are registered by the same path (gateway.plugin_manager).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gateway.types import RawUplink
+
+PROJECT = "lora_gateway"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def lora_gateway_register_sources(register: Callable[..., None]) -> None:
+    """Register source types: ``register(name, factory, options_model)``.
+
+    ``factory(name: str, options, context) -> gateway.contracts.Source``; ``options_model``
+    is a pydantic model (extra keys forbidden) validating the source's config table.
+    Returns nothing; all implementations are called.
+    """
+
+
+@hookspec
+def lora_gateway_register_alert_handlers(register: Callable[..., None]) -> None:
+    """Register alert handler types: ``register(name, factory, options_model)``.
+
+    ``factory(name: str, options, context) -> gateway.contracts.AlertHandler``.
+    Returns nothing; all implementations are called.
+    """
+
+
+@hookspec(firstresult=True)
+def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] | None:
+    """Decode ``uplink`` into ``{field: value}`` (values numbers, or nested dicts/strings).
+
+    ``codec`` is the decoder the device profile asks for, or None for "auto". Return None
+    when the payload is not yours (wrong codec name, or not recognisably your format in
+    auto mode); raise ``gateway.types.DecodeError(reason)`` when it is yours but invalid.
+    Stops at the first non-None result.
+    """
+
+
+@hookspec
+def lora_gateway_codecs() -> list[str]:
+    """Return the codec names this plugin decodes (for ``--codec`` and profiles)."""
+
+
+@hookspec
+def lora_gateway_cli(subparsers: Any) -> None:
+    """Add sub-commands to ``lora-gateway`` (an ``argparse`` subparsers object)."""
