@@ -42,6 +42,16 @@ _HOUR = 3600.0
 _INTERVAL_HISTORY = 16
 
 
+def _battery_unit(reading: Reading, value: float) -> str:
+    """Volts when the value came from a voltage-named channel, else percent."""
+    for name, v in reading.values.items():
+        if v == value:
+            low = name.lower()
+            if low.endswith("_v") or "volt" in low or low in ("bat_v", "vbat", "vbatt"):
+                return "V"
+    return "%"
+
+
 def alert_key(device_id: str, kind: str, state: AlertState, episode_start: float) -> str:
     """Idempotency key of one alert event: 32 hex digits of sha256 over its identity.
 
@@ -121,12 +131,15 @@ class AlertPolicy:
                                message=f"anomaly score {score:.3g} (threshold {c.raise_threshold:g})")
             return [alert] if alert else []
 
-    def on_reading(self, reading: Reading, battery_value: float | None = None) -> list[Alert]:
+    def on_reading(self, reading: Reading, battery_value: float | None = None,
+                   battery_unit: Literal["%", "V"] | None = None) -> list[Alert]:
         """Feed one decoded reading; return rule alerts (battery_low, link_quality, frame_gap,
         and the clear of device_silent when a silent device speaks again).
 
         ``battery_value`` is the battery level the pipeline picked from the reading's channels
-        (None when the device reports none).
+        (None when the device reports none); ``battery_unit`` says whether it is a percentage
+        or volts. When the unit is None it is inferred from the channel the value came from:
+        volts for a channel named ``*_v``, ``*volt*`` or ``bat_v``, else percent.
         """
         with self._lock:
             dev = self._device(reading.device_id)
@@ -140,7 +153,8 @@ class AlertPolicy:
                 out.append(self._emit(reading.device_id, dev, "device_silent", silent, "cleared", ts,
                                       self.config.clear_severity, "device reporting again", None, {}))
             if battery_value is not None:
-                self._battery(reading.device_id, dev, ts, battery_value, out)
+                unit = battery_unit or _battery_unit(reading, battery_value)
+                self._battery(reading.device_id, dev, ts, battery_value, unit, out)
             self._link(reading, dev, out)
             self._frame_gap(reading, dev, out)
             return out
@@ -190,14 +204,19 @@ class AlertPolicy:
 
     # ------------------------------------------------------------------ rules
 
-    def _battery(self, device_id: str, dev: _Device, ts: float, value: float, out: list[Alert]) -> None:
+    def _battery(self, device_id: str, dev: _Device, ts: float, value: float, unit: str,
+                 out: list[Alert]) -> None:
         c = self.config
-        severity: Severity = "critical" if value < c.battery_critical else "warning"
-        alert = self._step(device_id, dev, "battery_low", ts, bad=value < c.battery_low,
-                           good=value >= c.battery_low + c.battery_hysteresis, raise_after=1,
+        if unit == "V":
+            low, critical, margin = c.battery_low_v, c.battery_critical_v, c.battery_hysteresis_v
+        else:
+            low, critical, margin = c.battery_low, c.battery_critical, c.battery_hysteresis
+        severity: Severity = "critical" if value < critical else "warning"
+        alert = self._step(device_id, dev, "battery_low", ts, bad=value < low,
+                           good=value >= low + margin, raise_after=1,
                            clear_after=1, severity=severity, score=None,
-                           details={"battery": value, "threshold": c.battery_low},
-                           message=f"battery {value:g} below {c.battery_low:g}")
+                           details={"battery": value, "unit": unit, "threshold": low},
+                           message=f"battery {value:g} {unit} below {low:g} {unit}")
         if alert:
             out.append(alert)
 

@@ -49,13 +49,20 @@ class AlertPolicyConfig(BaseModel):
         3, ge=1, description="Readings intervals a device must show before its learned usual "
         "interval is trusted (devices without a profile interval are not judged before that).")
     battery_low: float = Field(
-        20.0, description="battery_low is raised (warning) when the battery value falls below this, "
-        "in the unit of the value the pipeline passes (percent by default).")
+        20.0, description="battery_low is raised (warning) when a battery level in percent "
+        "falls below this.")
     battery_critical: float = Field(
-        10.0, description="battery_low is raised with severity 'critical' below this value.")
+        10.0, description="battery_low is raised with severity 'critical' below this percentage.")
     battery_hysteresis: float = Field(
-        5.0, ge=0, description="battery_low clears once the value is back at or above "
+        5.0, ge=0, description="battery_low clears once the percentage is back at or above "
         "battery_low plus this margin (a battery reads higher when warm).")
+    battery_low_v: float = Field(
+        3.0, description="The same rule for a battery voltage (volts), used when the value is a "
+        "voltage (unit 'V', or a channel named like battery_v / *_voltage).")
+    battery_critical_v: float = Field(
+        2.8, description="Severity 'critical' below this battery voltage.")
+    battery_hysteresis_v: float = Field(
+        0.1, ge=0, description="Voltage margin above battery_low_v needed to clear battery_low.")
     rssi_floor: float | None = Field(
         -120.0, description="link_quality is raised when the median RSSI (dBm) of the last "
         "link_window readings is below this floor; null disables the RSSI rule.")
@@ -87,4 +94,6 @@ class AlertPolicyConfig(BaseModel):
             raise ValueError("clear_threshold must not be above raise_threshold")
         if self.battery_critical > self.battery_low:
             raise ValueError("battery_critical must not be above battery_low")
+        if self.battery_critical_v > self.battery_low_v:
+            raise ValueError("battery_critical_v must not be above battery_low_v")
         return self

@@ -119,6 +119,18 @@ def test_battery_thresholds_and_hysteresis() -> None:
     assert p.on_reading(Reading("b", 7, {"t": 1}), battery_value=None) == []
 
 
+def test_battery_volts_by_unit_or_channel_name() -> None:
+    p, _ = policy(battery_low_v=3.0, battery_critical_v=2.8)
+    assert p.on_reading(Reading("v", 1, {"battery_v": 3.3}), battery_value=3.3) == []
+    (a,) = p.on_reading(Reading("v", 2, {"battery_v": 2.7}), battery_value=2.7)
+    assert (a.severity, a.details["unit"]) == ("critical", "V")
+    (c,) = p.on_reading(Reading("v", 3, {"x": 3.2}), battery_value=3.2, battery_unit="V")
+    assert c.state == "cleared"
+    # A percentage of 3 is low; the same number as volts is not.
+    (pct,) = p.on_reading(Reading("p", 1, {"battery": 3.0}), battery_value=3.0)
+    assert pct.details["unit"] == "%"
+
+
 def link(ts: float, rssi: float | None, snr: float | None, device: str = "l") -> Reading:
     return Reading(device, ts, {"t": 1.0}, radio=RadioMeta(rssi=rssi, snr=snr))
 
