@@ -111,4 +111,12 @@ class Alert:
 
 
 class DecodeError(ValueError):
-    """A payload a decoder claimed but could not decode; the message is the reason."""
+    """A payload a decoder claimed but could not decode; the message is the reason.
+
+    Convention: ``"reason"`` or ``"reason: detail"``; ``reason`` (the part before the first
+    colon) is a short code fit for a metrics label.
+    """
+
+    @property
+    def reason(self) -> str:
+        return str(self).split(":", 1)[0].strip() or "decode_error"
