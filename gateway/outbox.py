@@ -1,0 +1,503 @@
+"""The durable outbox: every alert is on disk before any handler sees it.
+
+SQLite in WAL mode (stdlib ``sqlite3``). One ``entries`` row per alert (or telemetry
+reading) and one ``deliveries`` row per (handler, entry), written in one transaction, so
+each handler acknowledges independently; an entry is purged when its last delivery row
+is acknowledged.
+
+Durability: ``synchronous=FULL``. In WAL mode NORMAL only syncs at checkpoints, so a
+power cut (common on edge boxes) can roll back the last commits: alerts the policy already
+counted as raised would vanish without a trace. FULL fsyncs the WAL at every commit, which
+costs one fsync per append/ack (milliseconds on an SD card, far below alert rates). A crash
+between a delivery and its ack only repeats the delivery (at-least-once; receivers drop the
+duplicate by the alert's idempotency key).
+
+Order: per handler, strictly oldest first within a priority (alerts before telemetry); a
+failed delivery (``nack``) backs off exponentially and holds back the rows behind it, so a
+receiver never sees a clear before its raise.
+
+Replay: ``replay=True`` on an entry delivered after a failure of that handler, or after a
+restart (everything found on disk at open).
+
+Disk budget (``max_bytes``, counting payload bytes plus a fixed per-row overhead): when an
+append does not fit, the oldest telemetry is evicted first; if that is not enough a new
+telemetry entry or alert is refused. Stored alerts are never evicted. SQLite's own "database
+or disk is full" errors are caught the same way. Every drop is counted in
+``outbox_dropped_total{reason}``; the outbox never raises on a full disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from gateway.metrics import Metrics
+from gateway.types import Alert, RadioMeta, Reading
+
+log = logging.getLogger(__name__)
+
+ALERT, TELEMETRY = 0, 1  # priorities: lower is delivered first
+ENTRY_OVERHEAD = 64  # bytes charged per entry row beyond its payload
+DELIVERY_OVERHEAD = 48  # bytes charged per delivery row
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries(
+    handler TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    entry_id INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    replay INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY(handler, priority, entry_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_entry ON deliveries(entry_id);
+"""
+
+
+@dataclass(slots=True)
+class OutboxEntry:
+    """One pending delivery: exactly one of ``alert`` / ``reading`` is set."""
+
+    id: int
+    kind: Literal["alert", "telemetry"]
+    alert: Alert | None
+    reading: Reading | None
+    attempts: int
+    replay: bool
+    created_at: float
+
+
+@dataclass(slots=True)
+class _Evicted:
+    """What one telemetry eviction removed (applied to the counters after COMMIT)."""
+
+    entries: int = 0
+    freed: int = 0
+    per_handler: dict[str, int] = field(default_factory=dict)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+def reading_to_dict(reading: Reading) -> dict[str, Any]:
+    """JSON-able form of a Reading (inverse: ``reading_from_dict``)."""
+    return {"device_id": reading.device_id, "timestamp": reading.timestamp, "values": reading.values,
+            "radio": reading.radio.as_dict(), "f_cnt": reading.f_cnt,
+            "device_name": reading.device_name, "source": reading.source}
+
+
+def reading_from_dict(data: dict[str, Any]) -> Reading:
+    return Reading(device_id=data["device_id"], timestamp=data["timestamp"], values=data["values"],
+                   radio=RadioMeta(**data.get("radio", {})), f_cnt=data.get("f_cnt"),
+                   device_name=data.get("device_name"), source=data.get("source", ""))
+
+
+class Outbox:
+    """Durable per-handler queue of alerts and telemetry; thread-safe (one lock, one connection).
+
+    ``handlers``: names of the configured handlers; each new entry gets one delivery row per
+    handler. Delivery rows of handlers no longer configured are purged at open (counted).
+    ``hard_limit_bytes`` caps the database file itself (SQLite ``max_page_count``); SQLite
+    then reports "database or disk is full", handled like a real full disk.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], handlers: Iterable[str], max_bytes: int,
+                 metrics: Metrics | None = None, *, base_backoff_s: float = 1.0,
+                 max_backoff_s: float = 300.0, hard_limit_bytes: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.handlers = tuple(dict.fromkeys(handlers))
+        self.max_bytes = max_bytes
+        self.metrics = metrics or Metrics()
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._failing: set[str] = set()
+        self._last_warn: dict[str, float] = {}
+        self._bytes = 0
+        self._counts = {ALERT: 0, TELEMETRY: 0}
+        self._pending: dict[tuple[str, int], int] = {}
+        self.metrics.describe("outbox_dropped_total", "Outbox entries dropped or refused, by reason")
+        self.metrics.describe("outbox_errors_total", "SQLite errors in the outbox, by operation")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = self._open(hard_limit_bytes)
+
+    # ------------------------------------------------------------------ open / close
+
+    def _open(self, hard_limit_bytes: int | None) -> sqlite3.Connection:
+        try:
+            return self._connect(hard_limit_bytes)
+        except sqlite3.DatabaseError as exc:
+            if _is_full(exc):
+                raise
+            # A corrupt file must not keep the gateway down: keep it aside for inspection.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("outbox %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
+            self.metrics.inc("outbox_errors_total", op="open_corrupt")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.rename(f"{aside}{suffix}")
+            return self._connect(hard_limit_bytes)
+
+    def _connect(self, hard_limit_bytes: int | None) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            if hard_limit_bytes is not None:
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count={max(1, hard_limit_bytes // page)}")
+            conn.executescript(_SCHEMA)
+            self._recover(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _recover(self, conn: sqlite3.Connection) -> None:
+        """Purge rows of removed handlers; mark everything found on disk as replay, due now."""
+        conn.execute("BEGIN IMMEDIATE")
+        marks = ",".join("?" * len(self.handlers))
+        removed = conn.execute(f"DELETE FROM deliveries WHERE handler NOT IN ({marks})",
+                               self.handlers).rowcount
+        if removed:
+            self.metrics.inc("outbox_dropped_total", removed, reason="handler_removed")
+            log.warning("outbox: dropped %d deliveries for handlers no longer configured", removed)
+        conn.execute("DELETE FROM entries WHERE NOT EXISTS "
+                     "(SELECT 1 FROM deliveries d WHERE d.entry_id = entries.id)")
+        conn.execute("UPDATE deliveries SET replay = 1, next_attempt_at = 0")
+        conn.execute("COMMIT")
+        self._bytes = conn.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+        for prio, n in conn.execute("SELECT priority, COUNT(*) FROM entries GROUP BY priority"):
+            self._counts[prio] = n
+        for handler, prio, n in conn.execute(
+                "SELECT handler, priority, COUNT(*) FROM deliveries GROUP BY handler, priority"):
+            self._pending[(handler, prio)] = n
+        self._publish_gauges()
+
+    def close(self) -> None:
+        """Close the database; idempotent. Other methods must not be called afterwards."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "Outbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (no arguments, must be quick) after every successful append."""
+        self._listeners.append(callback)
+
+    # ------------------------------------------------------------------ append
+
+    def append(self, alert: Alert) -> int | None:
+        """Store one alert durably for every handler; return its id, or None when refused.
+
+        A refusal (disk budget exhausted by alerts, or the disk/database full) is counted in
+        ``outbox_dropped_total{reason=alert_refused_budget|alert_refused_disk_full}`` and logged;
+        it never raises for a full disk.
+        """
+        payload = json.dumps(alert.as_dict(), separators=(",", ":"), default=str)
+        return self._append(ALERT, payload, alert.timestamp, self.handlers)
+
+    def append_telemetry(self, reading: Reading, handlers: Iterable[str] | None = None) -> int | None:
+        """Store one reading for ``handlers`` (default: all) at low priority; None when refused."""
+        wanted = self.handlers if handlers is None else tuple(h for h in handlers if h in self.handlers)
+        if not wanted:
+            return None
+        payload = json.dumps(reading_to_dict(reading), separators=(",", ":"))
+        return self._append(TELEMETRY, payload, reading.timestamp, wanted)
+
+    def _append(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...]) -> int | None:
+        kind = "alert" if prio == ALERT else "telemetry"
+        size = len(payload.encode("utf-8")) + ENTRY_OVERHEAD + DELIVERY_OVERHEAD * len(handlers)
+        with self._lock:
+            entry_id = self._insert_guarded(prio, payload, created_at, handlers, size, kind)
+            if entry_id is None:
+                return None
+            self._publish_gauges()
+        for callback in list(self._listeners):
+            callback()
+        return entry_id
+
+    def _insert_guarded(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...],
+                        size: int, kind: str) -> int | None:
+        """``_insert`` with SQLite errors handled: a full disk evicts telemetry and retries once."""
+        retried = False
+        while True:
+            try:
+                entry_id = self._insert(prio, payload, created_at, handlers, size)
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                if not _is_full(exc):
+                    self.metrics.inc("outbox_errors_total", op="append")
+                    self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_error")
+                    log.error("outbox append failed, %s refused: %s", kind, exc)
+                    return None
+                if retried or not self._evict_telemetry_for_disk():
+                    self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_disk_full")
+                    self._warn_throttled(f"full_{kind}", f"outbox: database or disk full, {kind} refused")
+                    return None
+                retried = True
+                continue
+            if entry_id is None:
+                self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_budget")
+                self._warn_throttled(f"budget_{kind}", f"outbox disk budget ({self.max_bytes} bytes) "
+                                     f"exhausted by undelivered alerts: new {kind} refused")
+            return entry_id
+
+    def _insert(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...],
+                size: int) -> int | None:
+        """One transaction: make room (evicting telemetry), insert entry and delivery rows.
+
+        Returns None (nothing written, nothing evicted) when the budget cannot fit the entry.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        over = self._bytes + size - self.max_bytes
+        evicted = self._evict_telemetry(over) if over > 0 else _Evicted()
+        if evicted.freed < over:
+            conn.execute("ROLLBACK")
+            return None
+        replay = [1 if h in self._failing else 0 for h in handlers]
+        cur = conn.execute("INSERT INTO entries(priority, created_at, size, payload) VALUES (?,?,?,?)",
+                           (prio, created_at, size, payload))
+        entry_id = int(cur.lastrowid or 0)
+        conn.executemany("INSERT INTO deliveries(handler, priority, entry_id, replay) VALUES (?,?,?,?)",
+                         [(h, prio, entry_id, r) for h, r in zip(handlers, replay)])
+        conn.execute("COMMIT")
+        self._account_evicted(evicted)
+        self._bytes += size
+        self._counts[prio] += 1
+        for h in handlers:
+            self._pending[(h, prio)] = self._pending.get((h, prio), 0) + 1
+        return entry_id
+
+    def _evict_telemetry(self, need: int) -> "_Evicted":
+        """Inside a transaction: delete the oldest telemetry until ``need`` bytes are freed
+        (or none is left). The caller applies the accounting after COMMIT."""
+        conn = self._conn
+        ev = _Evicted()
+        while ev.freed < need:
+            rows = conn.execute("SELECT id, size FROM entries WHERE priority = ? ORDER BY id LIMIT 256",
+                                (TELEMETRY,)).fetchall()
+            if not rows:
+                break
+            take = []
+            for entry_id, size in rows:
+                take.append(entry_id)
+                ev.freed += size
+                if ev.freed >= need:
+                    break
+            marks = ",".join("?" * len(take))
+            for (handler,) in conn.execute(f"DELETE FROM deliveries WHERE entry_id IN ({marks}) "
+                                           f"RETURNING handler", take).fetchall():
+                ev.per_handler[handler] = ev.per_handler.get(handler, 0) + 1
+            conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", take)
+            ev.entries += len(take)
+        return ev
+
+    def _account_evicted(self, ev: "_Evicted") -> None:
+        if not ev.entries:
+            return
+        for handler, n in ev.per_handler.items():
+            self._pending[(handler, TELEMETRY)] -= n
+        self._counts[TELEMETRY] -= ev.entries
+        self._bytes -= ev.freed
+        self.metrics.inc("outbox_dropped_total", ev.entries, reason="telemetry_evicted")
+        self._warn_throttled("evict", "outbox full: evicting the oldest telemetry to make room "
+                             "(see outbox_dropped_total{reason=telemetry_evicted})")
+
+    def _evict_telemetry_for_disk(self) -> bool:
+        """After SQLITE_FULL: drop a quarter of the stored telemetry (at least one). True if any."""
+        if not self._counts[TELEMETRY]:
+            return False
+        target = max(1, self._counts[TELEMETRY] // 4)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM (SELECT size FROM entries "
+                                     "WHERE priority = ? ORDER BY id LIMIT ?)", (TELEMETRY, target)).fetchone()
+            ev = self._evict_telemetry(int(row[0]))
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            self.metrics.inc("outbox_errors_total", op="evict")
+            log.error("outbox: could not evict telemetry on a full disk: %s", exc)
+            return False
+        self._account_evicted(ev)
+        return ev.entries > 0
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("outbox rollback failed: %s", exc)
+
+    # ------------------------------------------------------------------ delivery side
+
+    def next_batch(self, handler: str, limit: int = 50) -> list[OutboxEntry]:
+        """Up to ``limit`` due entries for ``handler``, oldest first (alerts before telemetry).
+
+        Stops at the first entry still backing off, so order is kept. Entries are not removed:
+        ``ack`` or ``nack`` each one. Unreadable rows are dropped and counted (corrupt_entry).
+        """
+        now = self.clock()
+        out: list[OutboxEntry] = []
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT d.entry_id, d.priority, d.attempts, d.next_attempt_at, d.replay, e.payload, e.created_at "
+                "FROM deliveries d JOIN entries e ON e.id = d.entry_id "
+                "WHERE d.handler = ? ORDER BY d.priority, d.entry_id LIMIT ?", (handler, limit)).fetchall()
+        bad: list[int] = []
+        for entry_id, prio, attempts, due, replay, payload, created in rows:
+            if due > now:
+                break
+            try:
+                data = json.loads(payload)
+                alert = reading = None
+                if prio == ALERT:
+                    alert = Alert.from_dict({**data, "replay": bool(replay)})
+                else:
+                    reading = reading_from_dict(data)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("outbox entry %d unreadable, dropped: %s", entry_id, exc)
+                bad.append(entry_id)
+                continue
+            out.append(OutboxEntry(entry_id, "alert" if prio == ALERT else "telemetry", alert, reading,
+                                   attempts, bool(replay), created))
+        if bad:
+            self.metrics.inc("outbox_dropped_total", len(bad), reason="corrupt_entry")
+            self.ack(handler, bad)
+        return out
+
+    def next_due(self, handler: str) -> float | None:
+        """Clock time at which ``handler``'s oldest entry is due (<= now: due), None if empty."""
+        with self._lock:
+            row = self._conn.execute("SELECT next_attempt_at FROM deliveries WHERE handler = ? "
+                                     "ORDER BY priority, entry_id LIMIT 1", (handler,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def ack(self, handler: str, ids: Iterable[int]) -> None:
+        """Mark entries delivered to ``handler``; an entry is purged when no handler needs it.
+
+        A database error is logged and counted (the entries are then delivered again later).
+        """
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock:
+            conn = self._conn
+            marks = ",".join("?" * len(ids))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                gone = conn.execute(f"DELETE FROM deliveries WHERE handler = ? AND priority IN (0, 1) "
+                                    f"AND entry_id IN ({marks}) RETURNING priority", (handler, *ids)).fetchall()
+                purged = conn.execute(f"DELETE FROM entries WHERE id IN ({marks}) AND NOT EXISTS "
+                                      f"(SELECT 1 FROM deliveries d WHERE d.entry_id = entries.id) "
+                                      f"RETURNING priority, size", ids).fetchall()
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self.metrics.inc("outbox_errors_total", op="ack")
+                log.error("outbox ack for %s failed (entries will be delivered again): %s", handler, exc)
+                return
+            for (prio,) in gone:
+                self._pending[(handler, prio)] -= 1
+            for prio, size in purged:
+                self._counts[prio] -= 1
+                self._bytes -= size
+            self._failing.discard(handler)
+            self._publish_gauges()
+
+    def nack(self, handler: str, entry_id: int, error: str) -> float:
+        """Record a failed delivery; return the back-off in seconds before the next attempt.
+
+        Back-off doubles per attempt from ``base_backoff_s`` up to ``max_backoff_s``. Every
+        entry pending for the handler is marked replay (it is now delivered late).
+        """
+        with self._lock:
+            conn = self._conn
+            try:
+                row = conn.execute("SELECT attempts FROM deliveries WHERE handler = ? AND priority IN (0, 1) "
+                                   "AND entry_id = ?", (handler, entry_id)).fetchone()
+                if row is None:
+                    return 0.0
+                attempts = int(row[0]) + 1
+                delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ? "
+                             "WHERE handler = ? AND priority IN (0, 1) AND entry_id = ?",
+                             (attempts, self.clock() + delay, error[:500], handler, entry_id))
+                conn.execute("UPDATE deliveries SET replay = 1 WHERE handler = ? AND replay = 0", (handler,))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self.metrics.inc("outbox_errors_total", op="nack")
+                log.error("outbox nack for %s failed: %s", handler, exc)
+                return self.base_backoff_s
+            self._failing.add(handler)
+            return delay
+
+    def drop(self, handler: str, entry_id: int, reason: str) -> None:
+        """Give up on one delivery (a permanent failure): counted, logged, then purged like an ack."""
+        self.metrics.inc("outbox_dropped_total", reason=reason)
+        log.error("outbox: delivery of entry %d to %s abandoned (%s)", entry_id, handler, reason)
+        self.ack(handler, [entry_id])
+
+    # ------------------------------------------------------------------ inspection
+
+    def pending(self, handler: str) -> int:
+        """Entries (alerts and telemetry) not yet acknowledged by ``handler``."""
+        with self._lock:
+            return self._pending.get((handler, ALERT), 0) + self._pending.get((handler, TELEMETRY), 0)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes for ``doctor``, logs and tests."""
+        with self._lock:
+            files = sum(os.path.getsize(f"{self.path}{s}") for s in ("", "-wal")
+                        if os.path.exists(f"{self.path}{s}"))
+            return {
+                "path": str(self.path), "alerts": self._counts[ALERT], "telemetry": self._counts[TELEMETRY],
+                "bytes": self._bytes, "max_bytes": self.max_bytes, "file_bytes": files,
+                "pending": {h: self._pending.get((h, ALERT), 0) + self._pending.get((h, TELEMETRY), 0)
+                            for h in self.handlers},
+                "failing": sorted(self._failing),
+            }
+
+    def _warn_throttled(self, key: str, message: str) -> None:
+        """Log ``message`` at most once a minute per ``key`` (the counters carry every event)."""
+        now = time.monotonic()
+        if now - self._last_warn.get(key, -1e9) >= 60.0:
+            self._last_warn[key] = now
+            log.warning(message)
+
+    def _publish_gauges(self) -> None:
+        for h in self.handlers:
+            self.metrics.set("alerts_pending", self._pending.get((h, ALERT), 0), handler=h)
+            self.metrics.set("telemetry_pending", self._pending.get((h, TELEMETRY), 0), handler=h)
+        self.metrics.set("outbox_bytes", self._bytes)
+        self.metrics.set("outbox_entries", self._counts[ALERT] + self._counts[TELEMETRY])
