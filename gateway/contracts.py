@@ -44,6 +44,14 @@ class DeliveryError(Exception):
     """An alert handler could not deliver; the message says why (retried later)."""
 
 
+class PermanentDeliveryError(DeliveryError):
+    """The receiver refused this alert for good (e.g. HTTP 400/404): retrying cannot help.
+
+    The dispatcher does not retry it: the delivery is dropped, counted
+    (``delivery_failures_total{reason=permanent}``, ``outbox_dropped_total``) and logged.
+    """
+
+
 @runtime_checkable
 class AlertHandler(Protocol):
     name: str
