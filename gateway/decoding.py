@@ -15,7 +15,7 @@ Exceptions other than DecodeError come from plugin bugs and propagate (the pipel
 them as ``decoder_crashed``).
 
 Speed: the hook implementations are looked up once per plugin manager (a dispatch table
-kept in a weak map and rebuilt when the set of decode implementations changes). A named
+kept in a weak map and rebuilt when the list of decode implementations changes). A named
 codec calls its plugin's function directly; auto mode walks the implementations in
 pluggy's own call order (``network_server`` first, ``cayenne_lpp`` last). If any decode
 implementation is a hook wrapper, the ordinary hook call is used instead.
@@ -53,7 +53,7 @@ class _Dispatch:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         impls = pm.hook.lora_gateway_decode.get_hookimpls()
-        self.n_impls = len(impls)
+        self.impls = impls
         self.use_hook = any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False) for i in impls)
         # pluggy calls the last implementation first
         self.chain: list[tuple[str, DecodeFn]] = []
@@ -80,7 +80,7 @@ _DISPATCH: "weakref.WeakKeyDictionary[pluggy.PluginManager, _Dispatch]" = weakre
 
 def _dispatch(pm: pluggy.PluginManager) -> _Dispatch:
     d = _DISPATCH.get(pm)
-    if d is None or d.n_impls != len(pm.hook.lora_gateway_decode.get_hookimpls()):
+    if d is None or d.impls != pm.hook.lora_gateway_decode.get_hookimpls():
         d = _Dispatch(pm)
         _DISPATCH[pm] = d
     return d
