@@ -1,0 +1,394 @@
+"""Window scores that remember normal (numpy only; the daemon calls this for every batch).
+
+The sequence for one device (``docs/model-contract.md`` has the whole contract):
+
+1. ``SeriesCalibration``: the device's first ``calibration_steps`` readings give each
+   channel's mean and std (Welford), then the calibration freezes. Every window the model
+   sees is standardised with these frozen values (``standardize``), never per window, so a
+   sustained level shift stays visible as a level.
+2. The model (ONNX) maps standardised windows ``[N, T, C]`` to ``reconstruction [N, T, C]``
+   and ``embedding [N, C, D]``.
+3. ``WindowScorer.score(inputs, outputs, states)`` turns them into one score per window.
+   A ``DeviceScoreState`` starts *uncalibrated*: its first ``calibration_windows`` windows
+   (taken after step 1 froze) are collected and score ``NaN`` (``state.calibrated`` is
+   False); then it fits, per channel, the mean and shrunk covariance of the embedding and
+   the high quantiles of both statistics below, and scores from then on.
+
+Per window and channel c, two statistics:
+
+- residual ``r_c``: the reconstruction error, weighted towards the newest steps
+  (weight ``2 ** (-age / recency_halflife)``), mean of squares;
+- distance ``m_c``: the squared Mahalanobis distance of the embedding from the device's
+  calibrated normal embeddings (covariance shrunk towards its scaled identity by
+  ``shrinkage``), divided by D.
+
+Each is divided by its calibrated threshold ``quantile(score_quantile) * score_margin``
+(over the calibration windows), giving the channel contribution
+``max(r_c / r_thr_c, m_c / m_thr_c)``; the window score is the largest channel
+contribution. So **1.0 means "at the alert threshold"**. A sustained shift moves the
+embedding away from normal for as long as it lasts, even where the reconstruction follows
+the new level.
+
+``HysteresisState`` / ``apply_hysteresis`` turn scores into raise/clear alert states (raise
+at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` for
+``clear_after`` windows); ``model score`` uses them, and so should the daemon's policy.
+``PCABaseline`` is the classic PCA monitoring baseline (Hotelling T² and Q/SPE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+DEFAULTS: dict[str, float] = {
+    "calibration_steps": 576,
+    "calibration_windows": 256,
+    "score_quantile": 0.995,
+    "score_margin": 1.5,
+    "raise": 1.0,
+    "clear": 0.7,
+    "raise_after": 2,
+    "clear_after": 3,
+    "recency_halflife": 8.0,
+    "shrinkage": 0.2,
+    "adapt_rate": 0.001,
+    "adapt_below": 0.5,
+}
+"""Scoring settings used where the manifest's ``thresholds`` do not give one."""
+
+_EPS = 1e-9
+
+
+def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:
+    """Scoring settings: ``DEFAULTS`` < manifest ``thresholds`` < non-None ``overrides``."""
+    out = dict(DEFAULTS)
+    thresholds = getattr(manifest, "thresholds", None)
+    if thresholds is None and isinstance(manifest, Mapping):
+        thresholds = manifest.get("thresholds")
+    out.update({k: float(v) for k, v in (thresholds or {}).items() if isinstance(v, (int, float))})
+    out.update({k: float(v) for k, v in overrides.items() if v is not None})
+    return out
+
+
+class SeriesCalibration:
+    """Per-channel mean/std of a device's first ``calibration_steps`` readings (Welford).
+
+    ``update`` takes one reading ``[C]`` or several ``[K, C]``; non-finite values are
+    skipped per channel. Once every channel has ``calibration_steps`` finite values, the
+    calibration freezes (``frozen``) and later updates are ignored. The std is floored,
+    ``std = max(std, min_std, 1e-3 * |mean|)``, so a channel that was constant during
+    calibration does not turn tiny noise into huge z-values. Before freezing,
+    ``standardize`` uses the running values (the caller should not score such windows).
+    """
+
+    def __init__(self, n_channels: int, calibration_steps: int = int(DEFAULTS["calibration_steps"]), min_std: float = 1e-6) -> None:
+        if n_channels < 1 or calibration_steps < 2:
+            raise ValueError("need n_channels >= 1 and calibration_steps >= 2")
+        self.n_channels = n_channels
+        self.calibration_steps = calibration_steps
+        self.min_std = min_std
+        self.count = np.zeros(n_channels, dtype=np.int64)
+        self._mean = np.zeros(n_channels)
+        self._m2 = np.zeros(n_channels)
+        self.frozen = False
+
+    def update(self, values: np.ndarray) -> bool:
+        """Accumulate readings (until frozen); returns ``frozen``."""
+        if self.frozen:
+            return True
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim > 2 or v.shape[-1] != self.n_channels:
+            raise ValueError(f"expected readings [C] or [K, C] with C = {self.n_channels}")
+        v = v.reshape(-1, self.n_channels)
+        for row in v:
+            ok = np.isfinite(row) & (self.count < self.calibration_steps)
+            if not ok.any():
+                continue
+            self.count[ok] += 1
+            delta = row[ok] - self._mean[ok]
+            self._mean[ok] += delta / self.count[ok]
+            self._m2[ok] += delta * (row[ok] - self._mean[ok])
+            if (self.count >= self.calibration_steps).all():
+                self.frozen = True
+                break
+        return self.frozen
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean.copy()
+
+    @property
+    def std(self) -> np.ndarray:
+        var = np.where(self.count > 1, self._m2 / np.maximum(self.count - 1, 1), 0.0)
+        return np.maximum.reduce([np.sqrt(var), np.full(self.n_channels, self.min_std), 1e-3 * np.abs(self._mean)])
+
+    def standardize(self, window: np.ndarray) -> np.ndarray:
+        """``window [T, C]`` (or ``[N, T, C]``) in physical units -> float32 z-values."""
+        w = np.asarray(window, dtype=np.float64)
+        if w.shape[-1] != self.n_channels:
+            raise ValueError(f"window has {w.shape[-1]} channels, calibration has {self.n_channels}")
+        return ((w - self._mean) / self.std).astype(np.float32)
+
+
+@dataclass
+class DeviceScoreState:
+    """Per-device scoring state: calibration buffer, then the fitted normal profile.
+
+    Create one per device (``n_channels`` fixed; a device whose channel set changes needs
+    a new state). ``calibrated`` turns True after ``calibration_windows`` windows.
+    """
+
+    n_channels: int
+    calibration_windows: int = int(DEFAULTS["calibration_windows"])
+    calibrated: bool = False
+    seen: int = 0
+    _emb: list[np.ndarray] = field(default_factory=list, repr=False)
+    _res: list[np.ndarray] = field(default_factory=list, repr=False)
+    mu: np.ndarray | None = field(default=None, repr=False)  # [C, D]
+    precision: np.ndarray | None = field(default=None, repr=False)  # [C, D, D]
+    residual_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
+    distance_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
+
+    def reset(self) -> None:
+        """Forget the calibration (e.g. after a sensor was replaced)."""
+        self.calibrated, self.seen = False, 0
+        self._emb, self._res = [], []
+        self.mu = self.precision = self.residual_threshold = self.distance_threshold = None
+
+
+@dataclass
+class ScoreResult:
+    """Scores of a batch: ``score [N]`` (1.0 = threshold, NaN = uncalibrated or bad input),
+    ``channel_scores [N, C]`` (each channel's contribution), and the raw ``residual [N, C]``
+    and ``distance [N, C]`` statistics."""
+
+    score: np.ndarray
+    channel_scores: np.ndarray
+    residual: np.ndarray
+    distance: np.ndarray
+
+
+class WindowScorer:
+    """Scores windows from the model outputs against each device's calibrated normal.
+
+    ``manifest``: a models.manifest.Manifest (or dict) whose ``thresholds`` override
+    ``DEFAULTS``; ``overrides`` override both. Thread-compatible: states are per device.
+    """
+
+    def __init__(self, manifest: Any = None, **overrides: float) -> None:
+        self.settings = settings_from(manifest, **overrides)
+        self._weights_cache: dict[int, np.ndarray] = {}
+
+    def new_state(self, n_channels: int) -> DeviceScoreState:
+        return DeviceScoreState(n_channels, int(self.settings["calibration_windows"]))
+
+    def _weights(self, t: int) -> np.ndarray:
+        w = self._weights_cache.get(t)
+        if w is None:
+            age = np.arange(t - 1, -1, -1, dtype=np.float64)
+            w = 2.0 ** (-age / self.settings["recency_halflife"])
+            w = (w / w.sum()).astype(np.float32)
+            self._weights_cache[t] = w
+        return w
+
+    def statistics(self, inputs: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+        """Recency-weighted mean squared residual ``[N, C]``."""
+        sq = np.square(reconstruction - inputs, dtype=np.float32)
+        return np.einsum("ntc,t->nc", sq, self._weights(inputs.shape[1]))
+
+    def calibrate(self, state: DeviceScoreState, embeddings: np.ndarray, residuals: np.ndarray) -> None:
+        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        res = np.asarray(residuals, dtype=np.float64)
+        m, c, d = emb.shape
+        if m < 8:
+            raise ValueError("need at least 8 calibration windows")
+        mu = emb.mean(axis=0)  # [C, D]
+        centred = emb - mu
+        cov = np.einsum("mcd,mce->cde", centred, centred) / max(m - 1, 1)
+        lam = self.settings["shrinkage"]
+        scale = np.trace(cov, axis1=1, axis2=2) / d  # [C]
+        target = scale[:, None, None] * np.eye(d)[None]
+        shrunk = (1.0 - lam) * cov + lam * target + 1e-6 * np.eye(d)[None]
+        precision = np.linalg.inv(shrunk)
+        dist = np.einsum("mcd,cde,mce->mc", centred, precision, centred) / d
+        q, margin = self.settings["score_quantile"], self.settings["score_margin"]
+        state.mu = mu.astype(np.float32)
+        state.precision = precision.astype(np.float32)
+        state.residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
+        state.distance_threshold = (np.maximum(np.quantile(dist, q, axis=0), 1e-3) * margin).astype(np.float32)
+        state.calibrated = True
+        state._emb, state._res = [], []
+
+    def score_details(
+        self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
+    ) -> ScoreResult:
+        """Score a batch: ``inputs [N, T, C]`` standardised, ``outputs`` with
+        ``reconstruction [N, T, C]`` and ``embedding [N, C, D]``, one state per window
+        (the same state may appear several times, in time order). Uncalibrated states
+        absorb their windows into calibration and get NaN."""
+        x = np.asarray(inputs, dtype=np.float32)
+        rec = np.asarray(outputs["reconstruction"], dtype=np.float32)
+        emb = np.asarray(outputs["embedding"], dtype=np.float32)
+        n, _, c = x.shape
+        if rec.shape != x.shape or emb.shape[:2] != (n, c) or len(states) != n:
+            raise ValueError(
+                f"shape mismatch: inputs {x.shape}, reconstruction {rec.shape}, embedding {emb.shape}, {len(states)} states"
+            )
+        finite = np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
+        residual = self.statistics(np.nan_to_num(x), np.nan_to_num(rec))
+        distance = np.full((n, c), np.nan, dtype=np.float32)
+        channel_scores = np.full((n, c), np.nan, dtype=np.float32)
+        ready = np.zeros(n, dtype=bool)
+        for i, st in enumerate(states):
+            if st.n_channels != c:
+                raise ValueError(f"state has {st.n_channels} channels, window has {c}")
+            if st.calibrated:
+                ready[i] = finite[i]
+                continue
+            if finite[i]:
+                st._emb.append(emb[i].copy())
+                st._res.append(residual[i].copy())
+                st.seen += 1
+                if st.seen >= st.calibration_windows:
+                    self.calibrate(st, np.stack(st._emb), np.stack(st._res))
+        idx = np.flatnonzero(ready)
+        if idx.size:
+            sts = [states[i] for i in idx]
+            mu = np.stack([s.mu for s in sts])  # type: ignore[misc]
+            prec = np.stack([s.precision for s in sts])  # type: ignore[misc]
+            rthr = np.stack([s.residual_threshold for s in sts])  # type: ignore[misc]
+            dthr = np.stack([s.distance_threshold for s in sts])  # type: ignore[misc]
+            diff = emb[idx] - mu
+            d = np.einsum("ncd,ncde,nce->nc", diff, prec, diff) / emb.shape[2]
+            distance[idx] = d
+            channel_scores[idx] = np.maximum(residual[idx] / rthr, d / dthr)
+            self._adapt(sts, emb[idx], channel_scores[idx].max(axis=1))
+        score = np.full(n, np.nan, dtype=np.float32)
+        if idx.size:
+            score[idx] = channel_scores[idx].max(axis=1)
+        residual[~finite] = np.nan
+        return ScoreResult(score, channel_scores, residual, distance)
+
+    def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
+        """Let each state's embedding mean follow slow normal change (EWMA, rate
+        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below``:
+        a fault never teaches the profile, so a sustained shift stays detected."""
+        rate = self.settings["adapt_rate"]
+        if rate <= 0.0:
+            return
+        ok = scores < self.settings["adapt_below"]
+        if not ok.any():
+            return
+        groups: dict[int, list[int]] = {}
+        for j in np.flatnonzero(ok):
+            groups.setdefault(id(sts[j]), []).append(int(j))
+        for members in groups.values():
+            st = sts[members[0]]
+            assert st.mu is not None
+            # k sequential EWMA steps, applied to the mean difference of the batch
+            weight = 1.0 - (1.0 - rate) ** len(members)
+            st.mu = (st.mu + weight * (emb[members] - st.mu).mean(axis=0)).astype(np.float32)
+
+    def score(
+        self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
+    ) -> np.ndarray:
+        """``[N]`` scores (1.0 = alert threshold; NaN while a state calibrates). See score_details."""
+        return self.score_details(inputs, outputs, states).score
+
+
+@dataclass
+class HysteresisState:
+    """Raise/clear alert state of one device: raise after ``raise_after`` consecutive
+    scores ``>= raise_level``; clear after ``clear_after`` consecutive scores
+    ``< clear_level``. NaN scores change nothing."""
+
+    raise_level: float = DEFAULTS["raise"]
+    clear_level: float = DEFAULTS["clear"]
+    raise_after: int = int(DEFAULTS["raise_after"])
+    clear_after: int = int(DEFAULTS["clear_after"])
+    active: bool = False
+    _run: int = 0
+
+    def update(self, score: float) -> bool:
+        """Feed one score; returns whether the alert is active afterwards."""
+        if math.isnan(score):
+            return self.active
+        if not self.active:
+            self._run = self._run + 1 if score >= self.raise_level else 0
+            if self._run >= self.raise_after:
+                self.active, self._run = True, 0
+        else:
+            self._run = self._run + 1 if score < self.clear_level else 0
+            if self._run >= self.clear_after:
+                self.active, self._run = False, 0
+        return self.active
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, float]) -> "HysteresisState":
+        return cls(settings["raise"], settings["clear"], int(settings["raise_after"]), int(settings["clear_after"]))
+
+
+def apply_hysteresis(scores: np.ndarray, settings: Mapping[str, float] | None = None) -> np.ndarray:
+    """Alert-active flags ``[N]`` (bool) for a score series, with ``HysteresisState``."""
+    state = HysteresisState.from_settings(settings or DEFAULTS)
+    return np.fromiter((state.update(float(s)) for s in np.asarray(scores, dtype=np.float64)), dtype=bool, count=len(scores))
+
+
+class PCABaseline:
+    """PCA monitoring of one series: Hotelling T² and Q (SPE), calibrated on normal windows.
+
+    ``fit(windows [M, T, C])`` (standardised like the model's inputs) keeps the principal
+    components that explain ``variance`` of the flattened windows (at most
+    ``max_components``); ``score(windows) -> [M]`` is
+    ``max(T² / T²_thr, Q / Q_thr)`` with each threshold ``quantile * margin`` over the
+    calibration windows, so 1.0 is the alert threshold, as for ``WindowScorer``.
+    """
+
+    def __init__(
+        self,
+        variance: float = 0.95,
+        max_components: int = 32,
+        quantile: float = DEFAULTS["score_quantile"],
+        margin: float = DEFAULTS["score_margin"],
+    ) -> None:
+        self.variance, self.max_components, self.quantile, self.margin = variance, max_components, quantile, margin
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None  # [K, F]
+        self.eigenvalues: np.ndarray | None = None  # [K]
+        self.t2_threshold = self.q_threshold = float("nan")
+
+    def _stats(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean is None or self.components is None or self.eigenvalues is None:
+            raise RuntimeError("PCABaseline.fit first")
+        x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1) - self.mean
+        t = x @ self.components.T
+        t2 = np.sum(t * t / self.eigenvalues, axis=1)
+        resid = x - t @ self.components
+        return t2, np.sum(resid * resid, axis=1)
+
+    def fit(self, windows: np.ndarray) -> "PCABaseline":
+        x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+        if x.shape[0] < 8:
+            raise ValueError("need at least 8 calibration windows")
+        self.mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+        eig = s * s / max(x.shape[0] - 1, 1)
+        frac = np.cumsum(eig) / max(eig.sum(), _EPS)
+        k = int(min(np.searchsorted(frac, self.variance) + 1, self.max_components, len(eig)))
+        self.components, self.eigenvalues = vt[:k], np.maximum(eig[:k], _EPS)
+        t2, q = self._stats(windows)
+        self.t2_threshold = float(max(np.quantile(t2, self.quantile), _EPS) * self.margin)
+        self.q_threshold = float(max(np.quantile(q, self.quantile), 1e-6) * self.margin)
+        return self
+
+    @property
+    def n_components(self) -> int:
+        return 0 if self.components is None else int(self.components.shape[0])
+
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        t2, q = self._stats(windows)
+        return np.maximum(t2 / self.t2_threshold, q / self.q_threshold).astype(np.float32)

@@ -1,0 +1,189 @@
+"""Offline scoring of a whole recording and point-wise metrics (numpy + onnxruntime, no torch).
+
+``score_recording`` applies exactly the daemon's scoring to a recorded series: per-device
+value calibration on the first ``calibration_rows`` rows (``SeriesCalibration``), sliding
+windows of T rows (stride 1, the window ending at row t scores row t), the ONNX model,
+``WindowScorer`` calibrated on the windows that end inside the calibration rows, and the
+raise/clear hysteresis. The PCA baseline (``PCABaseline``) is calibrated and thresholded
+the same way. Rows before the end of calibration get score NaN and no alert; metrics
+count only the rows after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from gateway.scoring import DeviceScoreState, PCABaseline, SeriesCalibration, WindowScorer, apply_hysteresis
+
+MAX_CALIBRATION_WINDOWS = 2048
+STREAM_BATCH = 64
+"""Windows scored per call after calibration, in time order, as the daemon's batches."""
+
+
+@dataclass
+class RecordingScores:
+    """Per-row results ``[L]``: model ``score``/``alert``, ``pca_score``/``pca_alert``,
+    ``channel_scores [L, C]``; ``evaluated`` marks rows after calibration."""
+
+    score: np.ndarray
+    alert: np.ndarray
+    channel_scores: np.ndarray
+    pca_score: np.ndarray
+    pca_alert: np.ndarray
+    evaluated: np.ndarray
+    calibration_rows: int
+
+
+def fill_missing(values: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN per channel (leading NaN take the first finite value; an all-NaN
+    channel becomes 0)."""
+    x = np.array(values, dtype=np.float64)
+    for c in range(x.shape[1]):
+        col = x[:, c]
+        ok = np.isfinite(col)
+        if not ok.any():
+            col[:] = 0.0
+            continue
+        idx = np.where(ok, np.arange(col.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        first = int(np.argmax(ok))
+        idx[:first] = first
+        x[:, c] = col[idx]
+    return x
+
+
+def sliding_windows(z: np.ndarray, window_length: int) -> np.ndarray:
+    """``[L, C]`` -> ``[L - T + 1, T, C]`` (contiguous float32 copy)."""
+    v = np.lib.stride_tricks.sliding_window_view(z, window_length, axis=0)  # [L-T+1, C, T]
+    return np.ascontiguousarray(v.transpose(0, 2, 1), dtype=np.float32)
+
+
+def run_model(session: Any, windows: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """Run an ONNX Runtime session over ``windows [M, T, C]`` in batches."""
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    input_name = session.get_inputs()[0].name
+    for i in range(0, len(windows), batch_size):
+        for name, out in zip(names, session.run(names, {input_name: windows[i : i + batch_size]})):
+            parts[name].append(out)
+    return {n: np.concatenate(p) for n, p in parts.items()}
+
+
+def _calibration_subset(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, MAX_CALIBRATION_WINDOWS)).round().astype(int))
+
+
+def score_recording(
+    values: np.ndarray,
+    session: Any,
+    window_length: int,
+    calibration_rows: int,
+    settings: Mapping[str, float],
+    with_pca: bool = True,
+) -> RecordingScores:
+    """Score every row of ``values [L, C]`` (physical units, NaN = missing) as the daemon would."""
+    x = fill_missing(values)
+    n_rows, n_ch = x.shape
+    t = window_length
+    if calibration_rows < t + 8 or calibration_rows >= n_rows:
+        raise ValueError(
+            f"calibration rows must be in [{t + 8}, {n_rows - 1}] (T = {t}, {n_rows} rows), got {calibration_rows}"
+        )
+    cal = SeriesCalibration(n_ch, calibration_rows)
+    cal.update(x[:calibration_rows])
+    z = cal.standardize(x)
+    windows = sliding_windows(z, t)  # window i ends at row i + t - 1
+    outputs = run_model(session, windows)
+    scorer = WindowScorer(None, **dict(settings))
+    n_cal = calibration_rows - t + 1  # windows ending inside the calibration rows
+    sub = _calibration_subset(n_cal)
+    state = DeviceScoreState(n_ch, calibration_windows=len(sub))
+    residual = scorer.statistics(windows[:n_cal][sub], outputs["reconstruction"][:n_cal][sub])
+    scorer.calibrate(state, outputs["embedding"][:n_cal][sub], residual)
+    rest = slice(n_cal, None)
+    score = np.full(n_rows, np.nan, dtype=np.float32)
+    channel_scores = np.full((n_rows, n_ch), np.nan, dtype=np.float32)
+    for start in range(n_cal, len(windows), STREAM_BATCH):
+        part = slice(start, min(start + STREAM_BATCH, len(windows)))
+        res = scorer.score_details(
+            windows[part], {k: v[part] for k, v in outputs.items()}, [state] * (part.stop - part.start)
+        )
+        rows = slice(part.start + t - 1, part.stop + t - 1)
+        score[rows] = res.score
+        channel_scores[rows] = res.channel_scores
+    pca_score = np.full(n_rows, np.nan, dtype=np.float32)
+    if with_pca:
+        pca = PCABaseline(quantile=settings["score_quantile"], margin=settings["score_margin"])
+        pca.fit(windows[:n_cal][sub])
+        pca_score[calibration_rows:] = pca.score(windows[rest])
+    evaluated = np.zeros(n_rows, dtype=bool)
+    evaluated[calibration_rows:] = True
+    return RecordingScores(
+        score=score,
+        alert=apply_hysteresis(score, settings),
+        channel_scores=channel_scores,
+        pca_score=pca_score,
+        pca_alert=apply_hysteresis(pca_score, settings) if with_pca else np.zeros(n_rows, dtype=bool),
+        evaluated=evaluated,
+        calibration_rows=calibration_rows,
+    )
+
+
+@dataclass(frozen=True)
+class PointMetrics:
+    """Point-wise detection metrics (every row counts once; no point adjustment)."""
+
+    precision: float
+    recall: float
+    f1: float
+    false_alarm_rate: float
+    missed_alarm_rate: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    true_negatives: int
+    events: int
+    events_detected: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def point_metrics(labels: np.ndarray, alerts: np.ndarray, evaluated: np.ndarray | None = None) -> PointMetrics:
+    """Point-wise precision/recall/F1, false-alarm rate (FP / normal rows) and missed-alarm
+    rate (FN / anomalous rows) over the ``evaluated`` rows. ``events_detected`` counts
+    labelled runs with at least one alert (reported beside, never instead of, point F1)."""
+    y = np.asarray(labels, dtype=bool)
+    a = np.asarray(alerts, dtype=bool)
+    m = np.ones_like(y) if evaluated is None else np.asarray(evaluated, dtype=bool)
+    y, a = y[m], a[m]
+    tp = int(np.sum(y & a))
+    fp = int(np.sum(~y & a))
+    fn = int(np.sum(y & ~a))
+    tn = int(np.sum(~y & ~a))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    runs = _runs(y)
+    detected = sum(1 for s, e in runs if a[s:e].any())
+    return PointMetrics(
+        precision=round(precision, 4),
+        recall=round(recall, 4),
+        f1=round(f1, 4),
+        false_alarm_rate=round(fp / (fp + tn), 4) if fp + tn else 0.0,
+        missed_alarm_rate=round(fn / (tp + fn), 4) if tp + fn else 0.0,
+        true_positives=tp,
+        false_positives=fp,
+        false_negatives=fn,
+        true_negatives=tn,
+        events=len(runs),
+        events_detected=detected,
+    )

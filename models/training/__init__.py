@@ -1,0 +1,1 @@
+"""Training recipes (torch; part of the optional ``[train]`` extra)."""
