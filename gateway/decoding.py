@@ -8,7 +8,8 @@ result to channels (gateway.profiles.to_reading). It raises DecodeError whose ``
 - ``no_decoder``: no decoder claimed the payload (auto mode), or the named one declined;
 - ``unknown_codec``: the profile names a codec no plugin offers;
 - ``bad_decoder_result``: a plugin returned something other than a dict;
-- ``no_channels``: the decoded result has no numeric channel;
+- ``no_channels``: the decoded result has no numeric channel (in auto mode, when the
+  network server's object has none, the payload decoders get a try first);
 - any reason a decoder raised (``lpp_truncated``, ``bad_length``, ``non_finite``, ...).
 
 Exceptions other than DecodeError come from plugin bugs and propagate (the pipeline counts
@@ -23,6 +24,7 @@ implementation is a hook wrapper, the ordinary hook call is used instead.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from typing import Any, Callable, Iterable
 
@@ -133,6 +135,17 @@ def decode_with_profile(pm: pluggy.PluginManager, uplink: RawUplink,
     """Decode ``uplink`` under ``profile``: (reading, decoder codec, raw decoded fields)."""
     label, fields = decode_fields(pm, uplink, profile.codec)
     reading, n_channels = build_reading(uplink, fields, profile)
+    if n_channels == 0 and profile.codec is None and label == "network_server" and uplink.payload:
+        # the network server's object had nothing numeric (e.g. "3.384 V" strings): let the
+        # payload decoders try the bytes before giving up
+        try:
+            label2, fields2 = decode_fields(pm, dataclasses.replace(uplink, decoded=None), None)
+        except DecodeError:
+            pass
+        else:
+            reading2, n2 = build_reading(uplink, fields2, profile)
+            if n2:
+                return reading2, label2, fields2
     if n_channels == 0:
         raise DecodeError(f"no_channels: {label} produced no numeric channel")
     return reading, label, fields

@@ -118,6 +118,19 @@ def test_decode_uplink_reasons() -> None:
     assert reading.values == {"temperature_1": -4.1} and profile is DEFAULT_PROFILE
 
 
+def test_auto_mode_falls_back_to_the_payload_when_the_object_has_no_numbers(formats_dir: Path) -> None:
+    # like the real LSE01 capture in ttn_v3_notes.txt: decoded_payload values are strings with units
+    doc = json.loads((formats_dir / "ttn_v3_up.json").read_text())
+    doc["uplink_message"]["decoded_payload"] = {"Bat": "3.384 V", "temp_SOIL": "30.11 °C"}
+    doc["uplink_message"]["frm_payload"] = "AWf/1w=="  # Cayenne LPP temperature -4.1
+    reading, _ = decode_uplink(PM, parse_uplink(None, json.dumps(doc).encode()), None)
+    assert reading.values == {"temperature_1": -4.1}
+    doc["uplink_message"]["frm_payload"] = "qg=="  # nobody's: the object's failure is reported
+    with pytest.raises(DecodeError) as info:
+        decode_uplink(PM, parse_uplink(None, json.dumps(doc).encode()), None)
+    assert info.value.reason == "no_channels"
+
+
 def test_decode_uplink_is_fast_enough_for_the_pipeline() -> None:
     profiles = ProfileSet([ProfileConfig(name="lpp", match_f_port=1, codec="cayenne_lpp")])
     uplinks = [_up(f"{i:016x}", f_port=1, payload=bytes.fromhex("0367011005 6700FF".replace(" ", "")))
