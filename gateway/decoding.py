@@ -53,27 +53,23 @@ class _Dispatch:
     """Decode implementations of one plugin manager, resolved once."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.pm = pm
+        # no reference to pm is kept: it is the key of the weak map holding this table
         impls = pm.hook.lora_gateway_decode.get_hookimpls()
         self.impls = impls
         self.use_hook = any(getattr(i, "hookwrapper", False) or getattr(i, "wrapper", False) for i in impls)
-        # pluggy calls the last implementation first
-        self.chain: list[tuple[str, DecodeFn]] = []
-        by_plugin: dict[str, DecodeFn] = {}
-        for impl in reversed(impls):
-            call = _caller(impl)
-            by_plugin[impl.plugin_name] = call
-        self.codec_of_plugin: dict[str, str] = {}
+        by_plugin: dict[str, DecodeFn] = {impl.plugin_name: _caller(impl) for impl in impls}
+        codec_of_plugin: dict[str, str] = {}
         self.by_codec: dict[str, tuple[str, DecodeFn]] = {}
         for impl in pm.hook.lora_gateway_codecs.get_hookimpls():
-            names = impl.function() or []
-            for codec in names:
-                self.codec_of_plugin.setdefault(impl.plugin_name, codec)
+            for codec in impl.function() or []:
+                codec_of_plugin.setdefault(impl.plugin_name, codec)
                 if impl.plugin_name in by_plugin and codec not in self.by_codec:
                     self.by_codec[codec] = (codec, by_plugin[impl.plugin_name])
-        for impl in reversed(impls):
-            label = self.codec_of_plugin.get(impl.plugin_name, impl.plugin_name)
-            self.chain.append((label, by_plugin[impl.plugin_name]))
+        # pluggy calls the last implementation first; keep its order for auto mode
+        self.chain: list[tuple[str, DecodeFn]] = [
+            (codec_of_plugin.get(impl.plugin_name, impl.plugin_name), by_plugin[impl.plugin_name])
+            for impl in reversed(impls)
+        ]
         self.codecs = sorted(self.by_codec)
 
 
