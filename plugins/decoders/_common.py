@@ -7,8 +7,6 @@ where ``reason`` is a short snake_case code fit for a metrics label
 
 from __future__ import annotations
 
-import math
-
 from gateway.types import DecodeError
 
 
@@ -25,10 +23,3 @@ def s16be(data: bytes, i: int) -> int:
     v = u16be(data, i)
     return v - 0x10000 if v & 0x8000 else v
 
-
-def finite(name: str, value: float) -> float:
-    """Return ``value`` as float; raise DecodeError(non_finite) for NaN or infinity."""
-    f = float(value)
-    if not math.isfinite(f):
-        raise fail("non_finite", name)
-    return f
