@@ -53,7 +53,6 @@ class Broker:
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 0\n"
-            "max_packet_size 0\n"
             f"log_dest file {workdir}/mosquitto.log\n"
             "user root\n"
         )
