@@ -8,11 +8,15 @@ The sequence for one device (``docs/model-contract.md`` has the whole contract):
    sustained level shift stays visible as a level.
 2. The model (ONNX) maps standardised windows ``[N, T, C]`` to ``reconstruction [N, T, C]``
    and ``embedding [N, C, D]``.
-3. ``WindowScorer.score(inputs, outputs, states)`` turns them into one score per window.
-   A ``DeviceScoreState`` starts *uncalibrated*: its first ``calibration_windows`` windows
-   (taken after step 1 froze) are collected and score ``NaN`` (``state.calibrated`` is
-   False); then it fits, per channel, the mean and shrunk covariance of the embedding and
-   the high quantiles of both statistics below, and scores from then on.
+3. Score calibration, once per device, the moment step 1 froze (preferred):
+   ``windows = cal.calibration_windows(T)`` (the calibration readings, kept until then),
+   run the model on them, ``scorer.calibrate_windows(state, windows, outputs)``, then
+   ``cal.release()``. This fits, per channel, the mean and shrunk covariance of the
+   embedding and the high quantiles of both statistics below.
+   Fallback: a ``DeviceScoreState`` that was never calibrated collects its first
+   ``calibration_windows`` scored windows instead (they score ``NaN``,
+   ``state.calibrated`` is False) and then fits on them.
+4. ``WindowScorer.score(inputs, outputs, states)`` gives one score per window.
 
 Per window and channel c, two statistics:
 
@@ -38,6 +42,7 @@ at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` fo
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -54,12 +59,31 @@ DEFAULTS: dict[str, float] = {
     "clear_after": 3,
     "recency_halflife": 8.0,
     "shrinkage": 0.2,
-    "adapt_rate": 0.001,
-    "adapt_below": 0.5,
+    "adapt_rate": 0.003,
+    "adapt_below": 1.0,
 }
 """Scoring settings used where the manifest's ``thresholds`` do not give one."""
 
 _EPS = 1e-9
+MAX_CALIBRATION_WINDOWS = 2048
+"""At most this many windows calibrate a device's scores (evenly thinned beyond)."""
+
+
+def fill_forward(values: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN per channel of ``[L, C]`` (leading NaN take the first finite
+    value; an all-NaN channel becomes 0). Returns a new float64 array."""
+    x = np.array(values, dtype=np.float64)
+    for c in range(x.shape[1]):
+        col = x[:, c]
+        ok = np.isfinite(col)
+        if not ok.any():
+            col[:] = 0.0
+            continue
+        idx = np.where(ok, np.arange(col.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        idx[: int(np.argmax(ok))] = int(np.argmax(ok))
+        x[:, c] = col[idx]
+    return x
 
 
 def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:
@@ -84,7 +108,13 @@ class SeriesCalibration:
     ``standardize`` uses the running values (the caller should not score such windows).
     """
 
-    def __init__(self, n_channels: int, calibration_steps: int = int(DEFAULTS["calibration_steps"]), min_std: float = 1e-6) -> None:
+    def __init__(
+        self,
+        n_channels: int,
+        calibration_steps: int = int(DEFAULTS["calibration_steps"]),
+        min_std: float = 1e-6,
+        keep_readings: bool = True,
+    ) -> None:
         if n_channels < 1 or calibration_steps < 2:
             raise ValueError("need n_channels >= 1 and calibration_steps >= 2")
         self.n_channels = n_channels
@@ -94,6 +124,7 @@ class SeriesCalibration:
         self._mean = np.zeros(n_channels)
         self._m2 = np.zeros(n_channels)
         self.frozen = False
+        self._readings: deque[np.ndarray] | None = deque(maxlen=2 * calibration_steps) if keep_readings else None
 
     def update(self, values: np.ndarray) -> bool:
         """Accumulate readings (until frozen); returns ``frozen``."""
@@ -104,6 +135,8 @@ class SeriesCalibration:
             raise ValueError(f"expected readings [C] or [K, C] with C = {self.n_channels}")
         v = v.reshape(-1, self.n_channels)
         for row in v:
+            if self._readings is not None:
+                self._readings.append(row.copy())
             ok = np.isfinite(row) & (self.count < self.calibration_steps)
             if not ok.any():
                 continue
@@ -124,6 +157,25 @@ class SeriesCalibration:
     def std(self) -> np.ndarray:
         var = np.where(self.count > 1, self._m2 / np.maximum(self.count - 1, 1), 0.0)
         return np.maximum.reduce([np.sqrt(var), np.full(self.n_channels, self.min_std), 1e-3 * np.abs(self._mean)])
+
+    def calibration_windows(self, window_length: int, max_windows: int = MAX_CALIBRATION_WINDOWS) -> np.ndarray:
+        """Standardised windows ``[M, T, C]`` (float32, stride 1, evenly thinned to at most
+        ``max_windows``) cut from the retained calibration readings (missing values
+        forward-filled), for ``WindowScorer.calibrate_windows``. Needs ``frozen`` and
+        ``keep_readings``; empty ``[0, T, C]`` when fewer than T readings were retained."""
+        if not self.frozen or self._readings is None:
+            raise RuntimeError("calibration_windows needs a frozen calibration that kept its readings")
+        rows = np.stack(list(self._readings)) if self._readings else np.zeros((0, self.n_channels))
+        if rows.shape[0] < window_length:
+            return np.zeros((0, window_length, self.n_channels), dtype=np.float32)
+        z = self.standardize(fill_forward(rows))
+        windows = np.lib.stride_tricks.sliding_window_view(z, window_length, axis=0).transpose(0, 2, 1)
+        keep = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), max_windows)).round().astype(int))
+        return np.ascontiguousarray(windows[keep], dtype=np.float32)
+
+    def release(self) -> None:
+        """Drop the retained calibration readings (after the scorer was calibrated)."""
+        self._readings = None
 
     def standardize(self, window: np.ndarray) -> np.ndarray:
         """``window [T, C]`` (or ``[N, T, C]``) in physical units -> float32 z-values."""
@@ -222,6 +274,15 @@ class WindowScorer:
         state.distance_threshold = (np.maximum(np.quantile(dist, q, axis=0), 1e-3) * margin).astype(np.float32)
         state.calibrated = True
         state._emb, state._res = [], []
+
+    def calibrate_windows(
+        self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
+    ) -> None:
+        """Fit ``state`` at once from normal windows ``[M, T, C]`` (standardised) and the
+        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``."""
+        x = np.asarray(inputs, dtype=np.float32)
+        residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
+        self.calibrate(state, np.asarray(outputs["embedding"]), residual)
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]

@@ -16,9 +16,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gateway.scoring import DeviceScoreState, PCABaseline, SeriesCalibration, WindowScorer, apply_hysteresis
+from gateway.scoring import (
+    DeviceScoreState,
+    PCABaseline,
+    SeriesCalibration,
+    WindowScorer,
+    apply_hysteresis,
+    fill_forward,
+)
 
-MAX_CALIBRATION_WINDOWS = 2048
 STREAM_BATCH = 64
 """Windows scored per call after calibration, in time order, as the daemon's batches."""
 
@@ -38,21 +44,8 @@ class RecordingScores:
 
 
 def fill_missing(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN per channel (leading NaN take the first finite value; an all-NaN
-    channel becomes 0)."""
-    x = np.array(values, dtype=np.float64)
-    for c in range(x.shape[1]):
-        col = x[:, c]
-        ok = np.isfinite(col)
-        if not ok.any():
-            col[:] = 0.0
-            continue
-        idx = np.where(ok, np.arange(col.size), 0)
-        np.maximum.accumulate(idx, out=idx)
-        first = int(np.argmax(ok))
-        idx[:first] = first
-        x[:, c] = col[idx]
-    return x
+    """Forward-fill NaN per channel (``gateway.scoring.fill_forward``)."""
+    return fill_forward(values)
 
 
 def sliding_windows(z: np.ndarray, window_length: int) -> np.ndarray:
@@ -72,10 +65,6 @@ def run_model(session: Any, windows: np.ndarray, batch_size: int = 1024) -> dict
     return {n: np.concatenate(p) for n, p in parts.items()}
 
 
-def _calibration_subset(n: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, MAX_CALIBRATION_WINDOWS)).round().astype(int))
-
-
 def score_recording(
     values: np.ndarray,
     session: Any,
@@ -93,16 +82,19 @@ def score_recording(
             f"calibration rows must be in [{t + 8}, {n_rows - 1}] (T = {t}, {n_rows} rows), got {calibration_rows}"
         )
     cal = SeriesCalibration(n_ch, calibration_rows)
-    cal.update(x[:calibration_rows])
+    cal.update(values[:calibration_rows])
+    if not cal.frozen:
+        raise ValueError("a channel has no finite value in the calibration rows")
     z = cal.standardize(x)
     windows = sliding_windows(z, t)  # window i ends at row i + t - 1
     outputs = run_model(session, windows)
     scorer = WindowScorer(None, **dict(settings))
     n_cal = calibration_rows - t + 1  # windows ending inside the calibration rows
-    sub = _calibration_subset(n_cal)
-    state = DeviceScoreState(n_ch, calibration_windows=len(sub))
-    residual = scorer.statistics(windows[:n_cal][sub], outputs["reconstruction"][:n_cal][sub])
-    scorer.calibrate(state, outputs["embedding"][:n_cal][sub], residual)
+    # the daemon's path: calibration windows from the retained calibration readings
+    cal_windows = cal.calibration_windows(t)
+    cal.release()
+    state = DeviceScoreState(n_ch)
+    scorer.calibrate_windows(state, cal_windows, run_model(session, cal_windows))
     rest = slice(n_cal, None)
     score = np.full(n_rows, np.nan, dtype=np.float32)
     channel_scores = np.full((n_rows, n_ch), np.nan, dtype=np.float32)
@@ -117,7 +109,7 @@ def score_recording(
     pca_score = np.full(n_rows, np.nan, dtype=np.float32)
     if with_pca:
         pca = PCABaseline(quantile=settings["score_quantile"], margin=settings["score_margin"])
-        pca.fit(windows[:n_cal][sub])
+        pca.fit(cal_windows)
         pca_score[calibration_rows:] = pca.score(windows[rest])
     evaluated = np.zeros(n_rows, dtype=bool)
     evaluated[calibration_rows:] = True

@@ -51,7 +51,7 @@ def export_onnx(
         noisy = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
         levels = [lg.level for lg in noisy]
         for lg in noisy:
-            lg.setLevel(logging.WARNING)
+            lg.setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(
                 model,
