@@ -92,10 +92,11 @@ class ReyaxDriver:
         head = _HEAD.match(buf)
         if head is None:
             nl = buf.find(b"\n")
-            if nl < 0 and len(buf) < 16:
+            nxt = buf.find(b"+RCV=", 1, nl if nl >= 0 else len(buf))
+            if nxt < 0 and nl < 0 and len(buf) < 16:
                 return False  # the head may still be arriving
             self.counts["malformed"] += 1
-            del buf[: (nl + 1) if nl >= 0 else 5]
+            del buf[: nxt if nxt >= 0 else (nl + 1) if nl >= 0 else 5]
             return True
         length = int(head.group(2))
         pos = head.end() + length
