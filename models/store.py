@@ -9,7 +9,7 @@ Layout under the store root (default ``<state_dir>/models``)::
     staging/                      installs in progress (same filesystem, so the final move is a rename)
 
 Kinds (manifest ``kind``): ``base`` (weights + ONNX graph, optionally a LoRA-input graph),
-``merged`` (an adapter merged into its base: a complete ONNX model), both activatable;
+``merged`` (an adapter merged into its base: a complete, standalone ONNX model), both activatable;
 and ``adapter`` (PEFT files and/or an ``.onnx_adapter``), served on its base through the
 daemon's device-group mapping, never activated alone. An adapter or merged model names
 its base by the sha256 of the base's weights (``base_sha256``).
@@ -261,8 +261,6 @@ class ModelStore:
                     _check_lora_graph(model_dir)
             except ModelLoadError as exc:
                 raise StoreError(str(exc)) from exc
-            if kind == "merged":
-                self._require_base(manifest)
         else:
             base = self._require_base(manifest)
             _check_adapter_tensors(model_dir, manifest, base.path)

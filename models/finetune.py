@@ -1,0 +1,273 @@
+"""Site fine-tuning: train a LoRA adapter (peft) on a site's own readings (torch; ``[train]`` extra).
+
+Recipe (:func:`finetune`):
+
+1. Data: a :class:`~models.site_data.SiteData` (or a CSV / JSON-lines recording read with
+   :func:`~models.site_data.load_site_data`). Missing values are forward-filled.
+2. Time-ordered split: the first ``1 - val_fraction`` of the rows train, the rest
+   validate; no window crosses the boundary, so validation is data the adapter never saw
+   and that comes after it in time.
+3. Values are standardised per channel with the mean/std of the normal training rows
+   (the gateway's per-device calibration does the same on a device's first readings).
+4. Windows of T rows (stride ``stride``), channel-independent (each channel a series of its
+   own, as the base model works). Windows touching a row labelled anomalous, or with more
+   than a quarter of their values missing, are left out of training and of the validation
+   loss: the adapter learns the site's *normal* behaviour (self-supervised reconstruction).
+5. LoRA on the base's ``lora_targets`` (nn.Linear only; the base has LayerNorm, no
+   BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss, a
+   tqdm progress bar per epoch, early stopping on the validation loss with ``patience``,
+   and the best epoch's adapter kept.
+6. When labels exist, supervised validation metrics: the gateway's own scoring
+   (:func:`models.evaluate.score_recording`, calibrated on the training rows) is run with
+   the base and with the adapted model, and point-wise precision/recall/F1/false-alarm rate
+   on the validation rows are reported for both.
+
+Output directory: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT layout) and
+``manifest.json`` (kind ``adapter``, base name and weights sha256, data file and its sha256,
+rows, channels, split, LoRA settings, validation loss before/after, supervised metrics).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tqdm import tqdm
+
+from models import integrity
+from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
+from models.evaluate import fill_missing, point_metrics, score_recording
+from models.runtime import window_length, weights_sha256
+from models.site_data import SiteData, SiteDataError, load_site_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced and measured."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    val_loss_before: float
+    val_loss_after: float
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _windows(z: np.ndarray, ok_rows: np.ndarray, missing: np.ndarray, T: int, stride: int) -> np.ndarray:
+    """Single-channel windows ``[M, T, 1]`` of rows ``z [L, C]`` that are all ok and mostly present."""
+    L, C = z.shape
+    if L < T:
+        return np.zeros((0, T, 1), np.float32)
+    starts = np.arange(0, L - T + 1, stride)
+    bad = np.concatenate([[0], np.cumsum(~ok_rows)])
+    clean = (bad[starts + T] - bad[starts]) == 0
+    out = []
+    for c in range(C):
+        miss = np.concatenate([[0], np.cumsum(missing[:, c])])
+        keep = starts[clean & ((miss[starts + T] - miss[starts]) <= T // 4)]
+        idx = keep[:, None] + np.arange(T)[None, :]
+        out.append(z[idx, c])
+    return np.concatenate(out).astype(np.float32)[:, :, None] if out else np.zeros((0, T, 1), np.float32)
+
+
+def _subsample(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if len(x) <= limit:
+        return x
+    return x[np.sort(rng.choice(len(x), size=limit, replace=False))]
+
+
+@torch.no_grad()
+def _loss(model: torch.nn.Module, windows: np.ndarray, batch: int = 1024) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i:i + batch])
+        rec, _ = model(x)
+        total += float(torch.sum((rec - x) ** 2))
+    return total / max(1, windows.size)
+
+
+class _TorchSession:
+    """The slice of an ONNX Runtime session that models.evaluate uses, backed by a torch model."""
+
+    class _Arg:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+
+    def get_inputs(self) -> list["_TorchSession._Arg"]:
+        return [self._Arg("window")]
+
+    def get_outputs(self) -> list["_TorchSession._Arg"]:
+        return [self._Arg("reconstruction"), self._Arg("embedding")]
+
+    @torch.no_grad()
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        rec, emb = self.model(torch.from_numpy(np.ascontiguousarray(feeds["window"])))
+        out = {"reconstruction": rec.numpy(), "embedding": emb.numpy()}
+        return [out[n] for n in names]
+
+
+def _supervised(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, split: int, T: int,
+                manifest: dict[str, Any]) -> dict[str, Any]:
+    from gateway.scoring import settings_from
+
+    settings = settings_from(manifest)
+    scores = score_recording(values, _TorchSession(model), T, calibration_rows=split, settings=settings,
+                             with_pca=False)
+    return point_metrics(labels, scores.alert, scores.evaluated).as_dict()
+
+
+def finetune(base_dir: Path, data: SiteData | Path, out_dir: Path, channels: list[str] | None = None,
+             timestamp_column: str = "timestamp", label_column: str | None = None, rank: int = 8,
+             alpha: float = 16.0, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
+             val_fraction: float = 0.25, stride: int = 1, max_windows: int = 20000,
+             targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
+             device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True) -> FinetuneResult:
+    """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
+
+    Raises SiteDataError for data it cannot use (too few rows, unknown columns, nothing normal
+    to learn from) and ValueError for bad settings. Writes ``out_dir`` (created; existing
+    adapter files in it are replaced).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if rank < 1 or alpha <= 0 or epochs < 1 or not 0.05 <= val_fraction <= 0.5 or stride < 1:
+        raise ValueError("need rank >= 1, alpha > 0, epochs >= 1, 0.05 <= val_fraction <= 0.5, stride >= 1")
+    base_dir = Path(base_dir)
+    base_manifest = integrity.load_manifest(base_dir)
+    integrity.verify_dir(base_dir, base_manifest)
+    T = window_length(base_manifest)
+    if not isinstance(data, SiteData):
+        if not channels:
+            raise SiteDataError("name the channels to train on (--channels)")
+        data = load_site_data(Path(data), channels, timestamp_column, label_column, device_id)
+    L = data.rows
+    split = int(round(L * (1 - val_fraction)))
+    if split < 2 * T or L - split < T:
+        raise SiteDataError(f"{data.source}: {L} rows is too few: with T={T} and val_fraction={val_fraction} "
+                            f"it needs at least {math.ceil(max(2 * T / (1 - val_fraction), T / val_fraction))} rows")
+    missing = ~np.isfinite(data.values)
+    values = fill_missing(data.values)
+    anomalous = data.labels if data.labels is not None else np.zeros(L, dtype=bool)
+    normal_train = ~anomalous[:split]
+    if normal_train.sum() < T:
+        raise SiteDataError(f"{data.source}: fewer than {T} normal rows in the training part")
+    mean = values[:split][normal_train].mean(axis=0)
+    std = values[:split][normal_train].std(axis=0)
+    std = np.where(std > 1e-6, std, 1.0)
+    z = ((values - mean) / std).astype(np.float32)
+    train = _subsample(_windows(z[:split], ~anomalous[:split], missing[:split], T, stride), max_windows, rng)
+    val = _subsample(_windows(z[split:], ~anomalous[split:], missing[split:], T, stride), max_windows // 4, rng)
+    if len(train) < 8 or len(val) < 1:
+        raise SiteDataError(f"{data.source}: only {len(train)} training / {len(val)} validation windows of "
+                            f"{T} clean normal rows; bring more data or fewer gaps")
+
+    base_model: PatchAutoencoder = load_model(base_dir)
+    for p in base_model.parameters():
+        p.requires_grad_(False)
+    target_modules = list(targets or base_manifest.get("lora_targets") or LORA_TARGETS)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
+    model = get_peft_model(base_model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    before = _loss(model, val)
+    best, best_epoch, bad_epochs = before, 0, 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    history: list[dict[str, float]] = []
+    started = time.monotonic()
+    bar = tqdm(range(1, epochs + 1), desc=f"finetune {name}", unit="epoch", disable=not progress,
+               file=sys.stderr, leave=False)
+    epoch = 0
+    for epoch in bar:
+        model.train()
+        order = rng.permutation(len(train))
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            x = torch.from_numpy(train[order[i:i + batch_size]])
+            rec, _ = model(x)
+            loss = torch.mean((rec - x) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(x)
+        train_loss = total / len(train)
+        val_loss = _loss(model, val)
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6)})
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best:.4f}")
+        if val_loss < best - 1e-7:
+            best, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state, strict=False)
+    after = _loss(model, val)
+
+    evaluation: dict[str, Any] = {"val_loss_before": round(before, 6), "val_loss_after": round(after, 6),
+                                  "val_windows": int(len(val)), "loss": "MSE of reconstruction, standardised units"}
+    if data.labels is not None and supervised_metrics and data.labels[split:].any():
+        try:
+            evaluation["supervised"] = {
+                "split": "validation rows (after the training rows), scored as the gateway does",
+                "base": _supervised(load_model(base_dir), values, data.labels, split, T, base_manifest),
+                "adapter": _supervised(model, values, data.labels, split, T, base_manifest),
+            }
+        except ValueError as exc:  # too few rows to calibrate the scorer
+            evaluation["supervised"] = {"skipped": str(exc)}
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("adapter_model.safetensors", "adapter_config.json", "README.md", integrity.MANIFEST):
+        (out_dir / stale).unlink(missing_ok=True)
+    model.save_pretrained(str(out_dir))
+    (out_dir / "README.md").unlink(missing_ok=True)  # peft's template card; manifest.json describes the adapter
+    manifest = {
+        "name": name, "version": version, "kind": "adapter",
+        "window_length": T, "inputs": base_manifest["inputs"], "outputs": base_manifest["outputs"],
+        "embedding_dim": base_manifest.get("embedding_dim"),
+        "base_model": f"{base_manifest.get('name')}@{base_manifest.get('version')}",
+        "base_sha256": weights_sha256(base_manifest),
+        "lora_targets": target_modules,
+        "lora": {"r": rank, "alpha": alpha, "scaling": alpha / rank, "target_modules": target_modules},
+        "thresholds": base_manifest.get("thresholds", {}),
+        "training": {
+            "method": "LoRA (peft), self-supervised reconstruction of normal windows"
+                      + ("; rows labelled anomalous excluded" if data.labels is not None else ""),
+            "data_file": data.source, "data_sha256": data.sha256, "rows": L, "channels": data.channels,
+            "timestamp_column": timestamp_column, "label_column": label_column,
+            "time_range": [float(data.timestamps[0]), float(data.timestamps[-1])],
+            "split": {"train_rows": split, "val_rows": L - split, "order": "time"},
+            "train_windows": int(len(train)), "window_length": T, "stride": stride,
+            "standardisation": {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]},
+            "optimizer": {"name": "AdamW", "lr": lr, "batch_size": batch_size},
+            "epochs_max": epochs, "epochs_run": epoch, "best_epoch": best_epoch, "patience": patience,
+            "seed": seed, "seconds": round(time.monotonic() - started, 2), "history": history,
+            "data_notes": data.notes, "torch": torch.__version__,
+        },
+        "evaluation": evaluation,
+    }
+    written = integrity.write_manifest(out_dir, manifest)
+    log.info("adapter %s@%s: validation loss %.5f -> %.5f (%d epochs, best %d)", name, version, before, after,
+             epoch, best_epoch)
+    return FinetuneResult(out_dir, written, before, after, epoch, best_epoch, history)
+
+
+def load_peft(base_dir: Path, adapter_dir: Path) -> PeftModel:
+    """The base model with an adapter applied (eval mode, unmerged)."""
+    return PeftModel.from_pretrained(load_model(Path(base_dir)), str(adapter_dir)).eval()

@@ -1,0 +1,226 @@
+"""A site's recorded data for adapter fine-tuning: CSV files as users bring them (numpy + stdlib).
+
+:func:`load_site_csv` reads a CSV with a header row: the delimiter is sniffed (comma or
+semicolon; with semicolons a decimal comma ``21,5`` is accepted), a timestamp column
+(ISO 8601 or Unix epoch seconds/milliseconds), the channels picked by name, and an
+optional label column (``0``/``1``, ``true``/``false``, ``normal``/``anomaly``...; empty
+counts as normal). Rows are sorted by time; empty or unparseable values become NaN
+(counted); duplicate timestamps are kept in file order. Every problem that makes the file
+unusable raises :class:`SiteDataError` with one line saying what and where.
+
+:func:`load_site_data` also accepts the gateway's own recordings (JSON lines, one reading
+per line: ``{"device_id", "ts", "values": {channel: value}}``), picking one device.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+TRUE_LABELS = frozenset({"1", "true", "yes", "y", "anomaly", "anomalous", "fault", "abnormal", "alarm"})
+FALSE_LABELS = frozenset({"", "0", "false", "no", "n", "normal", "ok", "none"})
+
+
+class SiteDataError(Exception):
+    """The data cannot be used for fine-tuning; one line saying why."""
+
+
+@dataclass
+class SiteData:
+    """Time-ordered site readings: ``values [L, C]`` (NaN = missing), ``timestamps [L]`` (Unix s)."""
+
+    values: np.ndarray
+    timestamps: np.ndarray
+    channels: list[str]
+    labels: np.ndarray | None = None  # [L] bool, True = anomalous
+    source: str = "arrays"
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float64)
+        if self.values.ndim != 2 or self.values.shape[1] != len(self.channels):
+            raise SiteDataError(f"values must be [rows, {len(self.channels)} channels], got {self.values.shape}")
+        self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
+        if self.timestamps.shape != (self.values.shape[0],):
+            raise SiteDataError("timestamps must have one entry per row")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=bool)
+            if self.labels.shape != (self.values.shape[0],):
+                raise SiteDataError("labels must have one entry per row")
+
+    @property
+    def rows(self) -> int:
+        return int(self.values.shape[0])
+
+
+def parse_timestamp(text: str) -> float:
+    """ISO 8601 (``Z`` or offset; naive = UTC) or epoch seconds/milliseconds -> Unix seconds."""
+    s = text.strip()
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"timestamp {text!r}")
+        return value / 1000.0 if value > 1e11 else value
+    dt = datetime.fromisoformat(s)  # Python 3.11: accepts "Z", offsets and a space separator
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _parse_value(text: str, decimal_comma: bool) -> float:
+    s = text.strip()
+    if not s or s.lower() in ("nan", "na", "null", "none", "-"):
+        return math.nan
+    if decimal_comma:
+        s = s.replace(",", ".")
+    return float(s)
+
+
+def _parse_label(text: str, where: str) -> bool:
+    s = text.strip().lower()
+    if s in TRUE_LABELS:
+        return True
+    if s in FALSE_LABELS:
+        return False
+    try:
+        return float(s) != 0.0
+    except ValueError:
+        raise SiteDataError(f"{where}: label {text!r} is not 0/1, true/false or normal/anomaly") from None
+
+
+def sniff_delimiter(sample: str) -> str:
+    """``,`` or ``;`` (csv.Sniffer limited to those two; more ``;`` than ``,`` in the header wins on doubt)."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;").delimiter
+    except csv.Error:
+        header = sample.splitlines()[0] if sample else ""
+        return ";" if header.count(";") > header.count(",") else ","
+
+
+def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
+                  label_column: str | None = None, min_rows: int = 2) -> SiteData:
+    """Read a site CSV; see the module docstring. Raises SiteDataError for an unusable file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SiteDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    if not text.strip():
+        raise SiteDataError(f"{path}: the file is empty")
+    delimiter = sniff_delimiter(text[:8192])
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise SiteDataError(f"{path}: the file is empty") from None
+    wanted = [timestamp_column, *channels] + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise SiteDataError(f"{path}: no column(s) {', '.join(repr(m) for m in missing)}; the header "
+                            f"(delimiter {delimiter!r}) has: {', '.join(header)}")
+    if not channels:
+        raise SiteDataError("pick at least one channel")
+    ts_i = header.index(timestamp_column)
+    ch_i = [header.index(c) for c in channels]
+    lb_i = header.index(label_column) if label_column else None
+    decimal_comma = delimiter == ";"
+    stamps: list[float] = []
+    rows: list[list[float]] = []
+    labels: list[bool] = []
+    bad_values = 0
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) < len(header):
+            raise SiteDataError(f"{path}:{line_no}: {len(row)} fields, the header has {len(header)}")
+        try:
+            stamps.append(parse_timestamp(row[ts_i]))
+        except ValueError:
+            raise SiteDataError(f"{path}:{line_no}: timestamp {row[ts_i]!r} is neither ISO 8601 nor epoch "
+                                "seconds") from None
+        values = []
+        for i in ch_i:
+            try:
+                values.append(_parse_value(row[i], decimal_comma))
+            except ValueError:
+                values.append(math.nan)
+                bad_values += 1
+        rows.append(values)
+        if lb_i is not None:
+            labels.append(_parse_label(row[lb_i], f"{path}:{line_no}"))
+    if len(rows) < min_rows:
+        raise SiteDataError(f"{path}: {len(rows)} data rows; at least {min_rows} are needed")
+    order = np.argsort(np.asarray(stamps), kind="stable")
+    values_arr = np.asarray(rows, dtype=np.float64)[order]
+    all_nan = [channels[c] for c in range(len(channels)) if not np.isfinite(values_arr[:, c]).any()]
+    if all_nan:
+        raise SiteDataError(f"{path}: channel(s) {', '.join(all_nan)} hold no numeric value")
+    notes = [f"delimiter {delimiter!r}"]
+    if bad_values:
+        notes.append(f"{bad_values} unparseable value(s) read as missing")
+    if not np.all(np.diff(np.asarray(stamps)) >= 0):
+        notes.append("rows were not in time order: sorted by timestamp")
+    return SiteData(values=values_arr, timestamps=np.asarray(stamps)[order], channels=list(channels),
+                    labels=np.asarray(labels)[order] if lb_i is not None else None,
+                    source=str(path), sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+
+
+def load_recording(path: Path, channels: list[str], device_id: str | None = None, min_rows: int = 2) -> SiteData:
+    """Read the gateway's JSON-lines recording of readings for one device (the only one if None)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SiteDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    by_device: dict[str, list[tuple[float, list[float]]]] = {}
+    for line_no, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            dev = str(rec["device_id"])
+            ts = rec["ts"] if "ts" in rec else rec["timestamp"]
+            stamp = parse_timestamp(str(ts))
+            vals = rec["values"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise SiteDataError(f"{path}:{line_no}: not a recorded reading ({type(exc).__name__}: {exc})") from None
+        row = [float(vals[c]) if isinstance(vals.get(c), (int, float)) else math.nan for c in channels]
+        by_device.setdefault(dev, []).append((stamp, row))
+    if device_id is None:
+        if len(by_device) != 1:
+            raise SiteDataError(f"{path}: readings of {len(by_device)} devices; pick one with --device "
+                                f"({', '.join(sorted(by_device)[:10])})")
+        device_id = next(iter(by_device))
+    readings = by_device.get(device_id)
+    if not readings or len(readings) < min_rows:
+        raise SiteDataError(f"{path}: {len(readings or [])} readings of device {device_id!r}; at least {min_rows} needed")
+    readings.sort(key=lambda r: r[0])
+    values = np.asarray([r[1] for r in readings])
+    missing = [channels[c] for c in range(len(channels)) if not np.isfinite(values[:, c]).any()]
+    if missing:
+        raise SiteDataError(f"{path}: device {device_id!r} has no readings of {', '.join(missing)}")
+    return SiteData(values=values, timestamps=np.asarray([r[0] for r in readings]), channels=list(channels),
+                    source=f"{path}#{device_id}", sha256=hashlib.sha256(raw).hexdigest())
+
+
+def load_site_data(path: Path, channels: list[str], timestamp_column: str = "timestamp",
+                   label_column: str | None = None, device_id: str | None = None) -> SiteData:
+    """CSV or the gateway's JSON-lines recording (``.jsonl``/``.ndjson``), by file suffix."""
+    if Path(path).suffix.lower() in (".jsonl", ".ndjson"):
+        return load_recording(path, channels, device_id)
+    return load_site_csv(path, channels, timestamp_column, label_column)
