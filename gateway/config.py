@@ -1,0 +1,178 @@
+"""The gateway's TOML configuration: one schema, unknown keys refused, all errors at once.
+
+``load_config(path, registry)`` parses and validates the whole file before any I/O and
+raises ConfigError listing every problem as ``key.path: message``. The core sections are
+pydantic models here; each ``[[sources]]`` and ``[[handlers]]`` table is validated by the
+options model its plugin registered (its ``type`` picks the plugin). Secrets are never
+values in the file: options name an environment variable or a file (``*_env``,
+``*_file``); ``redacted()`` hides anything that looks secret before logging.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.alert_policy import AlertPolicyConfig
+from gateway.profiles import ProfileConfig
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
+SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``errors`` holds one ``path: message`` per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewaySection(Strict):
+    id: str = Field("lora-gateway", description="Name of this gateway in topics, alerts and logs.")
+    state_dir: Path = Field(Path("/var/lib/lora-gateway"), description="Where the outbox, model store and pid file live (systemd StateDirectory).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    ingest_queue_size: int = Field(10000, ge=10, description="Uplinks buffered between sources and the pipeline; when full a source waits up to ingest_block_s, then the uplink is dropped and counted (reason queue_full).")
+    ingest_block_s: float = Field(5.0, ge=0, description="How long a source waits for room in the ingest queue before dropping.")
+    max_devices: int = Field(10000, ge=1, description="Devices tracked at once; the least recently seen is evicted (counted) beyond this.")
+    drain_timeout_s: float = Field(10.0, gt=0, description="On SIGTERM, how long to keep delivering pending alerts before exiting.")
+
+
+class PluginsSection(Strict):
+    allow: list[str] | None = Field(None, description="Third-party plugins (entry-point names) allowed to load; unset loads all installed, [] loads none.")
+
+
+class ModelSection(Strict):
+    path: Path | None = Field(None, description="Model directory to serve. Unset: the model store's active model, else the bundled base model.")
+    providers: list[str] = Field(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"],
+        description="Execution providers in order of preference; filtered by what onnxruntime offers on this box.",
+    )
+    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads (1 plus batching is fastest on small boxes).")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapter name -> `.onnx_adapter` file; device profiles pick one with `adapter`.")
+    calibration_steps: int | None = Field(None, ge=8, description="Readings per device whose mean/std standardise its channels (unset: the model manifest's value).")
+    calibration_windows: int | None = Field(None, ge=8, description="Windows per device that calibrate its normal score profile before its scores count (unset: the manifest's value).")
+
+
+class BatcherSection(Strict):
+    max_batch: int = Field(64, ge=1, description="Most windows in one ONNX Runtime call.")
+    max_delay_ms: float = Field(20.0, ge=0, description="Longest a due window waits for others before the batch runs.")
+
+
+class OutboxSection(Strict):
+    path: Path | None = Field(None, description="SQLite file of the durable outbox; default <state_dir>/outbox.sqlite.")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=65536, description="Disk budget; when full, telemetry is dropped before alerts, every drop counted.")
+    replay_rate_per_s: float = Field(50.0, gt=0, description="Most replayed alerts per second per handler after an outage.")
+
+
+class MetricsSection(Strict):
+    listen: str | None = Field("127.0.0.1:9108", description="host:port of the Prometheus metrics and health endpoint; unset disables it. Bound to localhost by default.")
+
+
+class PluginTable(BaseModel):
+    """A [[sources]] or [[handlers]] entry: ``type`` picks the plugin, the rest are its options."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="Plugin type name (see `lora-gateway plugins`).")
+    name: str | None = Field(None, description="Instance name (defaults to the type).")
+
+
+class GatewayConfig(Strict):
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
+    sources: list[PluginTable] = Field(default_factory=list, description="Where uplinks come from.")
+    handlers: list[PluginTable] = Field(default_factory=list, description="Where alerts go.")
+    profiles: list[ProfileConfig] = Field(default_factory=list, description="Device profiles: decoder and channel mapping per device group.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    batcher: BatcherSection = Field(default_factory=BatcherSection)
+    alerts: AlertPolicyConfig = Field(default_factory=AlertPolicyConfig)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    # Validated plugin options, filled by validate_config: (type, name, options model instance)
+    source_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
+    handler_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    return [f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+
+
+def validate_config(data: dict[str, Any], registry: Any, source: str = "config") -> GatewayConfig:
+    """Validate a parsed config dict against the core schema and every plugin's options.
+
+    Raises ConfigError with all problems found (never stops at the first one).
+    """
+    errors: list[str] = []
+    try:
+        cfg = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        errors.extend(_errors(exc))
+        cfg = None
+    for section, kinds in (("sources", registry.sources), ("handlers", registry.handlers)):
+        tables = data.get(section, [])
+        if not isinstance(tables, list):
+            continue
+        seen: set[str] = set()
+        for i, table in enumerate(tables):
+            if not isinstance(table, dict) or "type" not in table:
+                continue
+            kind = table["type"]
+            if kind not in kinds:
+                errors.append(f"{section}[{i}].type: unknown {section[:-1]} type {kind!r} (known: {', '.join(sorted(kinds)) or 'none'})")
+                continue
+            name = str(table.get("name") or kind)
+            if name in seen:
+                errors.append(f"{section}[{i}].name: duplicate name {name!r}")
+            seen.add(name)
+            options = {k: v for k, v in table.items() if k not in ("type", "name")}
+            try:
+                parsed = kinds[kind][1].model_validate(options)
+            except ValidationError as exc:
+                errors.extend(_errors(exc, (section, i)))
+                continue
+            if cfg is not None:
+                (cfg.source_options if section == "sources" else cfg.handler_options).append((kind, name, parsed))
+    if errors:
+        raise ConfigError(source, errors)
+    assert cfg is not None
+    return cfg
+
+
+def load_config(path: Path | None, registry: Any) -> GatewayConfig:
+    """Read and validate a TOML file (None: the embedded defaults). Raises ConfigError."""
+    if path is None:
+        return validate_config({}, registry, "defaults")
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(str(path), ["file not found"]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    return validate_config(data, registry, str(path))
+
+
+def redacted(value: Any) -> Any:
+    """A copy of a config value with secret-looking keys replaced by '***'."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: ("***" if SECRET_KEY.search(str(k)) and v not in (None, "") and not str(k).endswith("_env") else redacted(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value

@@ -1,0 +1,129 @@
+"""Inference stage: per-device calibration, batched ONNX Runtime calls, window scores.
+
+The pipeline thread calls ``observe(window)`` after each reading and ``score(windows)``
+for a batch of due windows. A device goes through two calibration phases before its
+scores count (gateway.scoring): its first ``calibration_steps`` readings fix each
+channel's mean/std (so windows are standardised by device, never per window), then its
+first ``calibration_windows`` scored windows fit its normal score profile (those windows
+score NaN and are not passed on). Due windows are grouped by (adapter, channel count),
+one ONNX Runtime call per group.
+
+``swap_runtime`` replaces the model between batches (an attribute swap, atomic under the
+GIL); device score profiles are then re-learnt, because a new model has a new embedding
+space, while the channel standardisation is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.metrics import Metrics
+from gateway.scoring import DeviceScoreState, SeriesCalibration, WindowScorer
+from gateway.windows import DeviceWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DueWindow:
+    """A window snapshot taken at the reading that made it due: standardised ``x [T, C]``."""
+
+    window: DeviceWindow
+    x: np.ndarray
+    timestamp: float
+    state: "_DeviceState"
+
+
+@dataclass
+class _DeviceState:
+    calibration: SeriesCalibration
+    score_state: DeviceScoreState
+    generation: int
+
+
+class InferenceEngine:
+    def __init__(self, runtime: Any, metrics: Metrics, *, calibration_steps: int | None = None,
+                 calibration_windows: int | None = None) -> None:
+        self.metrics = metrics
+        self._overrides = {"calibration_steps": calibration_steps, "calibration_windows": calibration_windows}
+        self.runtime = runtime
+        self.scorer = WindowScorer(runtime.manifest, **self._overrides)
+        self.generation = 0
+        self.calibration_steps = int(self.scorer.settings["calibration_steps"])
+        metrics.describe("inference_batches_total", "ONNX Runtime calls")
+        metrics.describe("windows_scored_total", "Windows scored by the model")
+
+    def swap_runtime(self, runtime: Any) -> None:
+        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
+        self.scorer = WindowScorer(runtime.manifest, **self._overrides)
+        self.runtime = runtime
+        self.generation += 1
+
+    def _state(self, window: DeviceWindow) -> _DeviceState:
+        st = window.state
+        if not isinstance(st, _DeviceState):
+            c = len(window.channels)
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps), self.scorer.new_state(c), self.generation)
+            window.state = st
+        elif st.generation != self.generation:
+            st.score_state = self.scorer.new_state(len(window.channels))
+            st.generation = self.generation
+        return st
+
+    def observe(self, window: DeviceWindow) -> DueWindow | None:
+        """Account for the reading just pushed; a snapshot when the window is due for scoring."""
+        st = self._state(window)
+        if not st.calibration.frozen:
+            st.calibration.update(window.latest())
+            if not st.calibration.frozen:
+                return None
+        if not window.full:
+            return None
+        return DueWindow(window, st.calibration.standardize(window.values()), window.last_timestamp, st)
+
+    def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
+        """Run the model on due windows (time order kept per device); returns
+        (due window, score, details) for windows of calibrated devices."""
+        runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
+        scorer = self.scorer
+        groups: dict[tuple[str | None, int], list[DueWindow]] = {}
+        for d in due:
+            w = d.window
+            adapter = w.adapter if w.adapter in runtime.adapter_names else None
+            if w.adapter is not None and adapter is None:
+                self.metrics.inc("adapter_fallbacks_total", adapter=str(w.adapter))
+            groups.setdefault((adapter, len(w.channels)), []).append(d)
+        out: list[tuple[DueWindow, float, dict[str, Any]]] = []
+        for (adapter, _), group in groups.items():
+            for d in group:
+                if d.state.generation != self.generation:
+                    self._state(d.window)
+            x = np.stack([d.x for d in group])
+            started = time.perf_counter()
+            outputs = runtime.run(x, adapter=adapter)
+            elapsed = time.perf_counter() - started
+            result = scorer.score_details(x, outputs, [d.state.score_state for d in group])
+            m = self.metrics
+            m.inc("inference_batches_total")
+            m.inc("inference_seconds_total", elapsed)
+            m.inc("windows_scored_total", len(group))
+            m.set("inference_last_batch_size", len(group))
+            m.set("inference_last_batch_seconds", elapsed)
+            for i, d in enumerate(group):
+                s = float(result.score[i])
+                if not np.isfinite(s):
+                    continue
+                w = d.window
+                contributions = result.channel_scores[i]
+                top = int(np.nanargmax(contributions))
+                out.append((d, s, {
+                    "channel": w.channels[top],
+                    "channel_scores": {c: round(float(v), 3) for c, v in zip(w.channels, contributions)},
+                    "adapter": adapter,
+                }))
+        return out

@@ -1,0 +1,90 @@
+"""MQTT connection settings shared by the MQTT source and the MQTT-based alert handlers.
+
+TLS certificate checks are on by default; passwords come from an environment variable or
+a file, never from the config file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Literal
+
+from paho.mqtt import client as mqtt
+from pydantic import BaseModel, ConfigDict, Field
+
+# CONNACK reason codes meaning "your credentials are wrong": retrying cannot help.
+AUTH_FAILURE_CODES = {4, 5, 134, 135}
+
+
+class TlsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the broker's certificate; unset uses the system store.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    insecure_skip_verify: bool = Field(False, description="Disable certificate and host name checks (testing only).")
+
+
+class BrokerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 for TLS usually).")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    client_id: str | None = Field(None, description="Client id; must be stable for a persistent session. Default: derived from the gateway id and instance name.")
+    username: str | None = Field(None, description="User name.")
+    password_env: str | None = Field(None, description="Environment variable holding the password.")
+    password_file: Path | None = Field(None, description="File holding the password (first line).")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval.")
+    tls: TlsOptions | None = Field(None, description="TLS settings; unset means plain TCP.")
+    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect back-off cap.")
+
+
+def read_password(opts: BrokerOptions) -> str | None:
+    """The broker password from the environment or a file (None when neither is set)."""
+    if opts.password_env:
+        value = os.environ.get(opts.password_env)
+        if value is None:
+            raise ValueError(f"environment variable {opts.password_env} (password_env) is not set")
+        return value
+    if opts.password_file:
+        return opts.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
+    return None
+
+
+def make_client(opts: BrokerOptions, client_id: str, persistent: bool) -> mqtt.Client:
+    """A paho 2.x client configured with protocol, credentials, TLS and back-off (not connected)."""
+    v5 = opts.protocol == "5"
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else not persistent,
+    )
+    if opts.username:
+        client.username_pw_set(opts.username, read_password(opts))
+    if opts.tls is not None:
+        t = opts.tls
+        client.tls_set(
+            ca_certs=str(t.ca_file) if t.ca_file else None,
+            certfile=str(t.cert_file) if t.cert_file else None,
+            keyfile=str(t.key_file) if t.key_file else None,
+            cert_reqs=ssl.CERT_NONE if t.insecure_skip_verify else ssl.CERT_REQUIRED,
+        )
+        if t.insecure_skip_verify:
+            client.tls_insecure_set(True)
+    client.reconnect_delay_set(min_delay=max(1, int(opts.reconnect_min_s)), max_delay=max(1, int(opts.reconnect_max_s)))
+    return client
+
+
+def connect_properties(opts: BrokerOptions, session_expiry_s: int) -> object | None:
+    """CONNECT properties for MQTT v5 (session expiry), None for 3.1.1."""
+    if opts.protocol != "5":
+        return None
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    return props

@@ -1,0 +1,249 @@
+"""The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
+
+Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
+and their dispatcher -> pipeline -> sources -> metrics endpoint -> READY=1. Stop order is
+the reverse: sources first (no new input), the pipeline drains its queue and flushes the
+last batch, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
+stop. Each part's cleanup runs even when another's fails.
+
+SIGTERM/SIGINT stop the daemon; SIGHUP reloads the model (the store's active version) and
+keeps the old one serving if the new one fails to load or to run its warm-up batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gateway import sdnotify
+from gateway.alert_policy import AlertPolicy
+from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
+from gateway.contracts import AlertHandler, PluginContext, Source
+from gateway.dispatcher import Dispatcher
+from gateway.inference import InferenceEngine
+from gateway.metrics import Metrics
+from gateway.outbox import Outbox
+from gateway.pipeline import Pipeline
+from gateway.profiles import ProfileSet
+from gateway.quarantine import Quarantine
+from gateway.telemetry import TelemetryFanout
+from gateway.types import Alert, Reading
+from gateway.windows import WindowStore
+from models.runtime import ModelLoadError, ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The gateway could not start; the message says which part and why."""
+
+
+def resolve_model_dir(config: GatewayConfig) -> Path:
+    """The configured model dir, else the store's active model, else the bundled base model."""
+    if config.model.path is not None:
+        return config.model.path
+    try:
+        from models.store import ModelStore, NoActiveModel
+
+        try:
+            return Path(ModelStore.for_state_dir(config.gateway.state_dir).active())
+        except NoActiveModel:
+            pass
+    except Exception as exc:  # noqa: BLE001 - an unusable store falls back to the bundled model, loudly
+        log.warning("model store unusable (%s); serving the bundled base model", exc)
+    return DEFAULT_MODEL_DIR
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+                 metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
+                 on_alert: Callable[[Alert], None] | None = None) -> None:
+        self.config = config
+        self.pm = plugin_manager
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.on_reading = on_reading
+        self.on_alert = on_alert
+        self.sources: list[Source] = []
+        self.handlers: list[AlertHandler] = []
+        self.runtime: ModelRuntime | None = None
+        self.outbox: Outbox | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.pipeline: Pipeline | None = None
+        self.telemetry: TelemetryFanout | None = None
+        self.metrics_server: Any = None
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._last_watchdog = 0.0
+        self._watchdog_every = sdnotify.watchdog_interval_s()
+
+    # ---- model ------------------------------------------------------------------------
+    def load_runtime(self, model_dir: Path) -> ModelRuntime:
+        adapters = {name: Path(p) for name, p in self.config.model.adapters.items()}
+        runtime = ModelRuntime.load(model_dir, self.config.model.providers,
+                                    intra_op_threads=self.config.model.intra_op_threads,
+                                    adapters=adapters or None)
+        log.info("model %s serving on %s", model_dir, ", ".join(runtime.providers_in_use))
+        for note in runtime.provider_notes:
+            log.info("execution provider skipped: %s", note)
+        return runtime
+
+    def reload_model(self) -> bool:
+        """Load the current model; swap it in only if it loads and warms up. True on swap."""
+        model_dir = resolve_model_dir(self.config)
+        try:
+            runtime = self.load_runtime(model_dir)
+        except ModelLoadError as exc:
+            self.metrics.inc("model_reload_failures_total")
+            log.error("model reload failed, the previous model keeps serving: %s", exc)
+            return False
+        assert self.pipeline is not None
+        self.pipeline.engine.swap_runtime(runtime)
+        self.runtime = runtime
+        self.metrics.inc("model_reloads_total")
+        log.info("model reloaded from %s", model_dir)
+        return True
+
+    # ---- alerts -----------------------------------------------------------------------
+    def publish_alerts(self, alerts: list[Alert]) -> None:
+        assert self.outbox is not None and self.dispatcher is not None
+        for alert in alerts:
+            self.outbox.append(alert)
+            if self.on_alert is not None:
+                self.on_alert(alert)
+        self.dispatcher.wake()
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        state_dir = cfg.gateway.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / "lora-gateway.pid").write_text(str(os.getpid()))
+        except OSError as exc:
+            raise StartupError(f"state directory {state_dir} is not usable: {exc}") from exc
+        try:
+            self.runtime = self.load_runtime(resolve_model_dir(cfg))
+        except ModelLoadError as exc:
+            raise StartupError(f"model: {exc}") from exc
+        context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
+        for kind, name, options in cfg.handler_options:
+            factory = self.registry.handlers[kind][0]
+            handler = factory(name, options, context)
+            handler.start()
+            self.handlers.append(handler)
+        outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
+        self.outbox = Outbox(outbox_path, [h.name for h in self.handlers], cfg.outbox.max_bytes, self.metrics)
+        self.dispatcher = Dispatcher(self.outbox, self.handlers, self.metrics, replay_rate_per_s=cfg.outbox.replay_rate_per_s)
+        self.dispatcher.start()
+        self.telemetry = TelemetryFanout(self.handlers, self.metrics)
+        self.telemetry.start()
+        engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
+                                 calibration_windows=cfg.model.calibration_windows)
+        self.pipeline = Pipeline(
+            plugin_manager=self.pm,
+            profiles=ProfileSet(cfg.profiles),
+            engine=engine,
+            policy=AlertPolicy(cfg.alerts, self.metrics),
+            publish_alerts=self.publish_alerts,
+            metrics=self.metrics,
+            quarantine=Quarantine(state_dir / "quarantine.jsonl", self.metrics),
+            telemetry=self.telemetry,
+            window_store=WindowStore(self.runtime.window_length, cfg.gateway.max_devices, self.metrics),
+            max_batch=cfg.batcher.max_batch,
+            max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+            queue_size=cfg.gateway.ingest_queue_size,
+            block_s=cfg.gateway.ingest_block_s,
+            on_reading=self.on_reading,
+            watchdog=self._watchdog,
+        )
+        self.pipeline.start()
+        for kind, name, options in cfg.source_options:
+            factory = self.registry.sources[kind][0]
+            source = factory(name, options, context)
+            source.start(self.pipeline.ingest)
+            self.sources.append(source)
+        if cfg.metrics.listen:
+            from gateway.metrics_http import serve_metrics
+
+            self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health)
+        self._wait_sources_up(timeout=5.0)
+        self.ready.set()
+        sdnotify.notify("READY=1")
+        log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
+
+    def _wait_sources_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(s.connected() for s in self.sources):
+            time.sleep(0.05)
+        for s in self.sources:
+            if not s.connected():
+                log.warning("source %s not connected yet; it keeps retrying", s.name)
+
+    def health(self) -> dict[str, Any]:
+        """Readiness: the model serves and every source is connected."""
+        sources = {s.name: s.connected() for s in self.sources}
+        serving = self.runtime is not None and self.pipeline is not None
+        return {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
+                "model_serving": serving, "sources": sources,
+                "providers": self.runtime.providers_in_use if self.runtime else []}
+
+    def _watchdog(self) -> None:
+        self.metrics.set("pipeline_heartbeat_timestamp", time.time())
+        if self._watchdog_every and time.monotonic() - self._last_watchdog >= self._watchdog_every:
+            self._last_watchdog = time.monotonic()
+            sdnotify.notify("WATCHDOG=1")
+        if self._reload.is_set():
+            self._reload.clear()
+            threading.Thread(target=self.reload_model, name="model-reload", daemon=True).start()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        steps: list[tuple[str, Callable[[], None]]] = []
+        steps += [(f"source {s.name}", s.stop) for s in self.sources]
+        if self.pipeline is not None:
+            steps.append(("pipeline", self.pipeline.stop))
+        if self.telemetry is not None:
+            steps.append(("telemetry", self.telemetry.stop))
+        if self.dispatcher is not None:
+            dispatcher = self.dispatcher
+            steps.append(("dispatcher", lambda: dispatcher.stop(self.config.gateway.drain_timeout_s)))
+        steps += [(f"handler {h.name}", h.stop) for h in self.handlers]
+        if self.outbox is not None:
+            steps.append(("outbox", self.outbox.close))
+        if self.metrics_server is not None:
+            steps.append(("metrics endpoint", self.metrics_server.shutdown))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - every part's cleanup runs
+                log.error("stopping %s failed: %s", what, exc)
+        try:
+            (self.config.gateway.state_dir / "lora-gateway.pid").unlink(missing_ok=True)
+        except OSError:
+            pass
+        log.info("gateway stopped")
+
+    def run(self, duration: float | None = None, install_signals: bool = True) -> None:
+        """Start, serve until a signal (or ``duration`` seconds), then stop."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        self.start()
+        try:
+            self._stop.wait(duration)
+        finally:
+            self.stop()

@@ -1,0 +1,66 @@
+"""Best-effort fan-out of readings to handlers' ``on_reading`` (dashboards, Home Assistant).
+
+Runs on its own thread behind a bounded queue so a slow dashboard never slows the
+pipeline; when the queue is full the oldest reading is dropped and counted
+(``telemetry_dropped_total{reason=queue_full}``). Alerts never travel this way: they go
+through the durable outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Sequence
+
+from gateway.contracts import AlertHandler
+from gateway.metrics import Metrics
+from gateway.types import Reading
+
+log = logging.getLogger(__name__)
+
+
+class TelemetryFanout:
+    def __init__(self, handlers: Sequence[AlertHandler], metrics: Metrics, max_queue: int = 10000) -> None:
+        self.handlers = [h for h in handlers if hasattr(h, "on_reading")]
+        self.metrics = metrics
+        self._queue: deque[Reading] = deque(maxlen=max_queue)
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.handlers:
+            self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+            self._thread.start()
+
+    def put(self, reading: Reading) -> None:
+        if not self.handlers:
+            return
+        with self._cond:
+            if len(self._queue) == self._queue.maxlen:
+                self.metrics.inc("telemetry_dropped_total", reason="queue_full")
+            self._queue.append(reading)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop and not self._queue:
+                    return
+                reading = self._queue.popleft()
+            for handler in self.handlers:
+                try:
+                    handler.on_reading(reading)
+                except Exception as exc:  # noqa: BLE001 - counted and logged, one handler never stops the others
+                    self.metrics.inc("telemetry_dropped_total", reason="handler_error")
+                    log.warning("telemetry to %s failed: %s", getattr(handler, "name", handler), exc)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,121 @@
+"""Bounded per-device windows of readings.
+
+Each device has a ring of its last T readings over a fixed channel list (set by its first
+reading, or by its profile's channel mapping) plus a mask of which values were present.
+A missing channel repeats the last value with mask 0. Readings with channels outside the
+device's list are still used for the known channels; the extra ones are counted
+(``window_channels_ignored_total``). The store holds at most ``max_devices`` devices and
+evicts the least recently seen one (counted) beyond that.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from gateway.metrics import Metrics
+from gateway.types import Reading
+
+
+class DeviceWindow:
+    """A ring buffer ``[T, C]`` of one device's readings, oldest first when read."""
+
+    __slots__ = ("device_id", "channels", "_index", "_values", "_mask", "_pos", "count", "last_timestamp", "adapter", "state")
+
+    def __init__(self, device_id: str, channels: list[str], length: int, adapter: str | None = None) -> None:
+        self.device_id = device_id
+        self.channels = channels
+        self._index = {c: i for i, c in enumerate(channels)}
+        self._values = np.zeros((length, len(channels)), dtype=np.float32)
+        self._mask = np.zeros((length, len(channels)), dtype=np.float32)
+        self._pos = 0
+        self.count = 0
+        self.last_timestamp = 0.0
+        self.adapter = adapter
+        self.state: object | None = None  # scoring state, owned by the scorer
+
+    @property
+    def length(self) -> int:
+        return int(self._values.shape[0])
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.length
+
+    def push(self, values: dict[str, float], timestamp: float) -> tuple[np.ndarray, int]:
+        """Append one reading; returns (the row written ``[C]``, number of unknown channels)."""
+        row_index = self._pos
+        previous = self._values[row_index - 1] if self.count else None
+        row = self._values[row_index]
+        mask = self._mask[row_index]
+        if previous is not None:
+            row[:] = previous
+        else:
+            row[:] = 0.0
+        mask[:] = 0.0
+        unknown = 0
+        index = self._index
+        for name, value in values.items():
+            i = index.get(name)
+            if i is None:
+                unknown += 1
+                continue
+            row[i] = value
+            mask[i] = 1.0
+        self._pos = (row_index + 1) % self.length
+        self.count += 1
+        self.last_timestamp = timestamp
+        return row, unknown
+
+    def latest(self) -> np.ndarray:
+        """The newest row ``[C]`` (a view; valid until the next push)."""
+        return self._values[self._pos - 1]
+
+    def values(self) -> np.ndarray:
+        """The window ``[T, C]`` in time order (a copy)."""
+        return np.roll(self._values, -self._pos, axis=0)
+
+    def mask(self) -> np.ndarray:
+        return np.roll(self._mask, -self._pos, axis=0)
+
+
+class WindowStore:
+    """All tracked devices' windows, bounded by ``max_devices`` (least recently seen evicted)."""
+
+    def __init__(self, length: int, max_devices: int, metrics: Metrics) -> None:
+        self.length = length
+        self.max_devices = max_devices
+        self.metrics = metrics
+        self._windows: OrderedDict[str, DeviceWindow] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def get(self, device_id: str) -> DeviceWindow | None:
+        return self._windows.get(device_id)
+
+    def add(self, reading: Reading, channels: list[str] | None = None, adapter: str | None = None,
+            exclude: str | None = None) -> DeviceWindow:
+        """Push a reading into its device's window, creating the window on first sight.
+
+        ``exclude`` names a field that is never a channel (the profile's battery field)."""
+        window = self._windows.get(reading.device_id)
+        if window is None:
+            chans = channels or sorted(c for c in reading.values if c != exclude)
+            window = DeviceWindow(reading.device_id, chans, self.length, adapter)
+            self._windows[reading.device_id] = window
+            if len(self._windows) > self.max_devices:
+                evicted, _ = self._windows.popitem(last=False)
+                self.metrics.inc("devices_evicted_total")
+        else:
+            self._windows.move_to_end(reading.device_id)
+        _, unknown = window.push(reading.values, reading.timestamp)
+        if exclude is not None and exclude in reading.values and exclude not in window._index:
+            unknown -= 1
+        if unknown:
+            self.metrics.inc("window_channels_ignored_total", unknown)
+        return window
+
+    def devices(self) -> list[DeviceWindow]:
+        return list(self._windows.values())
