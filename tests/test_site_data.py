@@ -1,0 +1,77 @@
+"""Reading a site's CSV or the gateway's JSON-lines recording for fine-tuning (no torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.site_data import SiteDataError, load_recording, load_site_csv, load_site_data, parse_timestamp
+
+
+def test_comma_csv_with_iso_timestamps_sorted(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("ts,temp,rh,other\n"
+                    "2024-05-01T00:10:00Z,21.5,40,x\n"
+                    "2024-05-01T00:00:00Z,20.0,,y\n"
+                    "2024-05-01 00:05:00,20.5,41,z\n")
+    data = load_site_csv(path, ["temp", "rh"], "ts")
+    assert data.channels == ["temp", "rh"] and data.rows == 3 and data.labels is None
+    np.testing.assert_allclose(data.values[:, 0], [20.0, 20.5, 21.5])
+    assert math.isnan(data.values[0, 1])
+    assert data.timestamps[0] == parse_timestamp("2024-05-01T00:00:00+00:00")
+    assert "rows were not in time order: sorted by timestamp" in data.notes
+    assert len(data.sha256 or "") == 64
+
+
+def test_semicolon_csv_decimal_comma_and_labels(tmp_path: Path) -> None:
+    path = tmp_path / "b.csv"
+    path.write_text("time;pressure;state\n1700000000;1,25;normal\n1700000060;1,5;anomaly\n"
+                    "1700000120;abc;0\n1700000180000;2,0;1\n")
+    data = load_site_csv(path, ["pressure"], "time", label_column="state")
+    np.testing.assert_allclose(data.values[[0, 1, 3], 0], [1.25, 1.5, 2.0])
+    assert math.isnan(data.values[2, 0]) and "1 unparseable value(s) read as missing" in data.notes
+    assert data.labels is not None and data.labels.tolist() == [False, True, False, True]
+    assert data.timestamps[3] == pytest.approx(1700000180.0)  # epoch milliseconds
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "empty"),
+    ("ts,a\n1,2\n", "at least 2 are needed"),
+    ("ts,a\n1,2\n2,3\n", "no column\\(s\\) 'b'; the header .* has: ts, a"),
+    ("ts,a\nyesterday,2\n2,3\n", "b.csv:2: timestamp 'yesterday'"),
+    ("ts,a,lab\n1,2,maybe\n2,3,0\n", "b.csv:2: label 'maybe'"),
+    ("ts,a\n1,x\n2,y\n", "hold no numeric value"),
+    ("ts,a,b\n1,2\n2,3,4\n", "b.csv:2: 2 fields"),
+])
+def test_unusable_csv_is_a_clear_error(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "b.csv"
+    path.write_text(content)
+    channels = ["b"] if "'b'" in match else ["a"]
+    with pytest.raises(SiteDataError, match=match):
+        load_site_csv(path, channels, "ts", label_column="lab" if "lab" in content else None)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SiteDataError, match="cannot read"):
+        load_site_data(tmp_path / "nope.csv", ["a"])
+
+
+def test_recording_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "rec.jsonl"
+    lines = [{"device_id": "d1", "ts": 1700000000 + 60 * i, "values": {"t": 20 + i, "h": 50}} for i in range(3)]
+    lines.append({"device_id": "d2", "ts": "2024-01-01T00:00:00Z", "values": {"t": 1}})
+    path.write_text("\n".join(json.dumps(x) for x in reversed(lines)) + "\n")
+    with pytest.raises(SiteDataError, match="readings of 2 devices"):
+        load_recording(path, ["t"])
+    data = load_site_data(path, ["t", "h"], device_id="d1")
+    np.testing.assert_allclose(data.values[:, 0], [20, 21, 22])
+    assert data.source.endswith("#d1")
+    with pytest.raises(SiteDataError, match="no readings of h"):
+        load_recording(path, ["t", "h"], device_id="d2", min_rows=1)
+    path.write_text("not json\n")
+    with pytest.raises(SiteDataError, match="rec.jsonl:1: not a recorded reading"):
+        load_recording(path, ["t"])
