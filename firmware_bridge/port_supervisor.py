@@ -100,7 +100,7 @@ class PortSupervisor:
             ser = self._open()
             if isinstance(ser, str):
                 if ser != failing_since:
-                    log.warning("serial %s: cannot open %s: %s; retrying with back-off up to %.0f s",
+                    log.warning("serial %s: cannot open %s: %s; retrying with back-off up to %.1f s",
                                 self.name, self.port, ser, self._backoff[1])
                     failing_since = ser
                 self._stop.wait(delay)

@@ -83,7 +83,7 @@ class SeeedE5Driver:
         head = _LEN.fullmatch(text)
         if head:
             self._pending = (int(head.group(1)), float(head.group(2)), float(head.group(3)))
-        elif text.startswith("+TEST: LEN") or text.startswith("+TEST: RX"):
+        elif text.startswith("+TEST: LEN") or text.startswith('+TEST: RX "'):
             self.counts["malformed"] += 1
         elif _REPLY.fullmatch(text):
             self.counts["reply"] += 1

@@ -86,12 +86,12 @@ class SerialSource:
         self._at_replies: ReplyBox[ReplyLine] = ReplyBox()
         self._bridge_replies: ReplyBox[BridgeReply] = ReplyBox()
         self.configured = threading.Event()
-        self._commander = self._make_commander()
         self.supervisor = PortSupervisor(
             options.port, options.baudrate, self._on_data, on_open=self._on_open,
             backoff_initial_s=options.reopen_backoff_s.initial, backoff_max_s=options.reopen_backoff_s.max,
             lock=options.lock, metrics=self.metrics, name=name,
         )
+        self._commander = self._make_commander()
 
     def _validate(self, cfg: RadioConfig) -> None:
         driver = make_driver(self.options.protocol)
