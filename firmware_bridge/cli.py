@@ -1,0 +1,159 @@
+"""``lora-gateway simulate`` and ``lora-gateway demo``: the radio-module simulator.
+
+``simulate`` runs virtual nodes behind a virtual module on a pseudo-terminal (printing
+the path to open) or, with ``--mqtt HOST:PORT``, publishes them as ChirpStack v4 uplinks.
+``demo`` runs the simulator and the gateway's ``serial`` source on it, and prints every
+reading the gateway decodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any
+
+from firmware_bridge.drivers import PROTOCOLS
+from firmware_bridge.sensor_nodes import FaultSpec, parse_fault
+
+
+def _fault(text: str) -> FaultSpec:
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, duration: float | None) -> None:
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="bridge", help="what the virtual module speaks")
+    p.add_argument("--nodes", type=int, default=3, help="number of virtual sensor nodes (addresses 1..N)")
+    p.add_argument("--interval", type=float, default=60.0, help="simulated seconds between readings of one node")
+    p.add_argument("--time-scale", type=float, default=600.0, help="simulated seconds per real second")
+    p.add_argument("--baud", type=int, default=115200, help="line rate the output is paced at (10 bits a byte)")
+    p.add_argument("--duration", type=float, default=duration, help="real seconds to run (default: until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sensor values and faults")
+    p.add_argument("--fault", type=_fault, action="append", default=[],
+                   help="sensor fault, e.g. shift:node=2,start=600,end=1200,size=5 (kinds: shift, stuck, spike)")
+    p.add_argument("--bitflip-rate", type=_rate, default=0.0, help="fraction of records with one bit flipped")
+    p.add_argument("--truncate-rate", type=_rate, default=0.0, help="fraction of records cut short")
+    p.add_argument("--garbage-rate", type=_rate, default=0.0, help="fraction of records preceded by a garbage burst")
+    p.add_argument("--unplug-every", type=float, default=None, help="close and recreate the pty every N real seconds")
+
+
+def add_commands(subparsers: Any) -> None:
+    sim = subparsers.add_parser("simulate", help="virtual LoRa radio module on a pseudo-terminal (or MQTT)",
+                                description=__doc__)
+    _common(sim, None)
+    sim.add_argument("--full-speed", action="store_true", help="send back to back at the line rate")
+    sim.add_argument("--link", default=None, help="directory for the stable device symlink (default: a temp dir)")
+    sim.add_argument("--mqtt", default=None, metavar="HOST:PORT", help="publish ChirpStack v4 uplinks instead of a pty")
+    sim.add_argument("--application", default="00000000-0000-0000-0000-000000000001", help="ChirpStack application id")
+    sim.set_defaults(func=run_simulate)
+    demo = subparsers.add_parser("demo", help="the gateway's serial source on the simulator, readings printed")
+    _common(demo, 10.0)
+    demo.set_defaults(func=run_demo)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from gateway.cli import UserError
+
+    if args.nodes < 1 or args.interval <= 0 or args.time_scale <= 0 or args.baud <= 0:
+        raise UserError("--nodes, --interval, --time-scale and --baud must be positive")
+
+
+def _wait(duration: float | None, stop: threading.Event) -> None:
+    try:
+        stop.wait(duration)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from gateway.cli import UserError
+
+    _check(args)
+    if args.mqtt:
+        from firmware_bridge.mqtt_sim import MqttSimulator
+
+        host, _, port = args.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--mqtt wants HOST:PORT, got {args.mqtt!r}")
+        sim = MqttSimulator(host, int(port), args.nodes, interval_s=args.interval, time_scale=args.time_scale,
+                            seed=args.seed, faults=args.fault, application_id=args.application)
+        print(f"publishing {args.nodes} nodes to mqtt://{host}:{port}/application/{args.application}/device/+/event/up",
+              flush=True)
+        try:
+            n = sim.run(args.duration)
+        except ConnectionError as exc:
+            raise UserError(str(exc)) from exc
+        except KeyboardInterrupt:
+            n = sim.published
+        print(f"published {n} uplinks", flush=True)
+        return 0
+    from firmware_bridge.simulator import PtySimulator
+
+    with PtySimulator(args.protocol, args.nodes, interval_s=args.interval, time_scale=args.time_scale,
+                      baud=args.baud, seed=args.seed, faults=args.fault, bitflip_rate=args.bitflip_rate,
+                      truncate_rate=args.truncate_rate, garbage_rate=args.garbage_rate,
+                      unplug_every_s=args.unplug_every, full_speed=args.full_speed, link_dir=args.link) as sim:
+        print(f"device: {sim.path}", flush=True)
+        print(f"(now {sim.device}; protocol {args.protocol}, {args.baud} baud; open the device path, "
+              f"it survives simulated unplugs)", flush=True)
+        _wait(args.duration, threading.Event())
+        stats = dict(sim.stats)
+    print("sent: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())), flush=True)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from firmware_bridge.simulator import PtySimulator
+    from gateway.contracts import PluginContext
+    from gateway.decoding import decode_uplink
+    from gateway.metrics import Metrics
+    from gateway.plugin_manager import Registry, make_plugin_manager
+    from gateway.types import DecodeError, RawUplink
+
+    _check(args)
+    pm = make_plugin_manager(load_entry_points=False)
+    registry = Registry(pm)
+    factory, options_model = registry.sources["serial"]
+    metrics = Metrics()
+    lock = threading.Lock()
+
+    def show(uplink: RawUplink) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(uplink.received_at))
+        try:
+            reading, _ = decode_uplink(pm, uplink, None)
+            values = " ".join(f"{k}={v:g}" for k, v in sorted(reading.values.items()))
+        except DecodeError as exc:
+            values = f"undecoded ({exc}) {uplink.payload.hex()}"
+        with lock:
+            print(f"{stamp} node={uplink.device_id} rssi={uplink.radio.rssi:g} snr={uplink.radio.snr:g} {values}",
+                  flush=True)
+
+    with PtySimulator(args.protocol, args.nodes, interval_s=args.interval, time_scale=args.time_scale,
+                      baud=args.baud, seed=args.seed, faults=args.fault, bitflip_rate=args.bitflip_rate,
+                      truncate_rate=args.truncate_rate, garbage_rate=args.garbage_rate,
+                      unplug_every_s=args.unplug_every) as sim:
+        print(f"simulator on {sim.path} ({sim.device}), protocol {args.protocol}", flush=True)
+        options = options_model.model_validate({"port": sim.path, "protocol": args.protocol, "baudrate": args.baud,
+                                                "reopen_backoff_s": {"initial": 0.1, "max": 2.0}})
+        source = factory("demo-serial", options, PluginContext(metrics=metrics, extra={"clock": sim.clock}))
+        source.start(show)
+        try:
+            _wait(args.duration, threading.Event())
+        finally:
+            source.stop()
+        stats = dict(sim.stats)
+    counts = {k: v for k, v in metrics.snapshot().items() if k.startswith("serial_")}
+    print("sent: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())), file=sys.stderr)
+    print("gateway: " + ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return 0
