@@ -125,15 +125,15 @@ class Dispatcher:
             wake.clear()
             try:
                 batch = self.outbox.next_batch(name, self.batch_size)
-            except Exception as exc:  # noqa: BLE001 - e.g. outbox closed under us; logged, retried
+                due = None if batch else self.outbox.next_due(name)
+            except Exception as exc:  # noqa: BLE001 - e.g. a database error; logged, retried
                 log.error("delivery worker %s cannot read the outbox: %s", name, exc)
-                batch = []
+                batch, due = [], None
             if batch:
                 self._deliver_batch(handler, batch, bucket)
                 continue
             if self._draining:
                 return  # nothing due (empty, or backing off): the drain is over for this handler
-            due = self.outbox.next_due(name)
             wait = self.idle_poll_s if due is None else min(self.idle_poll_s, max(0.01, due - self.outbox.clock()))
             wake.wait(wait)
 

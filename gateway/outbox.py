@@ -195,11 +195,14 @@ class Outbox:
         self._publish_gauges()
 
     def close(self) -> None:
-        """Close the database; idempotent. Other methods must not be called afterwards."""
+        """Close the database; idempotent.
+
+        Afterwards ``append``/``ack``/``nack`` log and count (``outbox_errors_total``) instead
+        of writing, so a straggling delivery thread cannot crash; what it did not acknowledge
+        is replayed after the next start.
+        """
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None  # type: ignore[assignment]
+            self._conn.close()
 
     def __enter__(self) -> "Outbox":
         return self
@@ -250,7 +253,7 @@ class Outbox:
         while True:
             try:
                 entry_id = self._insert(prio, payload, created_at, handlers, size)
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 self._rollback()
                 if not _is_full(exc):
                     self.metrics.inc("outbox_errors_total", op="append")
@@ -351,11 +354,11 @@ class Outbox:
         return ev.entries > 0
 
     def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            try:
+        try:
+            if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                log.error("outbox rollback failed: %s", exc)
+        except sqlite3.Error as exc:
+            log.error("outbox rollback failed: %s", exc)
 
     # ------------------------------------------------------------------ delivery side
 

@@ -232,3 +232,17 @@ def test_listener_called_after_append(tmp_path: Path) -> None:
         ob.add_listener(lambda: calls.append(ob.pending("a")))
         ob.append(alert(0))
     assert calls == [1]
+
+
+def test_use_after_close_is_counted_not_raised(tmp_path: Path, metrics: Metrics) -> None:
+    ob = Outbox(tmp_path / "o.db", ["a"], 1 << 20, metrics)
+    entry = ob.append(alert(0))
+    assert entry is not None
+    ob.close()
+    ob.close()
+    assert ob.append(alert(1)) is None
+    ob.ack("a", [entry])
+    ob.nack("a", entry, "late")
+    assert metrics.get("outbox_errors_total") == 3
+    with Outbox(tmp_path / "o.db", ["a"], 1 << 20) as again:  # nothing was lost
+        assert [e.id for e in again.next_batch("a")] == [entry]

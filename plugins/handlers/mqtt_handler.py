@@ -20,7 +20,7 @@ import json
 import logging
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
