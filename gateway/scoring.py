@@ -11,27 +11,28 @@ The sequence for one device (``docs/model-contract.md`` has the whole contract):
 3. Score calibration, once per device, the moment step 1 froze (preferred):
    ``windows = cal.calibration_windows(T)`` (the calibration readings, kept until then),
    run the model on them, ``scorer.calibrate_windows(state, windows, outputs)``, then
-   ``cal.release()``. This fits, per channel, the mean and shrunk covariance of the
-   embedding and the high quantiles of both statistics below.
+   ``cal.release()``. This fits the normal profile (mean and shrunk covariance of the
+   device's embedding vector) and the high quantiles of both statistics below.
    Fallback: a ``DeviceScoreState`` that was never calibrated collects its first
    ``calibration_windows`` scored windows instead (they score ``NaN``,
    ``state.calibrated`` is False) and then fits on them.
 4. ``WindowScorer.score(inputs, outputs, states)`` gives one score per window.
 
-Per window and channel c, two statistics:
+Per window, two statistics:
 
-- residual ``r_c``: the reconstruction error, weighted towards the newest steps
-  (weight ``2 ** (-age / recency_halflife)``), mean of squares;
-- distance ``m_c``: the squared Mahalanobis distance of the embedding from the device's
-  calibrated normal embeddings (covariance shrunk towards its scaled identity by
-  ``shrinkage``), divided by D.
+- residual ``r_c`` per channel: the reconstruction error, weighted towards the newest
+  steps (weight ``2 ** (-age / recency_halflife)``), mean of squares;
+- distance ``m``: the squared Mahalanobis distance (divided by its dimension) of the
+  device's embedding vector (all channels' embeddings, ``C*D`` values) from its
+  calibrated normal mean; covariance shrunk towards its scaled identity (``shrinkage``)
+  and kept as ``max_rank`` principal directions plus one variance for the rest.
 
 Each is divided by its calibrated threshold ``quantile(score_quantile) * score_margin``
-(over the calibration windows), giving the channel contribution
-``max(r_c / r_thr_c, m_c / m_thr_c)``; the window score is the largest channel
-contribution. So **1.0 means "at the alert threshold"**. A sustained shift moves the
-embedding away from normal for as long as it lasts, even where the reconstruction follows
-the new level.
+over the calibration windows; the window score is the largest ratio,
+``max(max_c r_c / r_thr_c, m / m_thr)``. So **1.0 means "at the alert threshold"**.
+A sustained shift moves the embedding away from normal for as long as it lasts, even
+where the reconstruction follows the new level; the joint distance also sees a channel
+leave its usual relation to the others (humidity against temperature).
 
 ``HysteresisState`` / ``apply_hysteresis`` turn scores into raise/clear alert states (raise
 at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` for
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, float] = {
     "clear_after": 3,
     "recency_halflife": 8.0,
     "shrinkage": 0.2,
+    "max_rank": 32,
     "adapt_rate": 0.003,
     "adapt_below": 1.0,
 }
@@ -128,11 +130,11 @@ class SeriesCalibration:
 
     def update(self, values: np.ndarray) -> bool:
         """Accumulate readings (until frozen); returns ``frozen``."""
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim == 0 or v.ndim > 2 or v.shape[-1] != self.n_channels:
+            raise ValueError(f"expected readings [C] or [K, C] with C = {self.n_channels}")
         if self.frozen:
             return True
-        v = np.asarray(values, dtype=np.float64)
-        if v.ndim > 2 or v.shape[-1] != self.n_channels:
-            raise ValueError(f"expected readings [C] or [K, C] with C = {self.n_channels}")
         v = v.reshape(-1, self.n_channels)
         for row in v:
             if self._readings is not None:
@@ -190,7 +192,9 @@ class DeviceScoreState:
     """Per-device scoring state: calibration buffer, then the fitted normal profile.
 
     Create one per device (``n_channels`` fixed; a device whose channel set changes needs
-    a new state). ``calibrated`` turns True after ``calibration_windows`` windows.
+    a new state). ``calibrated`` turns True once fitted (``WindowScorer.calibrate_windows``
+    or after ``calibration_windows`` scored windows). Memory after calibration: about
+    ``4 * C * D * (rank + 1)`` bytes (the low-rank profile), e.g. 16 KB for C=8, D=16.
     """
 
     n_channels: int
@@ -199,28 +203,35 @@ class DeviceScoreState:
     seen: int = 0
     _emb: list[np.ndarray] = field(default_factory=list, repr=False)
     _res: list[np.ndarray] = field(default_factory=list, repr=False)
-    mu: np.ndarray | None = field(default=None, repr=False)  # [C, D]
-    precision: np.ndarray | None = field(default=None, repr=False)  # [C, D, D]
+    mu: np.ndarray | None = field(default=None, repr=False)  # [C*D] mean embedding
+    basis: np.ndarray | None = field(default=None, repr=False)  # [C*D, K] principal directions
+    inv_eig: np.ndarray | None = field(default=None, repr=False)  # [K] 1/eigenvalue
+    inv_rest: float = 0.0  # 1/variance of the remaining directions
     residual_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
-    distance_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
+    distance_threshold: float = math.nan
 
     def reset(self) -> None:
         """Forget the calibration (e.g. after a sensor was replaced)."""
         self.calibrated, self.seen = False, 0
         self._emb, self._res = [], []
-        self.mu = self.precision = self.residual_threshold = self.distance_threshold = None
+        self.mu = self.basis = self.inv_eig = self.residual_threshold = None
+        self.inv_rest, self.distance_threshold = 0.0, math.nan
 
 
 @dataclass
 class ScoreResult:
-    """Scores of a batch: ``score [N]`` (1.0 = threshold, NaN = uncalibrated or bad input),
-    ``channel_scores [N, C]`` (each channel's contribution), and the raw ``residual [N, C]``
-    and ``distance [N, C]`` statistics."""
+    """Scores of a batch. ``score [N]``: 1.0 = alert threshold, NaN = uncalibrated state or
+    non-finite window. ``channel_scores [N, C]``: per-channel attribution, each channel's
+    residual ratio or its share of the distance ratio, whichever is larger (its argmax
+    names the channel to blame; ``score == max(channel_scores.max(1), distance_ratio)``).
+    ``residual [N, C]`` and ``distance [N]`` are the raw statistics, ``distance_ratio [N]``
+    the distance over its threshold."""
 
     score: np.ndarray
     channel_scores: np.ndarray
     residual: np.ndarray
     distance: np.ndarray
+    distance_ratio: np.ndarray
 
 
 class WindowScorer:
@@ -251,27 +262,50 @@ class WindowScorer:
         sq = np.square(reconstruction - inputs, dtype=np.float32)
         return np.einsum("ntc,t->nc", sq, self._weights(inputs.shape[1]))
 
+    @staticmethod
+    def _distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance / dim with a rank-K + isotropic precision.
+        ``diff [N, F]``, ``basis [N, F, K]``, ``inv_eig [N, K]``, ``inv_rest [N]``."""
+        proj = np.einsum("nf,nfk->nk", diff, basis)
+        inside = np.einsum("nk,nk->n", proj * proj, inv_eig)
+        rest = np.maximum(np.einsum("nf,nf->n", diff, diff) - np.einsum("nk,nk->n", proj, proj), 0.0)
+        return (inside + rest * inv_rest) / diff.shape[1]
+
     def calibrate(self, state: DeviceScoreState, embeddings: np.ndarray, residuals: np.ndarray) -> None:
-        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``."""
+        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``.
+
+        The device's embedding vector is the concatenation of its channels' embeddings
+        (``C*D`` values), so the distance sees how channels move together (humidity
+        against temperature, vibration with current) as well as each channel's level and
+        shape. Covariance: shrunk towards its scaled identity (``shrinkage``), kept as its
+        top ``max_rank`` eigen-directions plus one variance for the rest."""
         emb = np.asarray(embeddings, dtype=np.float64)
         res = np.asarray(residuals, dtype=np.float64)
         m, c, d = emb.shape
         if m < 8:
             raise ValueError("need at least 8 calibration windows")
-        mu = emb.mean(axis=0)  # [C, D]
-        centred = emb - mu
-        cov = np.einsum("mcd,mce->cde", centred, centred) / max(m - 1, 1)
+        if c != state.n_channels:
+            raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
+        flat = emb.reshape(m, c * d)
+        mu = flat.mean(axis=0)
+        centred = flat - mu
+        f = c * d
+        cov = centred.T @ centred / max(m - 1, 1)
         lam = self.settings["shrinkage"]
-        scale = np.trace(cov, axis1=1, axis2=2) / d  # [C]
-        target = scale[:, None, None] * np.eye(d)[None]
-        shrunk = (1.0 - lam) * cov + lam * target + 1e-6 * np.eye(d)[None]
-        precision = np.linalg.inv(shrunk)
-        dist = np.einsum("mcd,cde,mce->mc", centred, precision, centred) / d
+        shrunk = (1.0 - lam) * cov + (lam * np.trace(cov) / f + 1e-6) * np.eye(f)
+        eig, vec = np.linalg.eigh(shrunk)  # ascending
+        k = int(min(f, self.settings["max_rank"]))
+        basis, top = vec[:, ::-1][:, :k], eig[::-1][:k]
+        rest = eig[::-1][k:]
+        inv_rest = 1.0 / float(rest.mean()) if rest.size else 0.0
+        dist = self._distance(centred, basis[None].repeat(m, 0), (1.0 / top)[None].repeat(m, 0), np.full(m, inv_rest))
         q, margin = self.settings["score_quantile"], self.settings["score_margin"]
         state.mu = mu.astype(np.float32)
-        state.precision = precision.astype(np.float32)
+        state.basis = np.ascontiguousarray(basis, dtype=np.float32)
+        state.inv_eig = (1.0 / top).astype(np.float32)
+        state.inv_rest = inv_rest
         state.residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
-        state.distance_threshold = (np.maximum(np.quantile(dist, q, axis=0), 1e-3) * margin).astype(np.float32)
+        state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
         state._emb, state._res = [], []
 
@@ -295,22 +329,24 @@ class WindowScorer:
         rec = np.asarray(outputs["reconstruction"], dtype=np.float32)
         emb = np.asarray(outputs["embedding"], dtype=np.float32)
         n, _, c = x.shape
-        if rec.shape != x.shape or emb.shape[:2] != (n, c) or len(states) != n:
+        if rec.shape != x.shape or emb.ndim != 3 or emb.shape[:2] != (n, c) or len(states) != n:
             raise ValueError(
                 f"shape mismatch: inputs {x.shape}, reconstruction {rec.shape}, embedding {emb.shape}, {len(states)} states"
             )
+        d = emb.shape[2]
         finite = np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
         residual = self.statistics(np.nan_to_num(x), np.nan_to_num(rec))
-        distance = np.full((n, c), np.nan, dtype=np.float32)
+        distance = np.full(n, np.nan, dtype=np.float32)
+        distance_ratio = np.full(n, np.nan, dtype=np.float32)
         channel_scores = np.full((n, c), np.nan, dtype=np.float32)
+        score = np.full(n, np.nan, dtype=np.float32)
         ready = np.zeros(n, dtype=bool)
         for i, st in enumerate(states):
             if st.n_channels != c:
                 raise ValueError(f"state has {st.n_channels} channels, window has {c}")
             if st.calibrated:
                 ready[i] = finite[i]
-                continue
-            if finite[i]:
+            elif finite[i]:
                 st._emb.append(emb[i].copy())
                 st._res.append(residual[i].copy())
                 st.seen += 1
@@ -319,20 +355,28 @@ class WindowScorer:
         idx = np.flatnonzero(ready)
         if idx.size:
             sts = [states[i] for i in idx]
+            flat = emb[idx].reshape(idx.size, c * d)
             mu = np.stack([s.mu for s in sts])  # type: ignore[misc]
-            prec = np.stack([s.precision for s in sts])  # type: ignore[misc]
+            basis = np.stack([s.basis for s in sts])  # type: ignore[misc]
+            inv_eig = np.stack([s.inv_eig for s in sts])  # type: ignore[misc]
+            inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
             rthr = np.stack([s.residual_threshold for s in sts])  # type: ignore[misc]
-            dthr = np.stack([s.distance_threshold for s in sts])  # type: ignore[misc]
-            diff = emb[idx] - mu
-            d = np.einsum("ncd,ncde,nce->nc", diff, prec, diff) / emb.shape[2]
-            distance[idx] = d
-            channel_scores[idx] = np.maximum(residual[idx] / rthr, d / dthr)
-            self._adapt(sts, emb[idx], channel_scores[idx].max(axis=1))
-        score = np.full(n, np.nan, dtype=np.float32)
-        if idx.size:
-            score[idx] = channel_scores[idx].max(axis=1)
+            dthr = np.array([s.distance_threshold for s in sts], dtype=np.float32)
+            diff = flat - mu
+            dist = self._distance(diff, basis, inv_eig, inv_rest)
+            ratio = dist / dthr
+            # attribution: each channel's part of diff' P diff (precision P = low rank + rest)
+            proj = np.einsum("nf,nfk->nk", diff, basis)
+            p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
+            part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
+            share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
+            res_ratio = residual[idx] / rthr
+            channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
+            total = np.maximum(res_ratio.max(axis=1), ratio)
+            distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
+            self._adapt(sts, flat, total)
         residual[~finite] = np.nan
-        return ScoreResult(score, channel_scores, residual, distance)
+        return ScoreResult(score, channel_scores, residual, distance, distance_ratio)
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate
