@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.alert_policy import AlertPolicy, AlertPolicyConfig, alert_key
@@ -248,3 +250,38 @@ def test_many_windows_fast() -> None:
         n += len(p.on_score(f"dev{i % 200}", float(i), 2.0 if (i // 2000) % 2 else 0.1))
     assert time.perf_counter() - t < 2.0
     assert n == 200 * 9  # per device: 5 raises (odd phases) and 4 clears (the last phase ends raised)
+
+
+@settings(max_examples=150, deadline=None)
+@given(scores=st.lists(st.floats(min_value=0, max_value=3, allow_nan=False), max_size=80),
+       raise_after=st.integers(1, 4), clear_after=st.integers(1, 4),
+       min_interval=st.sampled_from([0.0, 25.0]))
+def test_lifecycle_alternates_and_keys_pair(scores: list[float], raise_after: int, clear_after: int,
+                                            min_interval: float) -> None:
+    p, _ = policy(raise_after=raise_after, clear_after=clear_after, min_interval_s=min_interval)
+    alerts = feed(p, scores)
+    states = [a.state for a in alerts]
+    assert states == ["raised", "cleared"] * (len(states) // 2) + ["raised"] * (len(states) % 2)
+    for r, c in zip(alerts[::2], alerts[1::2]):
+        assert r.details["episode_start"] == c.details["episode_start"] <= r.timestamp < c.timestamp
+        assert r.key != c.key
+        assert r.key == alert_key("d1", "anomaly", "raised", r.details["episode_start"])
+    assert len({a.key for a in alerts}) == len(alerts)
+    assert p.raised("d1").get("anomaly", False) == (len(alerts) % 2 == 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.integers(0, 2**32 - 1), steps=st.lists(st.integers(1, 8), min_size=1, max_size=30),
+       bits=st.sampled_from([16, 32]))
+def test_frame_counter_wrap_never_reports_loss_for_consecutive_frames(start: int, steps: list[int],
+                                                                       bits: int) -> None:
+    p, m = policy(fcnt_gap=7)
+    modulus = 1 << bits
+    counter = start % modulus
+    counters = [counter]
+    for step in steps:
+        counter = (counter + step) % modulus
+        counters.append(counter)
+    # Gaps of at most 7 lost frames (step <= 8) never raise, across any wrap.
+    assert gap(p, counters) == []
+    assert m.get("alert_policy_fcnt_resets_total") == 0

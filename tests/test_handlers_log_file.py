@@ -88,8 +88,7 @@ def test_file_handler_write_error_is_a_delivery_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     h = make_file_handler("file", FileHandlerOptions(path=blocker / "a.jsonl"), ctx(tmp_path))
-    with pytest.raises(OSError):
-        h.start()
+    h.start()  # logs, does not raise: the gateway keeps running, the outbox keeps the alerts
     with pytest.raises(DeliveryError, match="cannot write"):
         h.deliver(alert(1))
     h.stop()

@@ -10,6 +10,7 @@ the alert and retries.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.contracts import DeliveryError, PluginContext
 from gateway.hookspecs import hookimpl
 from gateway.types import Alert, Reading
+
+log = logging.getLogger(__name__)
 
 
 class FileHandlerOptions(BaseModel):
@@ -46,11 +49,17 @@ class FileHandler:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Open the file for appending; raises OSError when it cannot be opened."""
+        """Open the file for appending. Never raises: when it cannot be opened (read-only or
+        missing mount) the error is logged and every ``deliver`` tries again, failing with
+        DeliveryError until it works, so the outbox keeps the alerts meanwhile."""
         with self._lock:
             if self._fh is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fh = open(self.path, "a", encoding="utf-8")
+                except OSError as exc:
+                    log.error("%s: cannot open %s yet (%s); alerts stay in the outbox until it can",
+                              self.name, self.path, exc)
 
     def deliver(self, alert: Alert) -> None:
         """Append one line and (by default) fsync; raises DeliveryError on any I/O error."""

@@ -32,6 +32,7 @@ from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, TlsOptions, m
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED_MESSAGES = 1000
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
@@ -105,6 +106,8 @@ class MqttConnection:
                 # paho derives its own host name handling from the context's check_hostname.
                 client.tls_set_context(tls_context(self.broker.tls))
             client.will_set(self.status_topic, "offline", qos=1, retain=True)
+            # Bounded: unacknowledged QoS>0 messages paho keeps for re-sending after a reconnect.
+            client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_message = self._on_message
