@@ -131,6 +131,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._failing: set[str] = set()
+        self._restart_boundary = 0  # entries up to this id were on disk at open: replays
         self._last_warn: dict[str, float] = {}
         self._bytes = 0
         self._counts = {ALERT: 0, TELEMETRY: 0}
@@ -174,18 +175,30 @@ class Outbox:
         return conn
 
     def _recover(self, conn: sqlite3.Connection) -> None:
-        """Purge rows of removed handlers; mark everything found on disk as replay, due now."""
-        conn.execute("BEGIN IMMEDIATE")
+        """Everything found on disk is a replay, due now; rows of removed handlers are purged.
+
+        The replay mark is kept in memory (entries up to the highest id at open), so even a
+        database too full to write opens and delivers. The clean-up is best-effort.
+        """
+        self._restart_boundary = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0])
         marks = ",".join("?" * len(self.handlers))
-        removed = conn.execute(f"DELETE FROM deliveries WHERE handler NOT IN ({marks})",
-                               self.handlers).rowcount
-        if removed:
-            self.metrics.inc("outbox_dropped_total", removed, reason="handler_removed")
-            log.warning("outbox: dropped %d deliveries for handlers no longer configured", removed)
-        conn.execute("DELETE FROM entries WHERE NOT EXISTS "
-                     "(SELECT 1 FROM deliveries d WHERE d.entry_id = entries.id)")
-        conn.execute("UPDATE deliveries SET replay = 1, next_attempt_at = 0")
-        conn.execute("COMMIT")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            removed = conn.execute(f"DELETE FROM deliveries WHERE handler NOT IN ({marks})",
+                                   self.handlers).rowcount
+            conn.execute("DELETE FROM entries WHERE NOT EXISTS "
+                         "(SELECT 1 FROM deliveries d WHERE d.entry_id = entries.id)")
+            conn.execute("UPDATE deliveries SET next_attempt_at = 0 WHERE next_attempt_at > 0")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.metrics.inc("outbox_errors_total", op="recover")
+            log.error("outbox: start-up clean-up skipped (%s); delivering what is stored", exc)
+        else:
+            if removed:
+                self.metrics.inc("outbox_dropped_total", removed, reason="handler_removed")
+                log.warning("outbox: dropped %d deliveries for handlers no longer configured", removed)
         self._bytes = conn.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
         for prio, n in conn.execute("SELECT priority, COUNT(*) FROM entries GROUP BY priority"):
             self._counts[prio] = n
@@ -382,6 +395,7 @@ class Outbox:
             try:
                 data = json.loads(payload)
                 alert = reading = None
+                replay = replay or entry_id <= self._restart_boundary
                 if prio == ALERT:
                     alert = Alert.from_dict({**data, "replay": bool(replay)})
                 else:

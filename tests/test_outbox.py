@@ -246,3 +246,19 @@ def test_use_after_close_is_counted_not_raised(tmp_path: Path, metrics: Metrics)
     assert metrics.get("outbox_errors_total") == 3
     with Outbox(tmp_path / "o.db", ["a"], 1 << 20) as again:  # nothing was lost
         assert [e.id for e in again.next_batch("a")] == [entry]
+
+
+def test_reopen_of_a_full_database_still_delivers(tmp_path: Path, metrics: Metrics) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, ["a"], 1 << 30, hard_limit_bytes=64 * 1024) as ob:
+        i = 0
+        while ob.append(alert(i)) is not None:
+            i += 1
+    # Reopened with even less room than it already uses: opening and delivering still work.
+    with Outbox(path, ["a"], 1 << 30, metrics, hard_limit_bytes=16 * 1024) as ob:
+        got = ob.next_batch("a", 1000)
+        assert len(got) == i and all(e.replay for e in got)
+        assert ob.append(alert(999)) is None
+        assert metrics.get("outbox_dropped_total", reason="alert_refused_disk_full") == 1
+        ob.ack("a", [e.id for e in got])
+        assert ob.pending("a") == 0
