@@ -103,12 +103,14 @@ def refuse_pickles(model_dir: Path) -> None:
             raise IntegrityError(pickle_refusal(path.relative_to(model_dir).as_posix()))
 
 
-def verify_dir(model_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, str]:
+def verify_dir(model_dir: Path, manifest: dict[str, Any] | None = None, strict: bool = True) -> dict[str, str]:
     """Check every file of a model directory against its manifest.
 
-    Refuses pickle-based weights, symlinks, files not listed in the manifest (other than
-    manifest.json and a README), missing files, and any sha256 mismatch. Returns the
-    verified ``{path: sha256}``. Raises IntegrityError with the first problem found.
+    Refuses pickle-based weights, symlinks, missing files and any sha256 mismatch; with
+    ``strict`` (the store's install and verify) also files the manifest does not list
+    (other than manifest.json and a README). The runtime loads only listed files and
+    checks with ``strict=False``. Returns the verified ``{path: sha256}``. Raises
+    IntegrityError with the first problem found.
     """
     model_dir = Path(model_dir)
     manifest = load_manifest(model_dir) if manifest is None else manifest
@@ -118,7 +120,7 @@ def verify_dir(model_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
         rel = path.relative_to(model_dir).as_posix()
         if path.is_symlink():
             raise IntegrityError(f"refusing symlink {rel} in a model directory")
-        if path.is_file() and rel not in hashes and rel not in UNLISTED_OK:
+        if strict and path.is_file() and rel not in hashes and rel not in UNLISTED_OK:
             raise IntegrityError(f"{rel}: file not listed in manifest.json (unknown files are not installed)")
     for name, digest in hashes.items():
         path = model_dir / name
@@ -143,5 +145,5 @@ def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             files[rel] = sha256_file(path)
     out = dict(manifest)
     out["files"] = files
-    (model_dir / MANIFEST).write_text(json.dumps(out, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    (model_dir / MANIFEST).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out

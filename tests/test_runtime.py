@@ -186,3 +186,13 @@ def test_daemon_modules_do_not_import_torch() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_runtime_ignores_unlisted_files_but_store_refuses_them(tmp_path: Path) -> None:
+    from models.store import ModelStore, StoreError
+
+    base = make_base(tmp_path / "base")
+    (base / "notes.onnx").write_bytes(b"left over")  # never loaded: only listed files are
+    assert ModelRuntime.load(base, ["cpu"]).window_length == T
+    with pytest.raises(StoreError, match="notes.onnx: file not listed"):
+        ModelStore(tmp_path / "store").install(base)
