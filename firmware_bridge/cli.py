@@ -1,9 +1,11 @@
-"""``lora-gateway simulate`` and ``lora-gateway demo``: the radio-module simulator.
+"""``lora-gateway simulate`` and ``lora-gateway serial-watch``.
 
 ``simulate`` runs virtual nodes behind a virtual module on a pseudo-terminal (printing
 the path to open) or, with ``--mqtt HOST:PORT``, publishes them as ChirpStack v4 uplinks.
-``demo`` runs the simulator and the gateway's ``serial`` source on it, and prints every
-reading the gateway decodes.
+``serial-watch`` runs the gateway's ``serial`` source on a real module (``--port``) or,
+without one, on the simulator, and prints every reading the gateway decodes: the quick
+check that a module is wired, configured and understood. (``lora-gateway demo``, the
+whole pipeline on the simulator, lives in gateway/cli_demo.py.)
 """
 
 from __future__ import annotations
@@ -57,9 +59,19 @@ def add_commands(subparsers: Any) -> None:
     sim.add_argument("--mqtt", default=None, metavar="HOST:PORT", help="publish ChirpStack v4 uplinks instead of a pty")
     sim.add_argument("--application", default="00000000-0000-0000-0000-000000000001", help="ChirpStack application id")
     sim.set_defaults(func=run_simulate)
-    demo = subparsers.add_parser("demo", help="the gateway's serial source on the simulator, readings printed")
-    _common(demo, 10.0)
-    demo.set_defaults(func=run_demo)
+    watch = subparsers.add_parser(
+        "serial-watch", help="print the readings the serial source decodes from a module (or the simulator)",
+        description="Open a radio module with the gateway's serial source and print every decoded reading. "
+                    "Without --port, a simulated module is used (the simulator options apply).")
+    _common(watch, None)
+    watch.add_argument("--port", default=None, help="serial device, e.g. /dev/serial/by-id/usb-... (default: simulator)")
+    watch.add_argument("--frequency", type=int, default=None, help="configure: frequency in Hz")
+    watch.add_argument("--sf", type=int, default=None, help="configure: spreading factor")
+    watch.add_argument("--bandwidth", type=float, default=None, help="configure: bandwidth in kHz")
+    watch.add_argument("--address", type=int, default=None, help="configure: the module's own address (REYAX)")
+    watch.add_argument("--address-prefix-bytes", type=int, default=None,
+                       help="payload bytes holding the sender address (rak3172/seeed_e5; default 2)")
+    watch.set_defaults(func=run_watch)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -113,8 +125,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_watch(args: argparse.Namespace) -> int:
+    """Serial source on ``--port`` (or a simulator) printing decoded readings until --duration."""
+    import contextlib
+
     from firmware_bridge.simulator import PtySimulator
+    from gateway.cli import UserError
     from gateway.contracts import PluginContext
     from gateway.decoding import decode_uplink
     from gateway.metrics import Metrics
@@ -123,8 +139,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     _check(args)
     pm = make_plugin_manager(load_entry_points=False)
-    registry = Registry(pm)
-    factory, options_model = registry.sources["serial"]
+    factory, options_model = Registry(pm).sources["serial"]
     metrics = Metrics()
     lock = threading.Lock()
 
@@ -136,24 +151,34 @@ def run_demo(args: argparse.Namespace) -> int:
         except DecodeError as exc:
             values = f"undecoded ({exc}) {uplink.payload.hex()}"
         with lock:
-            print(f"{stamp} node={uplink.device_id} rssi={uplink.radio.rssi:g} snr={uplink.radio.snr:g} {values}",
+            print(f"{stamp} node={uplink.device_id} rssi={uplink.radio.rssi} snr={uplink.radio.snr} {values}",
                   flush=True)
 
-    with PtySimulator(args.protocol, args.nodes, interval_s=args.interval, time_scale=args.time_scale,
-                      baud=args.baud, seed=args.seed, faults=args.fault, bitflip_rate=args.bitflip_rate,
-                      truncate_rate=args.truncate_rate, garbage_rate=args.garbage_rate,
-                      unplug_every_s=args.unplug_every) as sim:
-        print(f"simulator on {sim.path} ({sim.device}), protocol {args.protocol}", flush=True)
-        options = options_model.model_validate({"port": sim.path, "protocol": args.protocol, "baudrate": args.baud,
-                                                "reopen_backoff_s": {"initial": 0.1, "max": 2.0}})
-        source = factory("demo-serial", options, PluginContext(metrics=metrics, extra={"clock": sim.clock}))
+    configure = {k: v for k, v in (("frequency_hz", args.frequency), ("spreading_factor", args.sf),
+                                   ("bandwidth_khz", args.bandwidth), ("address", args.address)) if v is not None}
+    with contextlib.ExitStack() as stack:
+        extra: dict[str, Any] = {}
+        port = args.port
+        if port is None:
+            sim = stack.enter_context(PtySimulator(
+                args.protocol, args.nodes, interval_s=args.interval, time_scale=args.time_scale, baud=args.baud,
+                seed=args.seed, faults=args.fault, bitflip_rate=args.bitflip_rate, truncate_rate=args.truncate_rate,
+                garbage_rate=args.garbage_rate, unplug_every_s=args.unplug_every))
+            port, extra["clock"] = sim.path, sim.clock
+            print(f"simulated {args.protocol} module on {sim.path} ({sim.device})", flush=True)
+        try:
+            options = options_model.model_validate({
+                "port": port, "protocol": args.protocol, "baudrate": args.baud, "configure": configure or None,
+                "address_prefix_bytes": args.address_prefix_bytes,
+                "reopen_backoff_s": {"initial": 0.1, "max": 5.0}})
+            source = factory("watch", options, PluginContext(metrics=metrics, extra=extra))
+        except ValueError as exc:
+            raise UserError(str(exc).splitlines()[0] if "validation error" not in str(exc) else str(exc)) from exc
         source.start(show)
         try:
             _wait(args.duration, threading.Event())
         finally:
             source.stop()
-        stats = dict(sim.stats)
     counts = {k: v for k, v in metrics.snapshot().items() if k.startswith("serial_")}
-    print("sent: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())), file=sys.stderr)
-    print("gateway: " + ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items())), file=sys.stderr)
+    print("serial: " + ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items())), file=sys.stderr)
     return 0
