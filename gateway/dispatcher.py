@@ -82,7 +82,9 @@ class Dispatcher:
             self.metrics.describe(name, text)
 
     def start(self) -> None:
-        """Start one worker thread per handler. Returns at once."""
+        """Start one worker thread per handler. Returns at once; a second call does nothing."""
+        if self._threads:
+            return
         for handler in self.handlers:
             t = threading.Thread(target=self._run, args=(handler,), name=f"deliver-{handler.name}", daemon=True)
             t.start()
