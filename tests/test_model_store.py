@@ -300,3 +300,14 @@ def test_notify_daemon(tmp_path: Path) -> None:
     finally:
         other.send_signal(signal.SIGTERM)
         other.wait()
+
+
+def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
+    """If the bundled base is retrained, the example adapter must be re-made (docs/models.md)."""
+    repo = Path(__file__).resolve().parent.parent
+    base = store.install(repo / "models" / "base")
+    adapter = store.install(repo / "models" / "site_adapters" / "example-site")
+    assert adapter.kind == "adapter" and adapter.base_sha256 == base.base_sha256
+    manifest = integrity.load_manifest(adapter.path)
+    assert manifest["evaluation"]["val_loss_after"] < manifest["evaluation"]["val_loss_before"]
+    assert manifest["export"]["onnx_adapter"]["parity_max_abs_diff"] < 1e-4
