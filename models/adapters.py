@@ -211,7 +211,8 @@ def _require_same_base(base_manifest: dict[str, Any], adapter_manifest: dict[str
 
 
 # ---- LoRA-input base graph -----------------------------------------------------------------
-def export_lora_graph(base_dir: Path, targets: list[str] | None = None, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+def export_lora_graph(base_dir: Path, targets: list[str] | None = None,
+                      tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
     """Add the LoRA-input graph (``model_lora.onnx``) to a base directory and rewrite its manifest.
 
     Returns the new manifest. Raises ExportError if the graph without adapters differs
@@ -254,6 +255,7 @@ def _lora_inputs(model: onnx.ModelProto) -> dict[str, str]:
         module, ab = m.group("module"), m.group("ab")
         new = adapter_key(module, ab)
         out_f, in_f = (int(init.dims[0]), int(init.dims[1]))
+        dims: list[str | int]
         if ab == "A":
             empty, dims = np.zeros((0, in_f), np.float32), [f"r_{module}", in_f]
         else:
@@ -295,7 +297,8 @@ def export_adapter_file(base_dir: Path, adapter_dir: Path, tolerance: float = DE
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     scaling = adapter_scaling(config)
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    inputs = set(base_manifest["lora_graph"].get("inputs", [])) if isinstance(base_manifest["lora_graph"], dict) else set()
+    graph_info = base_manifest["lora_graph"]
+    inputs = set(graph_info.get("inputs", [])) if isinstance(graph_info, dict) else set()
     params: dict[str, ort.OrtValue] = {}
     for key, value in tensors.items():
         if inputs and key not in inputs:

@@ -113,7 +113,7 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--name", default="site-adapter")
     p.add_argument("--version", default="1")
     p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (scaling = alpha / rank)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without improvement")
     p.add_argument("--lr", type=float, default=3e-3)

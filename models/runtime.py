@@ -279,7 +279,8 @@ def _load_adapter(name: str, path: Path, overridable: dict[str, Any], base_id: s
     try:
         params = ort.AdapterFormat.read_adapter(str(file)).get_parameters()
     except Exception as exc:
-        raise ModelLoadError(f"adapter {name!r}: {file}: not a readable ONNX Runtime adapter: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"adapter {name!r}: {file}: not a readable ONNX Runtime adapter: "
+                             f"{_one_line(exc)}") from exc
     if not params:
         raise ModelLoadError(f"adapter {name!r}: {file}: holds no parameters")
     described: dict[str, tuple[str, tuple[int, ...]]] = {}

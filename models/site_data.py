@@ -208,7 +208,8 @@ def load_recording(path: Path, channels: list[str], device_id: str | None = None
         device_id = next(iter(by_device))
     readings = by_device.get(device_id)
     if not readings or len(readings) < min_rows:
-        raise SiteDataError(f"{path}: {len(readings or [])} readings of device {device_id!r}; at least {min_rows} needed")
+        raise SiteDataError(f"{path}: {len(readings or [])} readings of device {device_id!r}; "
+                            f"at least {min_rows} needed")
     readings.sort(key=lambda r: r[0])
     values = np.asarray([r[1] for r in readings])
     missing = [channels[c] for c in range(len(channels)) if not np.isfinite(values[:, c]).any()]

@@ -25,6 +25,7 @@ The daemon picks up an activation on SIGHUP: :func:`notify_daemon`.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import json
 import os
@@ -179,7 +180,7 @@ class ModelStore:
         parts = Path(os.readlink(link)).parts
         return (parts[-2], parts[-1]) if len(parts) >= 2 else None
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> builtins.list[dict[str, Any]]:
         """Activations, oldest first."""
         path = self.root / "history.json"
         if not path.is_file():
@@ -232,7 +233,8 @@ class ModelStore:
             with self._locked():
                 dest = self._path(name, version)
                 if dest.exists():
-                    same = integrity.manifest_hashes(integrity.load_manifest(dest)) == integrity.manifest_hashes(manifest)
+                    old = integrity.manifest_hashes(integrity.load_manifest(dest))
+                    same = old == integrity.manifest_hashes(manifest)
                     if not same:
                         raise StoreError(f"{name}@{version} is already installed with different files; "
                                          "give the new one another version, or remove the old one first")
@@ -284,13 +286,13 @@ class ModelStore:
         return base
 
     # ---- verify --------------------------------------------------------------------------
-    def verify(self, ref: str | None = None) -> list[tuple[str, str | None]]:
+    def verify(self, ref: str | None = None) -> builtins.list[tuple[str, str | None]]:
         """Re-check installed files: ``[(name@version, None if good else the problem)]``.
 
         ``ref`` None checks everything installed.
         """
         models = [self.get(ref)] if ref else self.list()
-        results: list[tuple[str, str | None]] = []
+        results: builtins.list[tuple[str, str | None]] = []
         for model in models:
             try:
                 self._check(model.path)
@@ -341,7 +343,7 @@ class ModelStore:
             self._write_history(history)
         return model
 
-    def _write_history(self, history: list[dict[str, Any]]) -> None:
+    def _write_history(self, history: builtins.list[dict[str, Any]]) -> None:
         path = self.root / "history.json"
         tmp = path.with_name(f".history.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(history[-100:], indent=1) + "\n")

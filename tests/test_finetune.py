@@ -48,7 +48,8 @@ def test_finetune_lowers_validation_loss(base: Path, tmp_path: Path) -> None:
     assert ev["val_loss_before"] == pytest.approx(result.val_loss_before, abs=1e-6)
     sup = ev["supervised"]
     assert set(sup["base"]) >= {"precision", "recall", "f1", "false_alarm_rate"}
-    assert sup["adapter"]["true_positives"] + sup["adapter"]["false_negatives"] == int(labels[training["split"]["train_rows"]:].sum())
+    val_faulty = int(labels[training["split"]["train_rows"]:].sum())
+    assert sup["adapter"]["true_positives"] + sup["adapter"]["false_negatives"] == val_faulty
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["peft_type"] == "LORA"
 
