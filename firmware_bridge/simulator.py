@@ -41,6 +41,7 @@ from firmware_bridge.virtual_modules import VirtualModule, make_virtual_module
 
 ADDRESSLESS = ("rak3172", "seeed_e5")
 SETTLE_S = 0.05
+BURST_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,17 +215,22 @@ class PtySimulator:
             due = self.full_speed or self.clock() >= nxt.time_s
             unplug_due = self._unplug_request.is_set() or (
                 self.unplug_every_s is not None and now - last_unplug >= self.unplug_every_s)
-            if not out and not finished and due and now >= wire_free_at:
-                if unplug_due:
-                    self._unplug(nxt)
-                    nxt = next(readings)
-                    sent += 1
-                    last_unplug = time.monotonic()
-                    was_present = False
-                    continue
+            if not out and not finished and due and now >= wire_free_at and unplug_due:
+                self._unplug(nxt)
+                nxt = next(readings)
+                sent += 1
+                last_unplug = time.monotonic()
+                was_present = False
+                continue
+            # queue what is due, up to BURST_S of line time, so pacing does not hinge on
+            # sub-millisecond sleeps at high baud rates
+            budget = self.baud / 10 * BURST_S
+            while (not unplug_due and not finished and now >= wire_free_at and len(out) < budget
+                   and (self.full_speed or self.clock() >= nxt.time_s)):
                 out += self._render(nxt)
                 nxt = next(readings)
                 sent += 1
+                finished = self.max_messages is not None and sent >= self.max_messages
             if out and now >= wire_free_at:
                 written = self._write(out)
                 del out[:written]
