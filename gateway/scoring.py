@@ -22,6 +22,9 @@ Per window, two statistics:
 
 - residual ``r_c`` per channel: the reconstruction error, weighted towards the newest
   steps (weight ``2 ** (-age / recency_halflife)``), mean of squares;
+- flatness ``f_c`` per channel: the fraction of exactly repeated consecutive readings
+  (stuck-at sensors reconstruct well; they are caught by this instead), threshold
+  ``max(quantile * margin, 0.5)``;
 - distance ``m``: the squared Mahalanobis distance (divided by its dimension) of the
   device's embedding vector (all channels' embeddings, ``C*D`` values) from its
   calibrated normal mean; covariance shrunk towards its scaled identity (``shrinkage``)
@@ -29,7 +32,7 @@ Per window, two statistics:
 
 Each is divided by its calibrated threshold ``quantile(score_quantile) * score_margin``
 over the calibration windows; the window score is the largest ratio,
-``max(max_c r_c / r_thr_c, m / m_thr)``. So **1.0 means "at the alert threshold"**.
+``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``. So **1.0 means "at the alert threshold"**.
 A sustained shift moves the embedding away from normal for as long as it lasts, even
 where the reconstruction follows the new level; the joint distance also sees a channel
 leave its usual relation to the others (humidity against temperature).
@@ -151,6 +154,13 @@ class SeriesCalibration:
                 break
         return self.frozen
 
+    def freeze(self) -> None:
+        """Freeze now with what was accumulated (e.g. a recording's calibration rows with
+        gaps); ValueError when a channel has fewer than 2 finite readings."""
+        if (self.count < 2).any():
+            raise ValueError("a channel has fewer than 2 finite readings in the calibration stretch")
+        self.frozen = True
+
     @property
     def mean(self) -> np.ndarray:
         return self._mean.copy()
@@ -203,18 +213,20 @@ class DeviceScoreState:
     seen: int = 0
     _emb: list[np.ndarray] = field(default_factory=list, repr=False)
     _res: list[np.ndarray] = field(default_factory=list, repr=False)
+    _flat: list[np.ndarray] = field(default_factory=list, repr=False)
     mu: np.ndarray | None = field(default=None, repr=False)  # [C*D] mean embedding
     basis: np.ndarray | None = field(default=None, repr=False)  # [C*D, K] principal directions
     inv_eig: np.ndarray | None = field(default=None, repr=False)  # [K] 1/eigenvalue
     inv_rest: float = 0.0  # 1/variance of the remaining directions
     residual_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
     distance_threshold: float = math.nan
+    flat_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
 
     def reset(self) -> None:
         """Forget the calibration (e.g. after a sensor was replaced)."""
         self.calibrated, self.seen = False, 0
-        self._emb, self._res = [], []
-        self.mu = self.basis = self.inv_eig = self.residual_threshold = None
+        self._emb, self._res, self._flat = [], [], []
+        self.mu = self.basis = self.inv_eig = self.residual_threshold = self.flat_threshold = None
         self.inv_rest, self.distance_threshold = 0.0, math.nan
 
 
@@ -263,6 +275,12 @@ class WindowScorer:
         return np.einsum("ntc,t->nc", sq, self._weights(inputs.shape[1]))
 
     @staticmethod
+    def flatness(inputs: np.ndarray) -> np.ndarray:
+        """Fraction of exactly repeated consecutive readings per channel ``[N, C]`` (1.0 =
+        the channel did not change at all in the window: stuck-at, frozen firmware)."""
+        return np.mean(np.diff(inputs, axis=1) == 0.0, axis=1, dtype=np.float32)
+
+    @staticmethod
     def _distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance / dim with a rank-K + isotropic precision.
         ``diff [N, F]``, ``basis [N, F, K]``, ``inv_eig [N, K]``, ``inv_rest [N]``."""
@@ -271,8 +289,15 @@ class WindowScorer:
         rest = np.maximum(np.einsum("nf,nf->n", diff, diff) - np.einsum("nk,nk->n", proj, proj), 0.0)
         return (inside + rest * inv_rest) / diff.shape[1]
 
-    def calibrate(self, state: DeviceScoreState, embeddings: np.ndarray, residuals: np.ndarray) -> None:
-        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``.
+    def calibrate(
+        self,
+        state: DeviceScoreState,
+        embeddings: np.ndarray,
+        residuals: np.ndarray,
+        flatness: np.ndarray | None = None,
+    ) -> None:
+        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
+        ``flatness [M, C]`` (None: the flatline check is off for this state).
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -305,9 +330,14 @@ class WindowScorer:
         state.inv_eig = (1.0 / top).astype(np.float32)
         state.inv_rest = inv_rest
         state.residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
+        state.flat_threshold = (
+            None
+            if flatness is None
+            else np.maximum(np.quantile(np.asarray(flatness, dtype=np.float64), q, axis=0) * margin, 0.5).astype(np.float32)
+        )
         state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
-        state._emb, state._res = [], []
+        state._emb, state._res, state._flat = [], [], []
 
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
@@ -316,7 +346,7 @@ class WindowScorer:
         model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        self.calibrate(state, np.asarray(outputs["embedding"]), residual)
+        self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
@@ -336,6 +366,7 @@ class WindowScorer:
         d = emb.shape[2]
         finite = np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
         residual = self.statistics(np.nan_to_num(x), np.nan_to_num(rec))
+        flatline = self.flatness(x)
         distance = np.full(n, np.nan, dtype=np.float32)
         distance_ratio = np.full(n, np.nan, dtype=np.float32)
         channel_scores = np.full((n, c), np.nan, dtype=np.float32)
@@ -349,9 +380,10 @@ class WindowScorer:
             elif finite[i]:
                 st._emb.append(emb[i].copy())
                 st._res.append(residual[i].copy())
+                st._flat.append(flatline[i].copy())
                 st.seen += 1
                 if st.seen >= st.calibration_windows:
-                    self.calibrate(st, np.stack(st._emb), np.stack(st._res))
+                    self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
         idx = np.flatnonzero(ready)
         if idx.size:
             sts = [states[i] for i in idx]
@@ -371,6 +403,9 @@ class WindowScorer:
             part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
             share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
             res_ratio = residual[idx] / rthr
+            for j, st in enumerate(sts):  # flatline check (states calibrated with flatness)
+                if st.flat_threshold is not None:
+                    res_ratio[j] = np.maximum(res_ratio[j], flatline[idx[j]] / st.flat_threshold)
             channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
             total = np.maximum(res_ratio.max(axis=1), ratio)
             distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total

@@ -82,9 +82,8 @@ def score_recording(
             f"calibration rows must be in [{t + 8}, {n_rows - 1}] (T = {t}, {n_rows} rows), got {calibration_rows}"
         )
     cal = SeriesCalibration(n_ch, calibration_rows)
-    cal.update(values[:calibration_rows])
-    if not cal.frozen:
-        raise ValueError("a channel has no finite value in the calibration rows")
+    if not cal.update(values[:calibration_rows]):
+        cal.freeze()  # the calibration rows had gaps: use their finite readings
     z = cal.standardize(x)
     windows = sliding_windows(z, t)  # window i ends at row i + t - 1
     outputs = run_model(session, windows)

@@ -35,6 +35,7 @@ def write_report(path: str | Path, table: SeriesTable, labels: np.ndarray, score
     z = (x - ref.mean(axis=0)) / np.where(ref.std(axis=0) > 1e-9, ref.std(axis=0), 1.0)
     idx = np.arange(len(table))
     fig, axes = plt.subplots(3, 1, figsize=(13, 9), gridspec_kw={"height_ratios": [3, 2, 2]})
+    axes[1].sharex(axes[0])
     ax = axes[0]
     for c in range(min(z.shape[1], MAX_PLOTTED_CHANNELS)):
         ax.plot(idx, z[:, c], lw=0.6, label=table.channels[c])

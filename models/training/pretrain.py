@@ -94,7 +94,7 @@ def train(config: PatchAEConfig, recipe: Recipe, log_every: int = 500) -> tuple[
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and (step % log_every == 0 or step == recipe.steps - 1):
             log.info("step %d/%d loss %.4f", step, recipe.steps, float(np.mean(losses[-log_every:])))
     return model.eval(), losses
