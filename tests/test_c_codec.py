@@ -62,3 +62,14 @@ def test_makefile_builds_and_runs_the_host_test(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 of" in run.stdout
+
+
+def test_board_sketch_compiles_against_host_stubs() -> None:
+    """The sketch uses the codec's API correctly (RadioLib and Arduino are stubbed)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not installed")
+    run = subprocess.run([gxx, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++",
+                          f"-I{FIRMWARE / 'host_stubs'}", f"-I{FIRMWARE}", str(FIRMWARE / "bridge_board.ino")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
