@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.vectors import VECTOR_DIR
+from firmware_bridge.shared_vectors import VECTOR_DIR
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware_bridge" / "firmware"
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]

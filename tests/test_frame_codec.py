@@ -14,7 +14,7 @@ from firmware_bridge.frame_codec import (
     MAX_CHUNK, Frame, FrameDecoder, FrameType, RadioUplink, encode_frame, encode_uplink,
     parse_uplink, uplink_body,
 )
-from firmware_bridge.vectors import VECTOR_DIR, build_vectors, load_vectors
+from firmware_bridge.shared_vectors import VECTOR_DIR, build_vectors, load_vectors
 
 
 def decode_stream(data: bytes, split_at: list[int] | None = None) -> tuple[list[Frame], FrameDecoder]:

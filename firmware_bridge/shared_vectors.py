@@ -3,9 +3,11 @@
 Each ``.hex`` file is ``key=value`` lines (``#`` starts a comment). Every vector has
 ``wire`` (the bytes on the serial line, hex) and ``expect`` ("ok" or a reject reason).
 Good vectors also have ``version``, ``type``, ``seq`` and ``body`` (hex); UPLINK ones add
-``rssi_x10``, ``snr_x10``, ``sf``, ``freq``, ``addr`` and ``payload`` (hex). The Python
+``rssi_x10``, ``snr_x10``, ``sf``, ``freq``, ``addr`` and ``payload`` (hex). A decoder is
+fed ``wire`` then one more 0x00 (which ends a chunk cut short) and must report exactly
+one outcome, ``expect``. The Python
 codec (tests/test_frame_codec.py) and the C codec (firmware/test_bridge_codec.c) must
-both reproduce every file byte for byte. ``python -m firmware_bridge.vectors DIR``
+both reproduce every file byte for byte. ``python -m firmware_bridge.shared_vectors DIR``
 rewrites them; a test checks the committed files equal what this module generates.
 """
 
