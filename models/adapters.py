@@ -211,16 +211,30 @@ def _require_same_base(base_manifest: dict[str, Any], adapter_manifest: dict[str
 
 
 # ---- LoRA-input base graph -----------------------------------------------------------------
-def export_lora_graph(base_dir: Path, targets: list[str] | None = None,
-                      tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """Add the LoRA-input graph (``model_lora.onnx``) to a base directory and rewrite its manifest.
+def export_lora_graph(base_dir: Path, targets: list[str] | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                      out_dir: Path | None = None, version: str | None = None) -> dict[str, Any]:
+    """Add the LoRA-input graph (``model_lora.onnx``) to a base and write its manifest.
 
-    Returns the new manifest. Raises ExportError if the graph without adapters differs
-    from the base model by more than ``tolerance``.
+    In place by default. With ``out_dir``, the base is copied there first and the copy gets
+    version ``version`` (default ``<base version>+lora``), so it can be installed beside the
+    plain base; its weights, hence its identity for adapters, are the same. Returns the new
+    manifest. Raises ExportError if the graph without adapters differs from the base model
+    by more than ``tolerance`` (the graph is then removed).
     """
     base_dir = Path(base_dir)
     manifest = integrity.load_manifest(base_dir)
     integrity.verify_dir(base_dir, manifest)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ExportError(f"{out_dir} exists and is not empty")
+        if out_dir.exists():
+            out_dir.rmdir()
+        shutil.copytree(base_dir, out_dir, ignore=shutil.ignore_patterns(LORA_GRAPH_FILE))
+        manifest["derived_from"] = {"name": manifest.get("name"), "version": manifest.get("version"),
+                                    "what": "the same base with its LoRA-input graph added"}
+        manifest["version"] = version or f"{manifest.get('version', '1')}+lora"
+        base_dir = out_dir
     T = window_length(manifest)
     targets = list(targets or manifest.get("lora_targets") or LORA_TARGETS)
     model = get_peft_model(load_model(base_dir), LoraConfig(r=1, lora_alpha=1, target_modules=targets,

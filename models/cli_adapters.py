@@ -79,8 +79,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("--adapter-file and --merged need --adapter ADAPTER_DIR")
     try:
         if args.lora_graph:
-            m = adapters.export_lora_graph(base, tolerance=args.tolerance)
-            print(f"LoRA-input graph {m['lora_graph']['file']} added to {base} "
+            m = adapters.export_lora_graph(base, tolerance=args.tolerance, out_dir=args.lora_graph_out,
+                                           version=args.version if args.lora_graph_out else None)
+            where = args.lora_graph_out or base
+            base = Path(where)  # further exports in this command use the base with the graph
+            print(f"LoRA-input graph {m['lora_graph']['file']} added to {where} as {m['name']}@{m['version']} "
                   f"(no-adapter parity {m['lora_graph']['parity_no_adapter_max_abs_diff']:.2g})")
         if args.adapter_file:
             m = adapters.export_adapter_file(base, Path(args.adapter), tolerance=args.tolerance)
@@ -129,11 +132,14 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--base", type=Path, help="base model directory (default: the bundled base)")
     p.add_argument("--adapter", type=Path, help="adapter directory (PEFT files + manifest.json)")
     p.add_argument("--lora-graph", action="store_true", help="add the LoRA-input graph to the base directory")
+    p.add_argument("--lora-graph-out", type=Path, metavar="OUT_DIR",
+                   help="with --lora-graph: write a copy of the base (version <v>+lora) instead of changing it")
     p.add_argument("--adapter-file", action="store_true", help="write <name>.onnx_adapter into the adapter directory")
     p.add_argument("--merged", type=Path, metavar="OUT_DIR", help="write the adapter merged into the base")
     p.add_argument("--int8", action="store_true", help="with --merged: int8 dynamic quantisation")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX Runtime - PyTorch| accepted")
     p.add_argument("--int8-tolerance", type=float, default=0.25)
     p.add_argument("--name", help="with --merged: model name (default <adapter>-merged[-int8])")
-    p.add_argument("--version", help="with --merged: version (default: the adapter's)")
+    p.add_argument("--version", help="with --merged: version (default: the adapter's); with --lora-graph-out: "
+                   "the copy's version (default <base version>+lora)")
     p.set_defaults(func=cmd_export)

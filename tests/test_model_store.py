@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model_fixtures import make_adapter, make_base
@@ -311,3 +312,13 @@ def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
     manifest = integrity.load_manifest(adapter.path)
     assert manifest["evaluation"]["val_loss_after"] < manifest["evaluation"]["val_loss_before"]
     assert manifest["export"]["onnx_adapter"]["parity_max_abs_diff"] < 1e-4
+    # the bundled base with its LoRA-input graph: same weights, serves the adapter
+    lora_base = store.install(repo / "models" / "base-lora")
+    assert lora_base.version.endswith("+lora") and lora_base.base_sha256 == base.base_sha256
+    from models.runtime import ModelRuntime
+
+    rt = ModelRuntime.load(lora_base.path, ["cpu"], adapters={"example": adapter.path})
+    plain = ModelRuntime.load(base.path, ["cpu"])
+    window = np.random.default_rng(0).standard_normal((4, rt.window_length, 2)).astype(np.float32)
+    np.testing.assert_allclose(rt.run(window)["embedding"], plain.run(window)["embedding"], atol=1e-4)
+    assert np.max(np.abs(rt.run(window, "example")["reconstruction"] - plain.run(window)["reconstruction"])) > 1e-3
