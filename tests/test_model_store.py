@@ -315,6 +315,9 @@ def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
     # the bundled base with its LoRA-input graph: same weights, serves the adapter
     lora_base = store.install(repo / "models" / "base-lora")
     assert lora_base.version.endswith("+lora") and lora_base.base_sha256 == base.base_sha256
+    plain_m, lora_m = integrity.load_manifest(base.path), integrity.load_manifest(lora_base.path)
+    assert {k: v for k, v in lora_m["files"].items() if k != "model_lora.onnx"} == plain_m["files"]
+    assert lora_m.get("thresholds") == plain_m.get("thresholds")  # else: re-run the export (docs/adapters.md)
     from models.runtime import ModelRuntime
 
     rt = ModelRuntime.load(lora_base.path, ["cpu"], adapters={"example": adapter.path})
