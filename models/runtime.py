@@ -115,15 +115,14 @@ class ModelRuntime:
                  providers_in_use: list[str], provider_notes: list[str], adapters: dict[str, _Adapter]) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
-        self._session = session
+        self._session: ort.InferenceSession | None = session
         self.providers_in_use = providers_in_use
         self.provider_notes = provider_notes
         self._adapters = adapters
         self.window_length = window_length(manifest)
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]
-        self._lock = threading.Lock()  # guards nothing on the hot path; kept for close()
-        self._closed = False
+        self._lock = threading.Lock()  # only close() takes it; run() reads the session reference once
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -206,7 +205,8 @@ class ModelRuntime:
         ``adapter`` selects a loaded adapter (None: the model itself). Raises ValueError on
         a wrong shape or dtype or an unknown adapter. Thread-safe.
         """
-        if self._closed:
+        session = self._session
+        if session is None:
             raise RuntimeError("runtime is closed")
         if not isinstance(window, np.ndarray) or window.ndim != 3:
             raise ValueError(f"window must be a 3-d array [N, T, C], got {getattr(window, 'shape', type(window))}")
@@ -220,13 +220,15 @@ class ModelRuntime:
             if entry is None:
                 raise ValueError(f"unknown adapter {adapter!r} (loaded: {', '.join(self.adapter_names) or 'none'})")
             options = entry.options
-        results = self._session.run(None, {self.input_name: np.ascontiguousarray(window)}, options)
+        results = session.run(None, {self.input_name: np.ascontiguousarray(window)}, options)
         return dict(zip(self.output_names, results))
 
     def close(self) -> None:
-        """Drop the session (further runs raise). Idempotent."""
+        """Drop the session and adapters (further runs raise RuntimeError; runs already
+        started finish). Idempotent."""
         with self._lock:
-            self._closed = True
+            self._session = None
+            self._adapters = {}
 
 
 def weights_sha256(manifest: dict[str, Any]) -> str | None:

@@ -182,7 +182,8 @@ def test_corrupt_adapter_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_daemon_modules_do_not_import_torch() -> None:
-    code = ("import sys, models.runtime, models.store, models.providers, models.integrity; "
+    code = ("import sys, models.runtime, models.store, models.providers, models.integrity, models.site_data, "
+            "models.cli_store, models.cli_adapters; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
@@ -196,3 +197,11 @@ def test_runtime_ignores_unlisted_files_but_store_refuses_them(tmp_path: Path) -
     assert ModelRuntime.load(base, ["cpu"]).window_length == T
     with pytest.raises(StoreError, match="notes.onnx: file not listed"):
         ModelStore(tmp_path / "store").install(base)
+
+
+def test_closed_runtime_refuses_runs(tmp_path: Path) -> None:
+    rt = ModelRuntime.load(make_base(tmp_path / "base"), ["cpu"])
+    rt.close()
+    rt.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.run(np.zeros((1, T, 1), np.float32))
