@@ -35,7 +35,7 @@ def run(protocol: str, baud: int, seconds: float, nodes: int = 8) -> dict[str, f
             got.append(uplink)
 
     with PtySimulator(protocol, nodes, baud=baud, full_speed=True) as sim:
-        opts = SerialSourceOptions(port=sim.path, protocol=protocol, baudrate=baud)  # type: ignore[arg-type]
+        opts = SerialSourceOptions.model_validate({"port": sim.path, "protocol": protocol, "baudrate": baud})
         source = SerialSource("bench", opts, PluginContext(metrics=Metrics()))
         source.start(emit)
         while not source.connected():

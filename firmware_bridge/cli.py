@@ -98,16 +98,16 @@ def run_simulate(args: argparse.Namespace) -> int:
         host, _, port = args.mqtt.rpartition(":")
         if not host or not port.isdigit():
             raise UserError(f"--mqtt wants HOST:PORT, got {args.mqtt!r}")
-        sim = MqttSimulator(host, int(port), args.nodes, interval_s=args.interval, time_scale=args.time_scale,
+        publisher = MqttSimulator(host, int(port), args.nodes, interval_s=args.interval, time_scale=args.time_scale,
                             seed=args.seed, faults=args.fault, application_id=args.application)
         print(f"publishing {args.nodes} nodes to mqtt://{host}:{port}/application/{args.application}/device/+/event/up",
               flush=True)
         try:
-            n = sim.run(args.duration)
+            n = publisher.run(args.duration)
         except ConnectionError as exc:
             raise UserError(str(exc)) from exc
         except KeyboardInterrupt:
-            n = sim.published
+            n = publisher.published
         print(f"published {n} uplinks", flush=True)
         return 0
     from firmware_bridge.simulator import PtySimulator

@@ -12,10 +12,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from firmware_bridge.drivers import AtDriver
-from firmware_bridge.drivers.base import CommandTimeout, ModuleError, RadioConfig, ReplyLine
+from firmware_bridge.drivers.base import (
+    CommandTimeout,
+    ModuleError,
+    RadioConfig,
+    ReplyLine,
+)
 from firmware_bridge.drivers.bridge import BridgeReply
 from firmware_bridge.frame_codec import Frame, FrameType, Status, encode_frame
 

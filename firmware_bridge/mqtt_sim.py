@@ -14,8 +14,9 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from paho.mqtt import client as mqtt
 
@@ -30,7 +31,7 @@ def chirpstack_v4_uplink(r: NodeReading, application_id: str, uplink_id: int) ->
     link = random.Random(f"link:{node.seed}:{node.index}:{r.k}")
     return {
         "deduplicationId": str(uuid.UUID(int=random.Random(f"{node.index}:{r.k}").getrandbits(128))),
-        "time": datetime.fromtimestamp(r.time_s, timezone.utc).isoformat(),
+        "time": datetime.fromtimestamp(r.time_s, UTC).isoformat(),
         "deviceInfo": {
             "tenantName": "lora-gateway simulator",
             "applicationId": application_id,

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import serial
 
@@ -144,7 +144,7 @@ class PortSupervisor:
                 if data:
                     try:
                         self._on_data(data)
-                    except Exception:  # noqa: BLE001 - a consumer bug must not end supervision
+                    except Exception:
                         log.exception("serial %s: data callback failed", self.name)
                         self._metrics.inc("serial_callback_errors_total", source=self.name)
         except (serial.SerialException, OSError) as exc:

@@ -161,7 +161,7 @@ class NodeReading:
     payload: bytes
 
 
-def schedule(nodes: list[SensorNode], t0: float, interval_s: float, start: int = 0):  # noqa: ANN201
+def schedule(nodes: list[SensorNode], t0: float, interval_s: float, start: int = 0):
     """Yield NodeReading in time order forever: node i reports at ``t0 + (k + i/N) * interval``."""
     n = len(nodes)
     k = start

@@ -19,7 +19,14 @@ from pathlib import Path
 from firmware_bridge.cobs import cobs_encode
 from firmware_bridge.crc import crc32
 from firmware_bridge.frame_codec import (
-    HEADER, Frame, FrameType, RadioUplink, Status, encode_frame, encode_raw, uplink_body,
+    HEADER,
+    Frame,
+    FrameType,
+    RadioUplink,
+    Status,
+    encode_frame,
+    encode_raw,
+    uplink_body,
 )
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"

@@ -32,9 +32,10 @@ import threading
 import time
 import tty
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Self
 
 from firmware_bridge.sensor_nodes import FaultSpec, NodeReading, SensorNode, schedule
 from firmware_bridge.virtual_modules import VirtualModule, make_virtual_module
@@ -110,7 +111,7 @@ class PtySimulator:
         self._seq = 0
 
     # --- public API -------------------------------------------------------------
-    def __enter__(self) -> "PtySimulator":
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -11,7 +11,13 @@ import re
 from typing import Protocol
 
 from firmware_bridge.frame_codec import (
-    Frame, FrameDecoder, FrameType, RadioUplink, Status, encode_frame, encode_uplink,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    RadioUplink,
+    Status,
+    encode_frame,
+    encode_uplink,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge.drivers import make_driver
-from firmware_bridge.drivers.base import MAX_LINE, ModuleError, ModuleUplink, RadioConfig, ReplyLine
+from firmware_bridge.drivers.base import (
+    MAX_LINE,
+    ModuleError,
+    ModuleUplink,
+    RadioConfig,
+    ReplyLine,
+)
 from firmware_bridge.drivers.rak3172 import Rak3172Driver
 from firmware_bridge.drivers.reyax import ReyaxDriver
 from firmware_bridge.drivers.seeed_e5 import SeeedE5Driver
@@ -153,7 +160,7 @@ def test_configure_commands() -> None:
 def test_random_bytes_never_raise_and_stay_bounded(protocol: str, data: bytes, cuts: list[int]) -> None:
     driver = make_driver(protocol)
     bounds = sorted({0, len(data), *cuts})
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in pairwise(bounds):
         driver.feed(data[a:b])
     buf = getattr(driver, "_buf", None) or getattr(getattr(driver, "_lines", None), "_buf", b"")
     assert len(buf) <= MAX_LINE + 4
@@ -193,7 +200,7 @@ def test_good_records_between_bad_ones_are_all_recovered(protocol: str, items: l
     driver = make_driver(protocol)
     got: list[bytes] = []
     bounds = sorted({0, len(stream), *cuts})
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in pairwise(bounds):
         got += [e.payload for e in driver.feed(bytes(stream[a:b])) if isinstance(e, ModuleUplink)]
     assert [p for p in got if p in good] == good
     extras = [p for p in got if p not in good]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,8 +12,15 @@ from hypothesis import strategies as st
 from firmware_bridge.cobs import cobs_decode, cobs_encode
 from firmware_bridge.crc import crc16_ccitt, crc32, crc32_reference
 from firmware_bridge.frame_codec import (
-    MAX_CHUNK, Frame, FrameDecoder, FrameType, RadioUplink, encode_frame, encode_uplink,
-    parse_uplink, uplink_body,
+    MAX_CHUNK,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    RadioUplink,
+    encode_frame,
+    encode_uplink,
+    parse_uplink,
+    uplink_body,
 )
 from firmware_bridge.shared_vectors import VECTOR_DIR, build_vectors, load_vectors
 
@@ -21,7 +29,7 @@ def decode_stream(data: bytes, split_at: list[int] | None = None) -> tuple[list[
     dec = FrameDecoder()
     frames: list[Frame] = []
     cuts = sorted({0, len(data), *(split_at or [])})
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in pairwise(cuts):
         frames += dec.feed(data[a:b])
     frames += dec.feed(b"\x00")  # flush a last unterminated chunk
     return frames, dec

@@ -161,7 +161,7 @@ def test_simulate_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> Non
     assert "HOST:PORT" in capsys.readouterr().err
 
 
-def test_simulate_mqtt_publishes_chirpstack_v4_uplinks(broker) -> None:  # noqa: ANN001 - conftest fixture
+def test_simulate_mqtt_publishes_chirpstack_v4_uplinks(broker) -> None:
     received: list[tuple[str, bytes]] = []
     subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-test")

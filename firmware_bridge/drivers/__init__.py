@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 from firmware_bridge.drivers.bridge import BridgeDriver
 from firmware_bridge.drivers.rak3172 import Rak3172Driver
 from firmware_bridge.drivers.reyax import ReyaxDriver
 from firmware_bridge.drivers.seeed_e5 import SeeedE5Driver
 
-AtDriver = Union[ReyaxDriver, Rak3172Driver, SeeedE5Driver]
-Driver = Union[BridgeDriver, AtDriver]
+AtDriver = ReyaxDriver | Rak3172Driver | SeeedE5Driver
+Driver = BridgeDriver | AtDriver
 PROTOCOLS: dict[str, type] = {
     "bridge": BridgeDriver,
     "reyax": ReyaxDriver,

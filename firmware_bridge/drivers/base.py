@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 
 MAX_LINE = 1024
 ACCEPTED = ("ok", "reply", "pair")
@@ -108,7 +109,7 @@ class LineSplitter:
         if not cuts:
             return [line]
         bounds = [0, *cuts, len(line)]
-        return [line[a:b] for a, b in zip(bounds, bounds[1:]) if line[a:b].strip()]
+        return [line[a:b] for a, b in pairwise(bounds) if line[a:b].strip()]
 
 
 def _find_all(data: bytes, marker: bytes) -> list[int]:

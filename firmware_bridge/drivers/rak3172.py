@@ -14,7 +14,14 @@ import re
 from collections import Counter
 
 from firmware_bridge.drivers.base import (
-    Event, LineSplitter, ModuleUplink, ModuleError, RadioConfig, ReplyLine, ascii_line, parse_hex,
+    Event,
+    LineSplitter,
+    ModuleError,
+    ModuleUplink,
+    RadioConfig,
+    ReplyLine,
+    ascii_line,
+    parse_hex,
 )
 
 PROTOCOL = "rak3172"

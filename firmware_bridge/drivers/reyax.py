@@ -15,7 +15,13 @@ import re
 from collections import Counter
 
 from firmware_bridge.drivers.base import (
-    MAX_LINE, Event, ModuleError, ModuleUplink, RadioConfig, ReplyLine, ascii_line,
+    MAX_LINE,
+    Event,
+    ModuleError,
+    ModuleUplink,
+    RadioConfig,
+    ReplyLine,
+    ascii_line,
 )
 
 PROTOCOL = "reyax"

@@ -11,7 +11,14 @@ import re
 from collections import Counter
 
 from firmware_bridge.drivers.base import (
-    Event, LineSplitter, ModuleError, ModuleUplink, RadioConfig, ReplyLine, ascii_line, parse_hex,
+    Event,
+    LineSplitter,
+    ModuleError,
+    ModuleUplink,
+    RadioConfig,
+    ReplyLine,
+    ascii_line,
+    parse_hex,
 )
 
 PROTOCOL = "seeed_e5"
@@ -83,7 +90,7 @@ class SeeedE5Driver:
         head = _LEN.fullmatch(text)
         if head:
             self._pending = (int(head.group(1)), float(head.group(2)), float(head.group(3)))
-        elif text.startswith("+TEST: LEN") or text.startswith('+TEST: RX "'):
+        elif text.startswith(("+TEST: LEN", '+TEST: RX "')):
             self.counts["malformed"] += 1
         elif _REPLY.fullmatch(text):
             self.counts["reply"] += 1

@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,7 +56,7 @@ class SerialSourceOptions(BaseModel):
         "bridge", description="What the module speaks: our bridge board's frames, or a module's AT output.")
     baudrate: int = Field(115200, gt=0, description="UART speed (REYAX 115200, RAK3172 115200 or 9600, LoRa-E5 9600).")
     configure: RadioSettings | None = Field(None, description="Radio settings applied with the module's commands at every open; none = leave the module as it is.")
-    reopen_backoff_s: Backoff = Field(default_factory=Backoff, description="Back-off between reopen attempts.")
+    reopen_backoff_s: Backoff = Field(default_factory=lambda: Backoff.model_validate({}), description="Back-off between reopen attempts.")
     lock: bool = Field(True, description="Take an exclusive lock on the port so no second process reads it.")
     address_prefix_bytes: int | None = Field(
         None, ge=0, le=8,
