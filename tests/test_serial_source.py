@@ -260,3 +260,25 @@ def test_faults_every_good_record_arrives_and_rejects_are_counted() -> None:
                    if name == "serial_frames_total" and ("result", "ok") not in labels)
     assert stats["bitflip"] > 10 and stats["truncated"] > 10 and stats["garbage"] > 10
     assert rejected >= stats["bitflip"] + stats["truncated"]
+
+
+def test_a_failing_consumer_loses_only_its_own_uplink(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    got = Collector()
+    calls = {"n": 0}
+
+    def flaky(uplink: RawUplink) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("consumer bug")
+        got(uplink)
+
+    with PtySimulator("reyax", nodes=2, time_scale=3000, max_messages=20) as sim:
+        source = make_source(sim, metrics)
+        source.start(flaky)
+        try:
+            wait_for(lambda: len(got.snapshot()) >= 19)
+        finally:
+            source.stop()
+    assert metrics.get("serial_emit_errors_total", source="radio") == 1
+    assert "consumer bug" in caplog.text

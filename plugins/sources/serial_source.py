@@ -7,7 +7,7 @@ every (re)open it applies ``configure`` with the module's commands on a helper t
 outcome in ``serial_frames_total{source,result}``: ``ok`` or a reject reason (crc,
 truncated, oversized, garbage, length, malformed, hex, orphan, version, no_address, ...).
 Other metrics: ``serial_connected`` (gauge), ``serial_reopens_total``,
-``serial_configure_errors_total``. ``received_at`` comes from ``context.extra["clock"]``
+``serial_configure_errors_total``, ``serial_emit_errors_total`` (the consumer raised). ``received_at`` comes from ``context.extra["clock"]``
 when given (the simulator passes its simulated clock), else ``time.time``.
 """
 
@@ -186,8 +186,13 @@ class SerialSource:
         )
         uplink = RawUplink(device_id=address, received_at=self._clock(), payload=payload, f_cnt=up.seq,
                            radio=radio, source=self.name, shape=self.options.protocol)
-        if self._emit is not None:
+        if self._emit is None:
+            return
+        try:
             self._emit(uplink)
+        except Exception:
+            self.metrics.inc("serial_emit_errors_total", source=self.name)
+            log.exception("serial %s: emit failed for an uplink from %s", self.name, address)
 
 
 def _factory(name: str, options: SerialSourceOptions, context: PluginContext) -> SerialSource:
