@@ -13,7 +13,8 @@ Contracts:
 - Readings are deterministic given ``seed``; ``received_at``-style times come from
   ``clock()``, the simulated time (``time_scale`` simulated seconds per real second).
 - ``stats`` counts what was sent by kind ("ok", "bitflip", "truncated", "unplug_cut",
-  "garbage" bursts, "unplugs", "replies") and ``sent`` lists every record (bounded).
+  "garbage" bursts, "unplugs", "replies") and ``records(kind)`` copies the log of sent
+  records (the newest 200,000).
 For protocols without a sender address (rak3172, seeed_e5) each payload starts with the
 node address as 2 big-endian bytes (the serial source's ``address_prefix_bytes`` = 2).
 """
@@ -98,6 +99,7 @@ class PtySimulator:
         self.nodes = [SensorNode(i, seed, interval_s, list(faults)) for i in range(1, nodes + 1)]
         self.stats: Counter[str] = Counter()
         self.sent: deque[SentRecord] = deque(maxlen=200_000)
+        self._sent_lock = threading.Lock()
         self.done = threading.Event()
         self._rng = random.Random(f"faults:{seed}")
         self._tmp = None if link_dir else tempfile.TemporaryDirectory(prefix="lora-sim-")
@@ -145,8 +147,14 @@ class PtySimulator:
         """Ask for one unplug at the next record (tests use it for exact timing)."""
         self._unplug_request.set()
 
-    def records(self, kind: str = "ok") -> list[SentRecord]:
-        return [r for r in list(self.sent) if r.kind == kind]
+    def records(self, kind: str | None = "ok") -> list[SentRecord]:
+        """A copy of the sent records of ``kind`` (None: all), oldest first."""
+        with self._sent_lock:
+            return [r for r in self.sent if kind is None or r.kind == kind]
+
+    def _log(self, record: SentRecord) -> None:
+        with self._sent_lock:
+            self.sent.append(record)
 
     # --- pty handling -----------------------------------------------------------
     def _open_pty(self) -> None:
@@ -291,8 +299,8 @@ class PtySimulator:
             if self.protocol != "bridge":
                 prefix += b"\r\n"
         self.stats[kind] += 1
-        self.sent.append(SentRecord(record.device_id, record.node, record.k, record.seq, record.payload,
-                                    record.time_s, kind))
+        self._log(SentRecord(record.device_id, record.node, record.k, record.seq, record.payload,
+                             record.time_s, kind))
         return prefix + wire
 
     def _record(self, r: NodeReading) -> tuple[SentRecord, bytes]:
@@ -316,8 +324,8 @@ class PtySimulator:
         self._write(bytearray(half))
         time.sleep(0.02)
         self.stats["unplug_cut"] += 1
-        self.sent.append(SentRecord(record.device_id, record.node, record.k, record.seq, record.payload,
-                                    record.time_s, "unplug_cut"))
+        self._log(SentRecord(record.device_id, record.node, record.k, record.seq, record.payload,
+                             record.time_s, "unplug_cut"))
         self._close_pty()
         self._stop.wait(self.unplug_gap_s)
         self._open_pty()

@@ -191,7 +191,7 @@ def test_unplug_mid_stream_reopens_and_only_the_in_flight_record_is_lost() -> No
             assert source.connected()
         finally:
             source.stop()
-        records = list(sim.sent)
+        records = sim.records(None)
     cut = [r for r in records if r.kind == "unplug_cut"]
     assert len(cut) == 2
     arrived = {u.f_cnt for u in got.snapshot()}
