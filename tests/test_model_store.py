@@ -325,3 +325,28 @@ def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
     window = np.random.default_rng(0).standard_normal((4, rt.window_length, 2)).astype(np.float32)
     np.testing.assert_allclose(rt.run(window)["embedding"], plain.run(window)["embedding"], atol=1e-4)
     assert np.max(np.abs(rt.run(window, "example")["reconstruction"] - plain.run(window)["reconstruction"])) > 1e-3
+
+
+def test_cli_store_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    state = str(tmp_path / "state")
+    good = make_base(tmp_path / "good")
+    bad = make_base(tmp_path / "bad", version="2")
+    (bad / "weights.pt").write_bytes(b"\x80\x04.")
+    assert main(["model", "install", str(good), "--state-dir", state, "--activate", "--no-notify"]) == 0
+    assert "installed tiny@1 (base)" in capsys.readouterr().out
+    assert main(["model", "install", str(bad), "--state-dir", state]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: refusing weights.pt") and "pickle" in err[0]
+    assert main(["model", "list", "--json", "--state-dir", state]) == 0
+    listed = __import__("json").loads(capsys.readouterr().out)
+    assert [(m["name"], m["version"], m["active"]) for m in listed] == [("tiny", "1", True)]
+    installed = tmp_path / "state" / "models" / "installed" / "tiny" / "1" / "config.json"
+    installed.write_text("{}")
+    assert main(["model", "verify", "--state-dir", state]) == 1
+    captured = capsys.readouterr()
+    assert "tiny@1: FAILED: config.json: sha256 mismatch" in captured.out
+    assert "1 of 1 installed model(s) failed verification" in captured.err
+    assert main(["model", "rollback", "--state-dir", state]) == 1
+    assert "nothing to roll back to" in capsys.readouterr().err
