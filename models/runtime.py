@@ -167,10 +167,10 @@ class ModelRuntime:
                 loaded[name] = _load_adapter(name, Path(path), overridable, base_id)
         runtime = cls(model_dir, manifest, session, in_use, notes, loaded)
         runtime._warm_up(T, num_channels_hint(manifest))
-        log.info("model %s loaded from %s on %s%s", manifest.get("name", "?"), model_dir, in_use[0],
+        log.debug("model %s loaded from %s on %s%s", manifest.get("name", "?"), model_dir, in_use[0],
                  f" with adapters {sorted(loaded)}" if loaded else "")
         for note in notes:
-            log.info("provider: %s", note)
+            log.debug("provider: %s", note)
         return runtime
 
     def _warm_up(self, T: int, C: int) -> None:
