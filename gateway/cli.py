@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_decode",
     "firmware_bridge.cli",
     "models.cli",
+    "gateway.cli_demo",
     "gateway.cli_record",
 )
 

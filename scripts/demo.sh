@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/lora-gateway demo --duration "${DURATION:-40}" --out demo-out "$@"
+exec .venv/bin/lora-gateway demo --duration "${DURATION:-45}" --out demo-out "$@"
