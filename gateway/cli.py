@@ -15,10 +15,10 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_run",
+    "gateway.cli_demo",
     "gateway.cli_decode",
     "firmware_bridge.cli",
     "models.cli",
-    "gateway.cli_demo",
     "gateway.cli_record",
 )
 
