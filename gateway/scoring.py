@@ -53,8 +53,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 DEFAULTS: dict[str, float] = {
-    "calibration_steps": 576,
-    "calibration_windows": 256,
+    "calibration_steps": 1008,
+    "calibration_windows": 1008,
     "score_quantile": 0.995,
     "score_margin": 1.5,
     "raise": 1.0,
@@ -129,7 +129,9 @@ class SeriesCalibration:
         self._mean = np.zeros(n_channels)
         self._m2 = np.zeros(n_channels)
         self.frozen = False
-        self._readings: deque[np.ndarray] | None = deque(maxlen=2 * calibration_steps) if keep_readings else None
+        # the calibration readings (float32, at most calibration_steps rows: 4*C*steps bytes)
+        # until release(); keep_readings=False when score calibration uses scored windows
+        self._readings: deque[np.ndarray] | None = deque(maxlen=calibration_steps) if keep_readings else None
 
     def update(self, values: np.ndarray) -> bool:
         """Accumulate readings (until frozen); returns ``frozen``."""
@@ -141,7 +143,7 @@ class SeriesCalibration:
         v = v.reshape(-1, self.n_channels)
         for row in v:
             if self._readings is not None:
-                self._readings.append(row.copy())
+                self._readings.append(row.astype(np.float32))
             ok = np.isfinite(row) & (self.count < self.calibration_steps)
             if not ok.any():
                 continue
