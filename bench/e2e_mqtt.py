@@ -1,0 +1,237 @@
+"""End to end over MQTT: a load generator publishes ChirpStack v4 uplinks (QoS 1) for many
+devices to a private Mosquitto; the gateway (in this process: mqtt source, Cayenne LPP
+decode, windows, the bundled model on every reading, alert policy, outbox, mqtt + file
+alert handlers) consumes them.
+
+    .venv/bin/python bench/e2e_mqtt.py [--devices 1000] [--backlog 40000] [--rates 100,1000,5000]
+                                       [--seconds 10] [--repeat 2] [--json out.json]
+
+Measured, all in one run (the 2 cores are shared, so compare ratios, not absolutes):
+
+1. Saturation: a backlog of ``--backlog`` uplinks is queued on the broker for two offline
+   persistent sessions, then drained flat out, first by ``mosquitto_sub -q 1`` (the broker
+   link's ceiling: a C client that only prints), then by the gateway (readings/s and
+   windows scored/s from its metrics). ``--repeat`` alternates the pair.
+2. The model ceiling in the same process: the gateway's own ModelRuntime at the mean
+   batch size seen during the drain (and at 64), same threads: pipeline-over-raw ratio.
+3. Latency at fixed rates: the generator publishes at each rate for ``--seconds``; the
+   ``time`` field of each uplink is its publish time, and a timing wrapper (bench only)
+   around ``AlertPolicy.on_score`` records ``decision time - publish time`` for every
+   window scored. p50/p99/max, and decisions per reading (1.0 = inference on every reading).
+
+Calibration: the config sets ``calibration_steps = calibration_windows = 8``, and before
+measuring, every device is pre-warmed (T + 8 + 2 readings each, ingested straight into the
+pipeline), so each measured reading makes a due window that the model scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TOPIC, Mosquitto, dev_eui, gateway_config, machine, make_gateway, payload_variants, uplink_body  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def loadgen(port: int, devices: int, *, rate: float = 0.0, seconds: float = 0.0, count: int = 0,
+            fcnt_start: int = 1000) -> dict:
+    cmd = [PY, str(HERE / "_loadgen.py"), "--port", str(port), "--devices", str(devices),
+           "--fcnt-start", str(fcnt_start)]
+    cmd += ["--count", str(count)] if count else ["--rate", str(rate), "--seconds", str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def sub_session(port: int, client_id: str, *, keep: bool) -> None:
+    """Register (keep=True) or remove (keep=False) a mosquitto_sub persistent session."""
+    cmd = ["mosquitto_sub", "-p", str(port), "-i", client_id, "-q", "1", "-t", "application/+/device/+/event/up", "-E"]
+    if keep:
+        cmd.insert(1, "-c")
+    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+
+
+def sub_drain(port: int, client_id: str, n: int) -> float:
+    """Drain ``n`` queued messages with mosquitto_sub; messages/s from first byte to exit."""
+    proc = subprocess.Popen(["mosquitto_sub", "-c", "-p", str(port), "-i", client_id, "-q", "1",
+                             "-t", "application/+/device/+/event/up", "-C", str(n)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = proc.stdout.read(1)
+    t0 = time.perf_counter()
+    lines = 0
+    while True:
+        chunk = proc.stdout.read1(1 << 16)
+        if not chunk:
+            break
+        lines += chunk.count(b"\n")
+    proc.wait()
+    t1 = time.perf_counter()
+    assert first and lines >= n - 1, (lines, n)
+    return (n - 1) / (t1 - t0)
+
+
+class Probe:
+    """Bench-only timing wrapper around the policy's on_score: publish -> decision latency."""
+
+    def __init__(self, policy) -> None:  # noqa: ANN001
+        self.latencies: list[float] = []
+        self.recording = False
+        orig = policy.on_score
+        now = time.time
+
+        def on_score(device_id, timestamp, score, details=None):  # noqa: ANN001
+            if self.recording:
+                self.latencies.append(now() - timestamp)
+            return orig(device_id, timestamp, score, details)
+
+        policy.on_score = on_score
+
+
+def wait_metric(gw, name: str, target: float, timeout: float = 300.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while gw.metrics.get(name) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} = {gw.metrics.get(name)} < {target}")
+        time.sleep(0.01)
+
+
+def drain_gateway(gw, n: int) -> dict:  # noqa: ANN001
+    m = gw.metrics
+    r0, w0, b0 = m.get("readings_total"), m.get("windows_scored_total"), m.get("inference_batches_total")
+    src = gw.sources[0]
+    src.start(gw.pipeline.ingest)
+    # time from the first reading processed to the last
+    while m.get("readings_total") == r0:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    r_start = m.get("readings_total")
+    while m.get("readings_total") < r0 + n:
+        time.sleep(0.002)
+    t1 = time.perf_counter()
+    gw.pipeline.idle.wait(30)
+    readings = m.get("readings_total") - r_start
+    windows = m.get("windows_scored_total") - w0
+    batches = m.get("inference_batches_total") - b0
+    return {"readings_per_s": readings / (t1 - t0), "windows_per_s": windows * readings / n / (t1 - t0),
+            "windows_per_reading": windows / n, "mean_batch": windows / max(batches, 1)}
+
+
+def raw_ceiling(runtime, batch: int, seconds: float = 2.0) -> float:  # noqa: ANN001
+    x = np.random.default_rng(0).normal(size=(batch, runtime.window_length, 3)).astype(np.float32)
+    for _ in range(5):
+        runtime.run(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        runtime.run(x)
+        n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+
+def warm_up(gw, devices: int, per_device: int) -> None:  # noqa: ANN001
+    from gateway.uplink_shapes import parse_uplink
+
+    payloads = payload_variants()
+    start = time.time() - per_device - 5
+    n0 = gw.metrics.get("readings_total")
+    for k in range(per_device):
+        for d in range(devices):
+            eui = dev_eui(d)
+            up = parse_uplink(TOPIC.format(eui=eui), uplink_body(eui, start + k, k, payloads[(k * 7 + d) % 256]), "chirpstack_v4")
+            up.source = "chirpstack"
+            gw.pipeline.ingest(up)
+    wait_metric(gw, "readings_total", n0 + devices * per_device)
+    gw.pipeline.idle.wait(60)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) * 1000.0 if values else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--backlog", type=int, default=40000)
+    ap.add_argument("--rates", default="100,1000,5000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    result: dict = {"machine": machine(), "devices": args.devices, "backlog": args.backlog}
+    print(result["machine"])
+    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        sub_session(broker.port, "bench-sub", keep=True)
+        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state", max_batch=args.max_batch,
+                                         max_delay_ms=args.max_delay_ms))
+        gw.start()
+        probe = Probe(gw.pipeline.policy)
+        try:
+            T = gw.runtime.window_length
+            per_device = T + 8 + 2
+            t = time.perf_counter()
+            warm_up(gw, args.devices, per_device)
+            print(f"warm-up: {args.devices} devices x {per_device} readings in {time.perf_counter() - t:.1f} s")
+            fcnt = 1000
+            sat = []
+            for rep in range(args.repeat):
+                gw.sources[0].stop()
+                gen = loadgen(broker.port, args.devices, count=args.backlog, fcnt_start=fcnt)
+                fcnt += args.backlog // args.devices + 1
+                sub = sub_drain(broker.port, "bench-sub", args.backlog)
+                g = drain_gateway(gw, args.backlog)
+                row = {"generator_flat_out_per_s": gen["rate"], "mosquitto_sub_per_s": sub, **g,
+                       "gateway_over_sub": g["readings_per_s"] / sub}
+                sat.append(row)
+                print(f"saturation #{rep + 1}: generator {gen['rate']:.0f}/s, mosquitto_sub drain {sub:.0f}/s, "
+                      f"gateway {g['readings_per_s']:.0f} readings/s ({g['windows_per_reading']:.3f} windows/reading, "
+                      f"mean batch {g['mean_batch']:.1f}) = {g['readings_per_s'] / sub:.2f} x mosquitto_sub")
+            sub_session(broker.port, "bench-sub", keep=False)
+            result["saturation"] = sat
+            mean_batch = int(round(float(np.mean([s["mean_batch"] for s in sat]))))
+            ceil = {b: raw_ceiling(gw.runtime, b) for b in sorted({1, mean_batch, args.max_batch})}
+            best = max(s["windows_per_s"] for s in sat)
+            result["raw_ceiling_windows_per_s"] = ceil
+            result["pipeline_over_raw"] = best / ceil[mean_batch]
+            print("raw ONNX Runtime (same session, 1 thread): " + ", ".join(f"batch {b}: {v:.0f} windows/s" for b, v in ceil.items()))
+            print(f"pipeline over raw at batch {mean_batch}: {best:.0f} / {ceil[mean_batch]:.0f} = {result['pipeline_over_raw']:.2f}")
+            lat = {}
+            for rate in [float(r) for r in args.rates.split(",") if r]:
+                r0 = gw.metrics.get("readings_total")
+                probe.latencies = []
+                probe.recording = True
+                gen = loadgen(broker.port, args.devices, rate=rate, seconds=args.seconds, fcnt_start=fcnt)
+                fcnt += int(rate * args.seconds) // args.devices + 1
+                wait_metric(gw, "readings_total", r0 + gen["published"], timeout=120)
+                gw.pipeline.idle.wait(10)
+                probe.recording = False
+                got = probe.latencies
+                lat[str(int(rate))] = row = {
+                    "published_per_s": gen["rate"], "decisions": len(got), "decisions_per_reading": len(got) / gen["published"],
+                    "p50_ms": pct(got, 50), "p99_ms": pct(got, 99), "max_ms": pct(got, 100)}
+                print(f"rate {rate:.0f}/s (published {gen['rate']:.0f}/s): {len(got)} decisions "
+                      f"({row['decisions_per_reading']:.3f}/reading), p50 {row['p50_ms']:.1f} ms, "
+                      f"p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms")
+            result["latency"] = lat
+            result["metrics"] = {k: v for k, v in gw.metrics.snapshot().items()
+                                 if "dropped" in k or "quarantined" in k or "rejected" in k or "alerts" in k}
+        finally:
+            gw.stop()
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
