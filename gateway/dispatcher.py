@@ -95,6 +95,19 @@ class Dispatcher:
         for event in self._wakes.values():
             event.set()
 
+    def retry_now(self, handler: str) -> None:
+        """The receiver of ``handler`` is reachable again: end its back-off and wake its worker.
+
+        Handlers call this (through the service) when their connection comes back, so a
+        backlog is not held until the longest back-off of the outage has run out.
+        """
+        if handler not in self._wakes:
+            return
+        n = self.outbox.retry_now(handler)
+        if n:
+            log.info("handler %s reachable again: retrying %d pending deliveries now", handler, n)
+        self._wakes[handler].set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Deliver what is due for at most ``timeout`` seconds, then stop the workers.
 

@@ -479,6 +479,20 @@ class Outbox:
             self._failing.add(handler)
             return delay
 
+    def retry_now(self, handler: str) -> int:
+        """Make every entry of ``handler`` that is backing off due now (its receiver is back).
+
+        Returns how many deliveries were rescheduled; a database error is logged and counted.
+        """
+        with self._lock:
+            try:
+                return self._conn.execute("UPDATE deliveries SET next_attempt_at = 0 "
+                                          "WHERE handler = ? AND next_attempt_at > 0", (handler,)).rowcount
+            except sqlite3.Error as exc:
+                self.metrics.inc("outbox_errors_total", op="retry_now")
+                log.error("outbox retry_now for %s failed: %s", handler, exc)
+                return 0
+
     def drop(self, handler: str, entry_id: int, reason: str) -> None:
         """Give up on one delivery (a permanent failure): counted, logged, then purged like an ack."""
         self.metrics.inc("outbox_dropped_total", reason=reason)

@@ -142,6 +142,7 @@ class Gateway:
         self.outbox = Outbox(outbox_path, [h.name for h in self.handlers], cfg.outbox.max_bytes, self.metrics)
         self.dispatcher = Dispatcher(self.outbox, self.handlers, self.metrics, replay_rate_per_s=cfg.outbox.replay_rate_per_s)
         self.dispatcher.start()
+        self._wire_reconnect_retries(self.dispatcher)
         self.telemetry = TelemetryFanout(self.handlers, self.metrics)
         self.telemetry.start()
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
@@ -177,6 +178,14 @@ class Gateway:
         self.ready.set()
         sdnotify.notify("READY=1")
         log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
+
+    def _wire_reconnect_retries(self, dispatcher: Dispatcher) -> None:
+        """Handlers with a connection that reports (re)connects (``conn.on_connect_hooks``, the
+        MQTT-based ones) end their back-off when it comes back, so a backlog goes out at once."""
+        for handler in self.handlers:
+            hooks = getattr(getattr(handler, "conn", None), "on_connect_hooks", None)
+            if isinstance(hooks, list):
+                hooks.append(lambda name=handler.name: dispatcher.retry_now(name))
 
     def _wait_sources_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
