@@ -131,7 +131,7 @@ def _supervised(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, 
     return point_metrics(labels, scores.alert, scores.evaluated).as_dict()
 
 
-def finetune(base_dir: Path, data: SiteData | Path, out_dir: Path, channels: list[str] | None = None,
+def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, channels: list[str] | None = None,
              timestamp_column: str = "timestamp", label_column: str | None = None, rank: int = 8,
              alpha: int = 16, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
              val_fraction: float = 0.25, stride: int = 1, max_windows: int = 20000,
@@ -139,7 +139,9 @@ def finetune(base_dir: Path, data: SiteData | Path, out_dir: Path, channels: lis
              device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
-    Raises SiteDataError for data it cannot use (too few rows, unknown columns, nothing normal
+    ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
+    ``timestamp_column``, ``label_column``, ``device_id``), or a time-ordered array
+    ``[rows, channels]`` (unlabelled). Raises SiteDataError for data it cannot use (too few rows, unknown columns, nothing normal
     to learn from) and ValueError for bad settings. Writes ``out_dir`` (created; existing
     adapter files in it are replaced).
     """
@@ -151,7 +153,11 @@ def finetune(base_dir: Path, data: SiteData | Path, out_dir: Path, channels: lis
     base_manifest = integrity.load_manifest(base_dir)
     integrity.verify_dir(base_dir, base_manifest)
     T = window_length(base_manifest)
-    if not isinstance(data, SiteData):
+    if isinstance(data, np.ndarray):  # plain time-ordered rows [L, C]
+        values = data if data.ndim == 2 else data.reshape(-1, 1)
+        names = list(channels or [f"ch{i}" for i in range(values.shape[1])])
+        data = SiteData(values=values, timestamps=np.arange(len(values), dtype=np.float64), channels=names)
+    elif not isinstance(data, SiteData):
         if not channels:
             raise SiteDataError("name the channels to train on (--channels)")
         data = load_site_data(Path(data), channels, timestamp_column, label_column, device_id)

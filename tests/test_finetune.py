@@ -96,3 +96,11 @@ def test_finetune_cli_then_install(base: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["model", "finetune", "--base", str(base), "--data", str(tmp_path / "nope.csv"),
                  "--channels", "a", "--out", str(tmp_path / "x"), "--no-progress"]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_finetune_accepts_plain_arrays(base: Path, tmp_path: Path) -> None:
+    t = np.arange(800)
+    values = np.stack([np.sin(2 * np.pi * t / 10), np.cos(2 * np.pi * t / 7)], axis=1)
+    result = finetune(base, values, tmp_path / "a", epochs=4, progress=False)
+    assert result.manifest["training"]["channels"] == ["ch0", "ch1"]
+    assert result.val_loss_after < result.val_loss_before
