@@ -405,9 +405,9 @@ class WindowScorer:
             part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
             share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
             res_ratio = residual[idx] / rthr
-            for j, st in enumerate(sts):  # flatline check (states calibrated with flatness)
-                if st.flat_threshold is not None:
-                    res_ratio[j] = np.maximum(res_ratio[j], flatline[idx[j]] / st.flat_threshold)
+            # flatline check (states calibrated without flatness: threshold inf, ratio 0)
+            fthr = np.stack([np.full(c, np.inf, np.float32) if s.flat_threshold is None else s.flat_threshold for s in sts])
+            res_ratio = np.maximum(res_ratio, flatline[idx] / fthr)
             channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
             total = np.maximum(res_ratio.max(axis=1), ratio)
             distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
