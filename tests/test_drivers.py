@@ -164,12 +164,17 @@ def test_random_bytes_never_raise_and_stay_bounded(protocol: str, data: bytes, c
         driver.feed(data[a:b])
     buf = getattr(driver, "_buf", None) or getattr(getattr(driver, "_lines", None), "_buf", b"")
     assert len(buf) <= MAX_LINE + 4
+    if isinstance(driver, (Rak3172Driver, SeeedE5Driver)):  # every line has exactly one outcome
+        assert sum(driver.counts.values()) == driver.lines_seen - int(driver.waiting)
+    elif protocol == "bridge":  # every chunk between zeros has exactly one outcome
+        driver.feed(b"\x00")
+        assert sum(driver.counts.values()) == sum(1 for c in (data + b"\x00").split(b"\x00") if c)
 
 
 MUTATIONS = ["none", "none", "bitflip", "truncate", "garbage_line", "garbage_inline"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from(["reyax", "rak3172", "seeed_e5", "bridge"]),
        st.lists(st.tuples(st.binary(max_size=40), st.sampled_from(MUTATIONS), st.integers(0, 10**6)),
                 min_size=1, max_size=20),
@@ -180,13 +185,15 @@ def test_good_records_between_bad_ones_are_all_recovered(protocol: str, items: l
     good: list[bytes] = []
     mutated: set[bytes] = set()
     for i, (body, mutation, r) in enumerate(items):
+        if protocol == "reyax":  # documented limit: REYAX data holding "+RCV=" reads as a cut record
+            body = body.replace(b"+RCV=", b"+RCX=")
         payload = i.to_bytes(2, "big") + body  # unique per record
         wire = bytearray(module.render(i + 1, i, payload, -70 - i, 5))
         rng = random.Random(r)
         if mutation == "bitflip":
             wire[rng.randrange(len(wire))] ^= 1 << rng.randrange(8)
         elif mutation == "truncate":
-            wire = wire[: rng.randrange(1, len(wire) - 1)]
+            wire = wire[: rng.randrange(2, len(wire) - 1)]  # at least one byte past a delimiter
         elif mutation == "garbage_line":
             junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60)))
             stream += (b"\x00" + junk + b"\x00") if protocol == "bridge" else junk.replace(b"+", b"-") + b"\r\n"

@@ -130,7 +130,7 @@ uplinks = st.builds(
 mutations = st.sampled_from(["none", "none", "bitflip", "truncate", "garbage_before", "no_trailing_zero"])
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(uplinks, mutations, st.integers(0, 10**6)), min_size=1, max_size=25),
        st.lists(st.integers(0, 8000), max_size=10))
 def test_good_frames_between_bad_ones_are_all_recovered(items: list, cuts: list[int]) -> None:

@@ -78,6 +78,7 @@ class LineSplitter:
     def __init__(self, counts: Counter[str], markers: tuple[bytes, ...] = ()) -> None:
         self._markers = markers
         self._buf = bytearray()
+        self.lines_out = 0  # lines handed out; with "oversized" that is every line seen
         self._skipping = False
         self._counts = counts
 
@@ -101,7 +102,9 @@ class LineSplitter:
                 line = bytes(self._buf).strip(b"\r")
                 self._buf.clear()
                 if line.strip():
-                    lines += self._split(line)
+                    parts = self._split(line)
+                    self.lines_out += len(parts)
+                    lines += parts
             start = nl + 1
 
     def _split(self, line: bytes) -> list[bytes]:

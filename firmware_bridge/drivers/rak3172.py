@@ -62,6 +62,17 @@ class Rak3172Driver:
             self._parse(text.strip().lstrip(";").rstrip(";"), events)
         return events
 
+    @property
+    def lines_seen(self) -> int:
+        """Lines read so far (oversized ones included); each has one outcome in ``counts``,
+        except a first line still waiting for its second."""
+        return self._lines.lines_out + self.counts["oversized"]
+
+    @property
+    def waiting(self) -> bool:
+        """True while the first line of a two-line record waits for its second."""
+        return self._pending is not None
+
     def _drop_pending(self) -> None:
         if self._pending is not None:
             self.counts["orphan"] += 1

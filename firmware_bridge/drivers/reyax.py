@@ -106,6 +106,12 @@ class ReyaxDriver:
             return True
         length = int(head.group(2))
         pos = head.end() + length
+        inner = buf.find(b"+RCV=", head.end(), min(pos, len(buf)))
+        if inner >= 0:
+            # a record cut short (its tail lost) followed by the next one: resynchronise
+            self.counts["truncated"] += 1
+            del buf[:inner]
+            return True
         tail = _TAIL.match(buf, pos)
         if tail is None:
             if length <= MAX_DATA and len(buf) < pos + _TAIL_MAX and b"\n" not in buf[pos:]:
