@@ -64,27 +64,27 @@ class FinetuneResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _windows(z: np.ndarray, ok_rows: np.ndarray, missing: np.ndarray, T: int, stride: int) -> np.ndarray:
-    """Single-channel windows ``[M, T, 1]`` of rows ``z [L, C]`` that are all ok and mostly present."""
+def _windows(z: np.ndarray, ok_rows: np.ndarray, missing: np.ndarray, T: int, stride: int,
+             limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Single-channel windows ``[M, T, 1]`` (M <= limit) of rows ``z [L, C]`` whose rows are
+    all ok and at most a quarter missing. Sampled (in time order) before being copied, so a
+    long recording never materialises all its windows."""
     L, C = z.shape
     if L < T:
         return np.zeros((0, T, 1), np.float32)
     starts = np.arange(0, L - T + 1, stride)
     bad = np.concatenate([[0], np.cumsum(~ok_rows)])
     clean = (bad[starts + T] - bad[starts]) == 0
-    out = []
+    pairs = []
     for c in range(C):
         miss = np.concatenate([[0], np.cumsum(missing[:, c])])
         keep = starts[clean & ((miss[starts + T] - miss[starts]) <= T // 4)]
-        idx = keep[:, None] + np.arange(T)[None, :]
-        out.append(z[idx, c])
-    return np.concatenate(out).astype(np.float32)[:, :, None] if out else np.zeros((0, T, 1), np.float32)
-
-
-def _subsample(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    if len(x) <= limit:
-        return x
-    return x[np.sort(rng.choice(len(x), size=limit, replace=False))]
+        pairs.append(np.stack([np.full(len(keep), c), keep], axis=1))
+    chosen = np.concatenate(pairs)
+    if len(chosen) > limit:
+        chosen = chosen[np.sort(rng.choice(len(chosen), size=limit, replace=False))]
+    idx = chosen[:, 1:2] + np.arange(T)[None, :]
+    return z[idx, chosen[:, 0:1]].astype(np.float32)[:, :, None]
 
 
 @torch.no_grad()
@@ -141,8 +141,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
     ``timestamp_column``, ``label_column``, ``device_id``), or a time-ordered array
-    ``[rows, channels]`` (unlabelled). Raises SiteDataError for data it cannot use (too few rows, unknown columns, nothing normal
-    to learn from) and ValueError for bad settings. Writes ``out_dir`` (created; existing
+    ``[rows, channels]`` (unlabelled). Raises SiteDataError for data it cannot use (too few
+    rows, unknown columns, nothing normal to learn from) and ValueError for bad settings. Writes ``out_dir`` (created; existing
     adapter files in it are replaced).
     """
     torch.manual_seed(seed)
@@ -176,8 +176,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     std = values[:split][normal_train].std(axis=0)
     std = np.where(std > 1e-6, std, 1.0)
     z = ((values - mean) / std).astype(np.float32)
-    train = _subsample(_windows(z[:split], ~anomalous[:split], missing[:split], T, stride), max_windows, rng)
-    val = _subsample(_windows(z[split:], ~anomalous[split:], missing[split:], T, stride), max_windows // 4, rng)
+    train = _windows(z[:split], ~anomalous[:split], missing[:split], T, stride, max_windows, rng)
+    val = _windows(z[split:], ~anomalous[split:], missing[split:], T, stride, max(1, max_windows // 4), rng)
     if len(train) < 8 or len(val) < 1:
         raise SiteDataError(f"{data.source}: only {len(train)} training / {len(val)} validation windows of "
                             f"{T} clean normal rows; bring more data or fewer gaps")

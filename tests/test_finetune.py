@@ -101,6 +101,7 @@ def test_finetune_cli_then_install(base: Path, tmp_path: Path, capsys: pytest.Ca
 def test_finetune_accepts_plain_arrays(base: Path, tmp_path: Path) -> None:
     t = np.arange(800)
     values = np.stack([np.sin(2 * np.pi * t / 10), np.cos(2 * np.pi * t / 7)], axis=1)
-    result = finetune(base, values, tmp_path / "a", epochs=4, progress=False)
+    result = finetune(base, values, tmp_path / "a", epochs=4, progress=False, max_windows=400)
     assert result.manifest["training"]["channels"] == ["ch0", "ch1"]
+    assert result.manifest["training"]["train_windows"] == 400 and result.manifest["evaluation"]["val_windows"] == 100
     assert result.val_loss_after < result.val_loss_before
