@@ -142,8 +142,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
     ``timestamp_column``, ``label_column``, ``device_id``), or a time-ordered array
     ``[rows, channels]`` (unlabelled). Raises SiteDataError for data it cannot use (too few
-    rows, unknown columns, nothing normal to learn from) and ValueError for bad settings. Writes ``out_dir`` (created; existing
-    adapter files in it are replaced).
+    rows, unknown columns, nothing normal to learn from) and ValueError for bad settings.
+    Writes ``out_dir`` (created; existing adapter files in it are replaced).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
