@@ -316,8 +316,10 @@ def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
     lora_base = store.install(repo / "models" / "base-lora")
     assert lora_base.version.endswith("+lora") and lora_base.base_sha256 == base.base_sha256
     plain_m, lora_m = integrity.load_manifest(base.path), integrity.load_manifest(lora_base.path)
-    assert {k: v for k, v in lora_m["files"].items() if k != "model_lora.onnx"} == plain_m["files"]
-    assert lora_m.get("thresholds") == plain_m.get("thresholds")  # else: re-run the export (docs/adapters.md)
+    remake = ("models/base-lora is stale: rm -rf models/base-lora && lora-gateway model export "
+              "--base models/base --lora-graph --lora-graph-out models/base-lora")
+    assert {k: v for k, v in lora_m["files"].items() if k != "model_lora.onnx"} == plain_m["files"], remake
+    assert lora_m.get("thresholds") == plain_m.get("thresholds"), remake
     from models.runtime import ModelRuntime
 
     rt = ModelRuntime.load(lora_base.path, ["cpu"], adapters={"example": adapter.path})
