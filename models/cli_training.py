@@ -19,7 +19,7 @@ import numpy as np
 from gateway.cli import UserError
 from gateway.scoring import settings_from
 from models.datasets import DatasetError, SeriesTable, load_csv, load_label_windows, labels_from_windows
-from models.manifest import Manifest, ManifestError, base_model_dir, load_manifest, verify_files
+from models.manifest import Manifest, ManifestError, base_model_dir, load_manifest, verify_files, write_manifest
 
 DEFAULT_CALIBRATION_FRACTION = 0.15
 
@@ -59,6 +59,11 @@ def add_model_commands(model_sub: Any) -> None:
             q.add_argument("--windows", type=Path, default=None, help="NAB-style label windows JSON (instead of a label column)")
             q.add_argument("--report", type=Path, default=None, help="write a PNG report (needs matplotlib)")
             q.add_argument("--json", type=Path, default=None, help="write the metrics as JSON")
+            q.add_argument(
+                "--record",
+                action="store_true",
+                help="also record the metrics in the model's manifest.json (evaluation section)",
+            )
             q.set_defaults(func=cmd_eval)
 
 
@@ -77,6 +82,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"loss {tr['loss_first_5pct']:.4f} -> {tr['loss_last_5pct']:.4f}, onnx parity {ex['parity_max_abs_diff']:.2g}"
     )
     return 0
+
+
+def _record(args: argparse.Namespace, manifest: Manifest, rows: dict[str, Any], cal: int, n_rows: int) -> None:
+    """Write the metrics into ``manifest.evaluation`` (manifest.json is not among the
+    hashed files, so the model stays verified)."""
+    directory = args.model or base_model_dir()
+    key = f"{args.csv.name} (calibration rows {cal})"
+    manifest.evaluation[key] = {
+        "rows": n_rows,
+        "labels": f"label column {args.label_column}" if args.label_column else f"windows {args.windows.name}",
+        "metrics": {k: v.as_dict() for k, v in rows.items()},
+        "command": " ".join(
+            ["lora-gateway model eval", args.csv.name]
+            + ([f"--label-column {args.label_column}"] if args.label_column else [f"--windows {args.windows.name}"])
+            + ([f"--channels {args.channels}"] if args.channels else [])
+            + [f"--calibration-rows {cal}"]
+        ),
+    }
+    write_manifest(manifest, directory)
+    print(f"recorded in {Path(directory) / 'manifest.json'} under {key!r}")
 
 
 def _load_model(path: Path | None) -> tuple[Manifest, Any, Path]:
@@ -184,6 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "model": f"{manifest.name}@{manifest.version}", "settings": settings,
             "metrics": {k: v.as_dict() for k, v in rows.items()},
         }, indent=2) + "\n")
+    if args.record:
+        _record(args, manifest, rows, cal, len(table))
     if args.report:
         from models.report import write_report
 

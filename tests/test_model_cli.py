@@ -153,3 +153,33 @@ def test_nab_windows_label_rows_ends_included() -> None:
     assert y[np.flatnonzero(t.timestamps == start)].all()
     assert not y[np.flatnonzero(t.timestamps == start - 300)].any()
     assert int(y.sum()) == 4 * 567 + 0  # each window: 2 days minus 50 min at 5 min, ends included
+
+
+def test_eval_record_writes_manifest_and_keeps_it_verified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from models.manifest import base_model_dir, load_manifest, verify_files
+
+    model = tmp_path / "model"
+    shutil.copytree(base_model_dir(), model)
+    write_csv(tmp_path / "d.csv")
+    rc = main(["model", "eval", str(tmp_path / "d.csv"), "--label-column", "fault", "--calibration-rows", str(CAL),
+               "--model", str(model), "--record"])
+    assert rc == 0 and "recorded in" in capsys.readouterr().out
+    m = load_manifest(model)
+    entry = m.evaluation[f"d.csv (calibration rows {CAL})"]
+    assert entry["command"].endswith(f"--label-column fault --calibration-rows {CAL}")
+    assert set(entry["metrics"]) == {f"{m.name} {m.version}", "PCA T2+Q baseline"}
+    assert verify_files(m, model) == []
+
+
+@pytest.mark.train
+def test_pretrain_cli_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from models.manifest import load_manifest, verify_files
+
+    assert main(["model", "pretrain", "--out", str(tmp_path / "m"), "--quick", "--steps", "120"]) == 0
+    assert "onnx parity" in capsys.readouterr().out
+    m = load_manifest(tmp_path / "m")
+    assert m.training["recipe"]["steps"] == 120 and verify_files(m, tmp_path / "m") == []
+    assert main(["model", "pretrain", "--out", str(tmp_path / "n"), "--steps", "0"]) == 1
