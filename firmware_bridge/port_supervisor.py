@@ -132,7 +132,11 @@ class PortSupervisor:
         self._metrics.set("serial_connected", 1, source=self.name)
         log.info("serial %s: opened %s (%s) at %d baud", self.name, self.port, real, self.baudrate)
         if self._on_open is not None:
-            self._on_open()
+            try:
+                self._on_open()
+            except Exception:
+                log.exception("serial %s: open callback failed", self.name)
+                self._metrics.inc("serial_callback_errors_total", source=self.name)
         return ser
 
     def _serve(self, ser: serial.Serial) -> str | None:

@@ -101,6 +101,8 @@ class PtySimulator:
         self.sent: deque[SentRecord] = deque(maxlen=200_000)
         self._sent_lock = threading.Lock()
         self.done = threading.Event()
+        self._hold = threading.Event()
+        self._drained = threading.Event()
         self._rng = random.Random(f"faults:{seed}")
         self._tmp = None if link_dir else tempfile.TemporaryDirectory(prefix="lora-sim-")
         self.path = str(Path(link_dir or self._tmp.name) / f"{protocol}-module")  # type: ignore[union-attr]
@@ -146,6 +148,16 @@ class PtySimulator:
     def unplug(self) -> None:
         """Ask for one unplug at the next record (tests use it for exact timing)."""
         self._unplug_request.set()
+
+    def hold(self) -> None:
+        """Send no more readings (commands are still answered)."""
+        self._hold.set()
+
+    def wait_drained(self, timeout_s: float = 10.0) -> bool:
+        """hold(), then wait until everything written has been read by the program on the
+        port; True when it has. After it, ``records()`` is final."""
+        self.hold()
+        return self._drained.wait(timeout_s)
 
     def records(self, kind: str | None = "ok") -> list[SentRecord]:
         """A copy of the sent records of ``kind`` (None: all), oldest first."""
@@ -218,9 +230,11 @@ class PtySimulator:
             self._sim_elapsed += (now - last) * self.time_scale
             last = now
             self._serve_commands(out)
-            finished = self.max_messages is not None and sent >= self.max_messages
+            finished = self._hold.is_set() or (self.max_messages is not None and sent >= self.max_messages)
             if finished and not out:
                 self.done.set()
+                if not self._drained.is_set() and self._unread() == 0:
+                    self._drained.set()
             due = self.full_speed or self.clock() >= nxt.time_s
             unplug_due = self._unplug_request.is_set() or (
                 self.unplug_every_s is not None and now - last_unplug >= self.unplug_every_s)
@@ -239,20 +253,24 @@ class PtySimulator:
                 out += self._render(nxt)
                 nxt = next(readings)
                 sent += 1
-                finished = self.max_messages is not None and sent >= self.max_messages
+                finished = self._hold.is_set() or (self.max_messages is not None and sent >= self.max_messages)
             if out and now >= wire_free_at:
                 written = self._write(out)
                 del out[:written]
                 wire_free_at = max(wire_free_at, now) + written * 10 / self.baud
-            wait = 0.02
-            if out or (due and not finished):
-                wait = max(0.0, min(wait, wire_free_at - time.monotonic()))
+            line_busy = max(0.0, wire_free_at - time.monotonic())
+            if out and not line_busy:
+                self._wait_io(True, 0.02)  # the reader is behind: wait until the pty takes more
+            elif out or (due and not finished):
+                self._wait_io(False, min(0.02, line_busy))
             elif not finished:
-                wait = min(wait, max(0.0, (nxt.time_s - self.clock()) / self.time_scale))
-            self._wait_io(bool(out), wait)
+                self._wait_io(False, min(0.02, max(0.0, (nxt.time_s - self.clock()) / self.time_scale)))
+            else:
+                self._wait_io(False, 0.02)
 
     def _wait_io(self, want_write: bool, timeout_s: float) -> None:
-        if timeout_s <= 0 and not want_write:
+        """Sleep up to ``timeout_s``, waking early for a command (or, with want_write, room to write)."""
+        if timeout_s <= 0:
             return
         p = select.poll()
         p.register(self._master, select.POLLIN | (select.POLLOUT if want_write else 0))
