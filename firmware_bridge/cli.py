@@ -51,8 +51,12 @@ def _common(p: argparse.ArgumentParser, duration: float | None) -> None:
 
 
 def add_commands(subparsers: Any) -> None:
-    sim = subparsers.add_parser("simulate", help="virtual LoRa radio module on a pseudo-terminal (or MQTT)",
-                                description=__doc__)
+    sim = subparsers.add_parser(
+        "simulate", help="virtual LoRa radio module on a pseudo-terminal (or MQTT)",
+        description="Run N virtual sensor nodes behind a virtual radio module on a pseudo-terminal and print "
+                    "the device path to open (a symlink that survives simulated unplugs), in any supported "
+                    "protocol, paced at --baud, with faults on request. With --mqtt HOST:PORT the same nodes "
+                    "are published as ChirpStack v4 uplinks instead.")
     _common(sim, None)
     sim.add_argument("--full-speed", action="store_true", help="send back to back at the line rate")
     sim.add_argument("--link", default=None, help="directory for the stable device symlink (default: a temp dir)")
