@@ -41,6 +41,36 @@ class BrokerOptions(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect back-off cap.")
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when the TLS handshake fails.
+
+    paho 2.2 leaves the socket of a failed handshake (e.g. an untrusted certificate) open,
+    leaking one file descriptor per reconnect attempt.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(tls: TlsOptions) -> ssl.SSLContext:
+    """Client TLS context: certificate and host name checks on unless ``insecure_skip_verify``."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
+
+
 def read_password(opts: BrokerOptions) -> str | None:
     """The broker password from the environment or a file (None when neither is set)."""
     if opts.password_env:
@@ -65,14 +95,8 @@ def make_client(opts: BrokerOptions, client_id: str, persistent: bool) -> mqtt.C
     if opts.username:
         client.username_pw_set(opts.username, read_password(opts))
     if opts.tls is not None:
-        t = opts.tls
-        client.tls_set(
-            ca_certs=str(t.ca_file) if t.ca_file else None,
-            certfile=str(t.cert_file) if t.cert_file else None,
-            keyfile=str(t.key_file) if t.key_file else None,
-            cert_reqs=ssl.CERT_NONE if t.insecure_skip_verify else ssl.CERT_REQUIRED,
-        )
-        if t.insecure_skip_verify:
+        client.tls_set_context(tls_context(opts.tls))
+        if opts.tls.insecure_skip_verify:
             client.tls_insecure_set(True)
     client.reconnect_delay_set(min_delay=max(1, int(opts.reconnect_min_s)), max_delay=max(1, int(opts.reconnect_max_s)))
     return client

@@ -167,6 +167,8 @@ class Pipeline:
             self.telemetry.put(reading)
         channels = list(profile.channels) if profile is not None and profile.channels else None
         adapter = profile.adapter if profile is not None else None
+        if self.windows.get(reading.device_id) is None and getattr(profile, "expected_interval_s", None):
+            self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         window = self.windows.add(reading, channels, adapter, exclude=getattr(profile, "battery_field", None))
         due = self.engine.observe(window)
         if due is not None:

@@ -88,3 +88,15 @@ def test_config_check_subprocess_on_example() -> None:
                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
+
+
+def test_doctor_reports_provider_choice_and_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[model]\nproviders = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n')
+    assert main(["doctor", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "serving on CPUExecutionProvider" in out
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDAExecutionProvider: not available" in out
+    assert "result        OK" in out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
 import threading
 from typing import Callable
 
@@ -28,42 +27,12 @@ from paho.mqtt.properties import Properties
 
 from gateway.contracts import DeliveryError
 from gateway.metrics import Metrics
-from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, TlsOptions, make_client
+from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, TlsOptions, make_client, tls_context
 
 log = logging.getLogger(__name__)
 
 MAX_QUEUED_MESSAGES = 1000
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSLSocket that closes itself when the TLS handshake fails.
-
-    paho 2.2 leaves the socket of a failed handshake (e.g. an untrusted certificate) open,
-    leaking one file descriptor per reconnect attempt.
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-
-def tls_context(tls: TlsOptions) -> ssl.SSLContext:
-    """Client TLS context: certificate and host name checks on unless ``insecure_skip_verify``."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.sslsocket_class = _ClosingSSLSocket
-    return ctx
 
 
 def topic_part(text: str) -> str:
