@@ -21,11 +21,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.scoring import settings_from  # noqa: E402
-from models.evaluate import point_metrics, score_recording  # noqa: E402
-from models.export import onnx_session  # noqa: E402
-from models.manifest import base_model_dir, load_manifest  # noqa: E402
-from models.synthetic import FAULT_KINDS, SENSOR_KINDS, generate_device  # noqa: E402
+from gateway.scoring import settings_from
+from models.evaluate import point_metrics, score_recording
+from models.export import onnx_session
+from models.manifest import base_model_dir, load_manifest
+from models.synthetic import FAULT_KINDS, SENSOR_KINDS, generate_device
 
 
 def main() -> int:

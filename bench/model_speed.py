@@ -16,9 +16,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.scoring import WindowScorer  # noqa: E402
-from models.export import onnx_session  # noqa: E402
-from models.manifest import base_model_dir, load_manifest  # noqa: E402
+from gateway.scoring import WindowScorer
+from models.export import onnx_session
+from models.manifest import base_model_dir, load_manifest
 
 
 def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
@@ -43,7 +43,7 @@ def main() -> int:
     print(f"{'N':>5} {'C':>3} {'ms/batch':>9} {'windows/s':>11} {'series/s':>11}")
     for n, c in ((1, 1), (1, 8), (64, 1), (64, 4), (64, 8), (512, 1)):
         x = rng.normal(size=(n, t, c)).astype(np.float32)
-        dt = timed(lambda: session.run(None, {"window": x}), max(20, 20000 // (n * c)))
+        dt = timed(lambda x=x: session.run(None, {"window": x}), max(20, 20000 // (n * c)))
         print(f"{n:>5} {c:>3} {dt * 1e3:>9.3f} {n / dt:>11,.0f} {n * c / dt:>11,.0f}")
     scorer = WindowScorer(manifest)
     for c in (1, 8):
@@ -56,7 +56,7 @@ def main() -> int:
             scorer.calibrate_windows(st, cal, {"reconstruction": r, "embedding": e})
         batch_states = [states[i % 8] for i in range(64)]
         out = {"reconstruction": rec, "embedding": emb}
-        dt = timed(lambda: scorer.score(x, out, batch_states), 200)
+        dt = timed(lambda x=x, out=out, bs=batch_states: scorer.score(x, out, bs), 200)
         print(f"scoring N=64 C={c} (8 devices): {dt * 1e3:.3f} ms/batch, {64 / dt:,.0f} windows/s")
     return 0
 

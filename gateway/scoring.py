@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -280,7 +281,7 @@ class WindowScorer:
     def flatness(inputs: np.ndarray) -> np.ndarray:
         """Fraction of exactly repeated consecutive readings per channel ``[N, C]`` (1.0 =
         the channel did not change at all in the window: stuck-at, frozen firmware)."""
-        return np.mean(np.diff(inputs, axis=1) == 0.0, axis=1, dtype=np.float32)
+        return np.asarray(np.mean(np.diff(inputs, axis=1) == 0.0, axis=1, dtype=np.float32))
 
     @staticmethod
     def _distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: np.ndarray) -> np.ndarray:
@@ -366,7 +367,9 @@ class WindowScorer:
                 f"shape mismatch: inputs {x.shape}, reconstruction {rec.shape}, embedding {emb.shape}, {len(states)} states"
             )
         d = emb.shape[2]
-        finite = np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
+        finite: np.ndarray = np.asarray(
+            np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
+        )
         residual = self.statistics(np.nan_to_num(x), np.nan_to_num(rec))
         flatline = self.flatness(x)
         distance = np.full(n, np.nan, dtype=np.float32)
@@ -388,7 +391,7 @@ class WindowScorer:
                     self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
         idx = np.flatnonzero(ready)
         if idx.size:
-            sts = [states[i] for i in idx]
+            sts = [states[int(i)] for i in idx]
             flat = emb[idx].reshape(idx.size, c * d)
             mu = np.stack([s.mu for s in sts])  # type: ignore[misc]
             basis = np.stack([s.basis for s in sts])  # type: ignore[misc]
@@ -470,7 +473,7 @@ class HysteresisState:
         return self.active
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, float]) -> "HysteresisState":
+    def from_settings(cls, settings: Mapping[str, float]) -> HysteresisState:
         return cls(settings["raise"], settings["clear"], int(settings["raise_after"]), int(settings["clear_after"]))
 
 
@@ -512,7 +515,7 @@ class PCABaseline:
         resid = x - t @ self.components
         return t2, np.sum(resid * resid, axis=1)
 
-    def fit(self, windows: np.ndarray) -> "PCABaseline":
+    def fit(self, windows: np.ndarray) -> PCABaseline:
         x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
         if x.shape[0] < 8:
             raise ValueError("need at least 8 calibration windows")
@@ -520,7 +523,7 @@ class PCABaseline:
         _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
         eig = s * s / max(x.shape[0] - 1, 1)
         frac = np.cumsum(eig) / max(eig.sum(), _EPS)
-        k = int(min(np.searchsorted(frac, self.variance) + 1, self.max_components, len(eig)))
+        k = min(int(np.searchsorted(frac, self.variance)) + 1, self.max_components, len(eig))
         self.components, self.eigenvalues = vt[:k], np.maximum(eig[:k], _EPS)
         t2, q = self._stats(windows)
         self.t2_threshold = float(max(np.quantile(t2, self.quantile), _EPS) * self.margin)

@@ -57,7 +57,7 @@ class PatchAEConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PatchAEConfig":
+    def from_file(cls, path: str | Path) -> PatchAEConfig:
         data = json.loads(Path(path).read_text())
         if data.get("architecture", "patch_autoencoder") != "patch_autoencoder":
             raise ValueError(f"{path}: not a patch_autoencoder config")

@@ -7,6 +7,7 @@ stays cheap and the daemon never imports torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -14,12 +15,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gateway.cli import UserError
 from gateway.scoring import settings_from
-from models.datasets import DatasetError, SeriesTable, load_csv, load_label_windows, labels_from_windows
-from models.manifest import Manifest, ManifestError, base_model_dir, load_manifest, verify_files, write_manifest
+from models.datasets import (
+    DatasetError,
+    SeriesTable,
+    labels_from_windows,
+    load_csv,
+    load_label_windows,
+)
+from models.manifest import (
+    Manifest,
+    ManifestError,
+    base_model_dir,
+    load_manifest,
+    verify_files,
+    write_manifest,
+)
 
 DEFAULT_CALIBRATION_FRACTION = 0.15
 
@@ -157,8 +169,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     header = ["row", "timestamp", "score", "alert", "pca_score", "pca_alert"]
     header += ["label"] if table.labels is not None else []
     header += [f"score_{c}" for c in table.channels]
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "w", newline="")) if args.out else sys.stdout
         w = csv.writer(out)
         w.writerow(header)
         for i in range(len(table)):
@@ -167,9 +179,6 @@ def cmd_score(args: argparse.Namespace) -> int:
             row += [int(table.labels[i])] if table.labels is not None else []
             row += [_fmt(float(v)) for v in s.channel_scores[i]]
             w.writerow(row)
-    finally:
-        if args.out:
-            out.close()
     if args.out:
         print(f"wrote {len(table)} rows to {args.out}: {int(s.alert.sum())} alert rows (PCA baseline {int(s.pca_alert.sum())})")
     return 0

@@ -21,10 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def parse_timestamp(cell: str) -> float:
         s = s[:-1] + "+00:00"
     dt = datetime.fromisoformat(s)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -192,8 +192,9 @@ def load_csv(
                 values[i, j] = _number(cell, decimal_comma)
             except ValueError:
                 raise DatasetError(f"{p}: column {name!r}, row {i + 2}: {cell!r} is not a number") from None
-    if not np.isfinite(values).any(axis=0).all():
-        empty = [c for c, ok in zip(chosen, np.isfinite(values).any(axis=0)) if not ok]
+    has_value = [bool(np.isfinite(values[:, j]).any()) for j in range(values.shape[1])]
+    if not all(has_value):
+        empty = [c for c, ok in zip(chosen, has_value) if not ok]
         raise DatasetError(f"{p}: channel(s) with no numeric value: {', '.join(empty)}")
     if timestamp_column is not None:
         ts = np.empty(len(body))

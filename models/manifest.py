@@ -85,7 +85,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         known = {f.name for f in fields(cls)} - {"extra"}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}

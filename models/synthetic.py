@@ -29,8 +29,8 @@ Determinism: the same seed and arguments give the same arrays, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

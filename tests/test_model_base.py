@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.manifest import Manifest, ManifestError, base_model_dir, load_manifest, sha256_file, verify_files, write_manifest
+from models.manifest import (
+    Manifest,
+    ManifestError,
+    base_model_dir,
+    load_manifest,
+    sha256_file,
+    verify_files,
+    write_manifest,
+)
 from models.synthetic import Fault, generate_device, normal_windows, standardize_series
 
 ort = pytest.importorskip("onnxruntime")

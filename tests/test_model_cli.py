@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.cli import main
-from models.datasets import DatasetError, labels_from_windows, load_csv, load_label_windows
+from models.datasets import (
+    DatasetError,
+    labels_from_windows,
+    load_csv,
+    load_label_windows,
+)
 from models.synthetic import SENSOR_KINDS, Fault, generate_device
 
 pytest.importorskip("onnxruntime")
@@ -35,7 +40,7 @@ def write_csv(path: Path, decimal_comma: bool = False, seed: int = 4) -> np.ndar
         w = csv.writer(fh, delimiter=";")
         w.writerow(["time", *CHANNELS, "fault"])
         for i in range(len(labels)):
-            ts = datetime.fromtimestamp(dev.timestamps[i], tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            ts = datetime.fromtimestamp(dev.timestamps[i], tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             vals = [f"{v:.3f}" for v in dev.values[i]]
             if decimal_comma:
                 vals = [v.replace(".", ",") for v in vals]
@@ -149,7 +154,7 @@ def test_nab_windows_label_rows_ends_included() -> None:
     windows = load_label_windows(NAB / "labels" / "combined_windows.json", data)
     assert len(windows) == 4 and len(t) == 22695 and t.channels == ["value"]
     y = labels_from_windows(t.timestamps, windows)
-    start = datetime(2013, 12, 10, 6, 25, tzinfo=timezone.utc).timestamp()
+    start = datetime(2013, 12, 10, 6, 25, tzinfo=UTC).timestamp()
     assert y[np.flatnonzero(t.timestamps == start)].all()
     assert not y[np.flatnonzero(t.timestamps == start - 300)].any()
     assert int(y.sum()) == 4 * 567 + 0  # each window: 2 days minus 50 min at 5 min, ends included

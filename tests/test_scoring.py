@@ -13,7 +13,6 @@ import pytest
 
 from gateway.scoring import (
     DEFAULTS,
-    DeviceScoreState,
     HysteresisState,
     PCABaseline,
     SeriesCalibration,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -83,7 +85,7 @@ def test_random_faults_respect_prefix_and_do_not_overlap() -> None:
     assert len(dev.faults) >= 5
     assert not dev.labels[:1000].any()
     spans = sorted((f.start, f.end) for f in dev.faults)
-    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
+    assert all(e1 <= s2 for (_, e1), (s2, _) in itertools.pairwise(spans))
 
 
 def test_unknown_kind_and_bad_fault_are_errors() -> None:

@@ -24,10 +24,20 @@ import numpy as np
 import torch
 
 from gateway.scoring import DEFAULTS as SCORING_DEFAULTS
-from models.architecture import LORA_TARGETS, PatchAEConfig, PatchAutoencoder, save_model
+from models.architecture import (
+    LORA_TARGETS,
+    PatchAEConfig,
+    PatchAutoencoder,
+    save_model,
+)
 from models.export import DEFAULT_TOLERANCE, INPUT_NAME, check_parity, export_onnx
 from models.manifest import Manifest, TensorSpec, hash_files, write_manifest
-from models.synthetic import FAULT_KINDS, generate_device, normal_windows, random_device, standardize_series
+from models.synthetic import (
+    FAULT_KINDS,
+    normal_windows,
+    random_device,
+    standardize_series,
+)
 
 log = logging.getLogger(__name__)
 
