@@ -73,6 +73,9 @@ DEFAULTS: dict[str, float] = {
 _EPS = 1e-9
 MAX_CALIBRATION_WINDOWS = 2048
 """At most this many windows calibrate a device's scores (evenly thinned beyond)."""
+MAX_FALLBACK_WINDOWS = 256
+"""At most this many scored windows are kept by an uncalibrated state (every k-th):
+about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
 
 
 def fill_forward(values: np.ndarray) -> np.ndarray:
@@ -261,7 +264,8 @@ class WindowScorer:
         self._weights_cache: dict[int, np.ndarray] = {}
 
     def new_state(self, n_channels: int) -> DeviceScoreState:
-        return DeviceScoreState(n_channels, int(self.settings["calibration_windows"]))
+        """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
+        return DeviceScoreState(n_channels, max(8, int(self.settings["calibration_windows"])))
 
     def _weights(self, t: int) -> np.ndarray:
         w = self._weights_cache.get(t)
@@ -383,9 +387,12 @@ class WindowScorer:
             if st.calibrated:
                 ready[i] = finite[i]
             elif finite[i]:
-                st._emb.append(emb[i].copy())
-                st._res.append(residual[i].copy())
-                st._flat.append(flatline[i].copy())
+                # keep every k-th window: at most MAX_FALLBACK_WINDOWS (bounded memory;
+                # neighbouring windows overlap in T-1 readings and add little)
+                if st.seen % max(1, -(-st.calibration_windows // MAX_FALLBACK_WINDOWS)) == 0:
+                    st._emb.append(emb[i].copy())
+                    st._res.append(residual[i].copy())
+                    st._flat.append(flatline[i].copy())
                 st.seen += 1
                 if st.seen >= st.calibration_windows:
                     self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))

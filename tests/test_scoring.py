@@ -211,6 +211,16 @@ def test_uncalibrated_state_scores_nan_until_calibrated(session, manifest) -> No
     assert not state.calibrated and state.mu is None
 
 
+def test_fallback_calibration_memory_is_bounded(session, manifest) -> None:  # type: ignore[no-untyped-def]
+    scorer = WindowScorer(manifest, calibration_windows=600)
+    state = scorer.new_state(1)
+    x = np.random.default_rng(4).normal(size=(599, 32, 1)).astype(np.float32)
+    assert np.isnan(scorer.score(x, run(session, x), [state] * 599)).all()
+    assert len(state._emb) == 200 and state.seen == 599  # every 3rd window kept (<= 256)
+    scorer.score(x[:2], run(session, x[:2]), [state] * 2)
+    assert state.calibrated and state._emb == []
+
+
 def test_nonfinite_window_scores_nan_and_shape_errors(session, manifest) -> None:  # type: ignore[no-untyped-def]
     scorer = WindowScorer(manifest)
     state = scorer.new_state(1)
