@@ -198,3 +198,18 @@ def test_parity_check_refuses_a_graph_that_differs(tmp_path: Path) -> None:
     assert check_parity(other, tmp_path / "other.onnx", windows) < 1e-4
     with pytest.raises(ParityError):
         check_parity(load_model(BASE), tmp_path / "other.onnx", windows)
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_full_recipe_reproduces_the_shipped_weights(tmp_path: Path, manifest: Manifest) -> None:
+    """About a minute on 2 cores: runs only with LORA_GATEWAY_SLOW_TESTS=1."""
+    import os
+
+    if os.environ.get("LORA_GATEWAY_SLOW_TESTS") != "1":
+        pytest.skip("set LORA_GATEWAY_SLOW_TESTS=1 to retrain the shipped model (about a minute)")
+    pytest.importorskip("torch")
+    from models.training.pretrain import pretrain
+
+    again = pretrain(tmp_path / "m")
+    assert again.files == manifest.files
