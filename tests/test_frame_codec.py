@@ -156,3 +156,36 @@ def test_good_frames_between_bad_ones_are_all_recovered(items: list, cuts: list[
     assert frames == good
     assert dec.counts["ok"] == len(frames)
     assert sum(dec.counts.values()) == chunks(bytes(stream))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(uplinks, st.sampled_from(["none", "bitflip", "truncate", "garbage"]),
+                          st.integers(0, 10**6)), min_size=1, max_size=25))
+def test_counts_add_up_good_plus_rejected_by_reason_equals_sent(items: list) -> None:
+    """Damage that creates no 0x00 byte: every sent frame and every burst has one outcome."""
+    stream = bytearray()
+    sent = bursts = damaged = 0
+    good: list[Frame] = []
+    for seq, (up, mutation, r) in enumerate(items):
+        rng = random.Random(r)
+        wire = bytearray(encode_uplink(seq, up))
+        if mutation == "bitflip":
+            pos = rng.randrange(1, len(wire) - 1)
+            bits = [b for b in range(8) if wire[pos] ^ (1 << b)]  # never make a 0x00
+            wire[pos] ^= 1 << rng.choice(bits)
+            damaged += 1
+        elif mutation == "truncate":  # bytes lost before the closing delimiter (a UART overrun)
+            wire = wire[: rng.randrange(2, len(wire) - 1)] + b"\x00"
+            damaged += 1
+        elif mutation == "garbage":  # a burst of noise without zeros before the frame
+            stream += bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 100)))
+            bursts += 1
+        if mutation in ("none", "garbage"):
+            good.append(Frame(FrameType.UPLINK, seq, uplink_body(up)))
+        stream += wire
+        sent += 1
+    frames, dec = decode_stream(bytes(stream))
+    rejected = sum(v for k, v in dec.counts.items() if k != "ok")
+    assert frames == good
+    assert dec.counts["ok"] + rejected == sent + bursts
+    assert rejected == damaged + bursts
