@@ -172,7 +172,7 @@ def test_bridge_commands_reply_error_or_timeout() -> None:
         os.close(slave)
 
 
-def test_unplug_mid_stream_reopens_and_only_the_in_flight_record_is_lost() -> None:
+def test_unplug_mid_stream_reopens_and_only_the_in_flight_record_is_lost(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
     got = Collector()
     with PtySimulator("bridge", nodes=2, time_scale=3000) as sim:
@@ -201,10 +201,12 @@ def test_unplug_mid_stream_reopens_and_only_the_in_flight_record_is_lost() -> No
     assert arrived == ok_seqs  # every complete record, in order: only the two in flight are lost
     assert not {r.seq for r in cut} & set(arrived)
     assert metrics.get("serial_reopens_total", source="radio") == 2
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert len(lost) == 2 and all("reopening in" in m for m in lost)
     assert metrics.get("serial_frames_total", source="radio", result="ok") == len(arrived)
 
 
-def test_port_missing_at_start_is_retried_until_it_appears(tmp_path: Path) -> None:
+def test_port_missing_at_start_is_retried_until_it_appears(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     link = tmp_path / "usb-REYAX_RYLR998-if00"
     metrics = Metrics()
     got = Collector()
@@ -214,6 +216,8 @@ def test_port_missing_at_start_is_retried_until_it_appears(tmp_path: Path) -> No
         time.sleep(0.3)
         assert not source.connected()
         assert metrics.get("serial_port_errors_total", source="radio", kind="open") >= 2
+        warnings = [r.getMessage() for r in caplog.records if "cannot open" in r.getMessage()]
+        assert len(warnings) == 1 and "retrying" in warnings[0]  # said once, not once per attempt
         with PtySimulator("reyax", nodes=1, time_scale=6000, link_dir=str(tmp_path)) as sim:
             os.symlink(sim.path, link)
             wait_for(lambda: len(got.snapshot()) >= 5)
