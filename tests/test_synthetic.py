@@ -111,10 +111,13 @@ def test_random_device_and_standardize_series() -> None:
     assert 1 <= dev.values.shape[1] <= len(SENSOR_KINDS)
 
 
-def test_synthetic_is_numpy_only() -> None:
+def test_daemon_side_modules_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, models.synthetic, models.datasets, models.manifest, gateway.scoring; print('torch' in sys.modules)"
+    code = (
+        "import sys, models.synthetic, models.datasets, models.manifest, models.evaluate, models.cli_training, "
+        "gateway.scoring, gateway.cli; gateway.cli.build_parser(); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
