@@ -251,6 +251,19 @@ def test_several_devices_in_one_batch_are_scored_independently(session, manifest
     assert np.allclose(mixed, alone, rtol=1e-4)
 
 
+def test_holdout_thresholds_are_not_lower(session, manifest) -> None:  # type: ignore[no-untyped-def]
+    dev = generate_device(8, 1200, kinds=KINDS, events=False)
+    cal = SeriesCalibration(4, 1200)
+    cal.update(dev.values)
+    w = cal.calibration_windows(32)
+    out = run(session, w)
+    plain, held = WindowScorer(manifest).new_state(4), WindowScorer(manifest, holdout=0.3).new_state(4)
+    WindowScorer(manifest).calibrate_windows(plain, w, out)
+    WindowScorer(manifest, holdout=0.3).calibrate_windows(held, w, out)
+    assert held.distance_threshold >= plain.distance_threshold
+    assert np.array_equal(held.mu, plain.mu)  # the profile itself is fitted on every window
+
+
 # --- alerts -----------------------------------------------------------------------------
 
 
