@@ -18,26 +18,28 @@ The sequence for one device (``docs/model-contract.md`` has the whole contract):
    ``state.calibrated`` is False) and then fits on them.
 4. ``WindowScorer.score(inputs, outputs, states)`` gives one score per window.
 
-Per window, two statistics:
+Per window, three statistics:
 
 - residual ``r_c`` per channel: the reconstruction error, weighted towards the newest
   steps (weight ``2 ** (-age / recency_halflife)``), mean of squares;
 - flatness ``f_c`` per channel: the fraction of exactly repeated consecutive readings
-  (stuck-at sensors reconstruct well; they are caught by this instead), threshold
-  ``max(quantile * margin, 0.5)``;
+  (stuck-at sensors reconstruct well; they are caught by this instead);
 - distance ``m``: the squared Mahalanobis distance (divided by its dimension) of the
   device's embedding vector (all channels' embeddings, ``C*D`` values) from its
   calibrated normal mean; covariance shrunk towards its scaled identity (``shrinkage``)
   and kept as ``max_rank`` principal directions plus one variance for the rest.
 
-Each is divided by its calibrated threshold ``quantile(score_quantile) * score_margin``
-over the calibration windows (with ``holdout`` > 0, the distance quantile also covers the
-last ``holdout`` fraction of them measured against a profile fitted without them: off by
-default, it lowered false alarms on generated devices but cost recall on NAB); the window score is the largest ratio,
-``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``. So **1.0 means "at the alert threshold"**.
-A sustained shift moves the embedding away from normal for as long as it lasts, even
-where the reconstruction follows the new level; the joint distance also sees a channel
-leave its usual relation to the others (humidity against temperature).
+Each is divided by its calibrated threshold, ``quantile(score_quantile) * score_margin``
+over the calibration windows (flatness: at least 0.5). With ``holdout`` > 0 the distance
+quantile also covers the last ``holdout`` fraction of the calibration windows measured
+against a profile fitted without them (off by default: it lowered false alarms on
+generated devices but cost recall on NAB). The window score is the largest ratio,
+``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``, so **1.0 means "at the
+alert threshold"**. A sustained shift moves the embedding away from normal for as long
+as it lasts, even where the reconstruction follows the new level; the joint distance
+also sees a channel leave its usual relation to the others (humidity against
+temperature). The profile's mean follows slow normal change (``adapt_rate`` per window)
+from windows scoring below ``adapt_below`` only.
 
 ``HysteresisState`` / ``apply_hysteresis`` turn scores into raise/clear alert states (raise
 at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` for
