@@ -38,6 +38,8 @@ from models.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
 
+SIGNAL_POLL_S = 0.2  # the main thread wakes this often so signal handlers run promptly
+
 
 class StartupError(Exception):
     """The gateway could not start; the message says which part and why."""
@@ -82,6 +84,8 @@ class Gateway:
         self._reload = threading.Event()
         self._last_watchdog = 0.0
         self._watchdog_every = sdnotify.watchdog_interval_s()
+        self._model_labels: dict[str, str] | None = None
+        self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
 
     # ---- model ------------------------------------------------------------------------
     def load_runtime(self, model_dir: Path) -> ModelRuntime:
@@ -97,6 +101,7 @@ class Gateway:
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
         model_dir = resolve_model_dir(self.config)
+        log.info("model reload requested: loading %s", model_dir)
         try:
             runtime = self.load_runtime(model_dir)
         except ModelLoadError as exc:
@@ -106,9 +111,19 @@ class Gateway:
         assert self.pipeline is not None
         self.pipeline.engine.swap_runtime(runtime)
         self.runtime = runtime
+        self._publish_model_info(runtime, model_dir)
         self.metrics.inc("model_reloads_total")
         log.info("model reloaded from %s", model_dir)
         return True
+
+    def _publish_model_info(self, runtime: ModelRuntime, model_dir: Path) -> None:
+        """``model_info{model,version,path}`` is 1 for the model serving now, 0 for the one before."""
+        labels = {"model": str(runtime.manifest.get("name", "?")), "version": str(runtime.manifest.get("version", "?")),
+                  "path": str(model_dir)}
+        if self._model_labels is not None and self._model_labels != labels:
+            self.metrics.set("model_info", 0, **self._model_labels)
+        self.metrics.set("model_info", 1, **labels)
+        self._model_labels = labels
 
     # ---- alerts -----------------------------------------------------------------------
     def publish_alerts(self, alerts: list[Alert]) -> None:
@@ -132,6 +147,7 @@ class Gateway:
             self.runtime = self.load_runtime(resolve_model_dir(cfg))
         except ModelLoadError as exc:
             raise StartupError(f"model: {exc}") from exc
+        self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
             factory = self.registry.handlers[kind][0]
@@ -253,6 +269,22 @@ class Gateway:
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.start()
         try:
-            self._stop.wait(duration)
+            self._serve_until_stopped(duration)
         finally:
             self.stop()
+
+    def _serve_until_stopped(self, duration: float | None) -> None:
+        """Wait for a stop request (or ``duration``) in short slices.
+
+        The kernel may deliver SIGTERM/SIGHUP to any thread; CPython then runs the Python
+        handler only when the main thread next executes bytecode. A main thread parked in
+        one endless ``Event.wait()`` would never do so, and the signal would sit unhandled
+        (seen in tests: SIGHUP ignored, so systemd's SIGTERM could be too). Waking every
+        0.2 s bounds that delay.
+        """
+        deadline = None if duration is None else time.monotonic() + duration
+        while not self._stop.is_set():
+            left = SIGNAL_POLL_S if deadline is None else min(SIGNAL_POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self._stop.wait(left)
