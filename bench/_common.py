@@ -90,6 +90,12 @@ def payload_variants(n: int = 256, seed: int = 7) -> list[str]:
     return out
 
 
+def payload_index(device: int, fcnt: int) -> int:
+    """Which payload variant a device sends at a frame counter (the same sequence in the
+    warm-up and in the load generator, so live readings continue the calibrated stream)."""
+    return (fcnt * 7 + device * 13) % 256
+
+
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1e6):06d}Z"
 
@@ -112,20 +118,31 @@ def uplink_body(eui: str, ts: float, fcnt: int, payload_b64: str) -> bytes:
     return f'{head}{iso(ts)}{mid}{fcnt},"data":"{payload_b64}{tail}'.encode()
 
 
-def gateway_config(host: str, port: int, state_dir: Path, *, calibration: int = 8, max_batch: int = 64,
+CALIBRATION_STEPS, CALIBRATION_WINDOWS = 32, 128
+"""Per-device calibration for the benches (the bundled default is 1008 each). Fewer than
+about 100 windows leave the normal profile under-fitted (most windows score above 1.0 and
+every device raises an alert); with 128, about 5 % of normal windows score above 1.0 and
+no alert is raised on the benches' normal data."""
+WARM_READINGS = CALIBRATION_STEPS + CALIBRATION_WINDOWS + 2
+"""Readings per device before every further reading is scored (T = 32 <= CALIBRATION_STEPS)."""
+
+
+def gateway_config(host: str, port: int, state_dir: Path, *, max_batch: int = 64,
                    max_delay_ms: float = 5.0, max_devices: int = 10000, handlers: bool = True,
                    client_id: str = "bench-gw-src") -> dict[str, Any]:
     """A daemon config: mqtt source (ChirpStack v4), mqtt alert handler (and file), the
-    bundled model with short calibration so devices score after a few readings."""
+    bundled model with short calibration (WARM_READINGS readings per device)."""
     data: dict[str, Any] = {
         "gateway": {"id": "bench-gw", "state_dir": str(state_dir), "max_devices": max_devices},
         "sources": [{"type": "mqtt", "name": "chirpstack", "host": host, "port": port, "client_id": client_id,
                      "topics": [{"topic": "application/+/device/+/event/up", "shape": "chirpstack_v4"}]}],
         "handlers": [],
         "profiles": [{"name": "lpp-nodes", "match_name": "node-*", "codec": "cayenne_lpp", "battery_field": "voltage_3"}],
-        "model": {"calibration_steps": calibration, "calibration_windows": calibration},
+        "model": {"calibration_steps": CALIBRATION_STEPS, "calibration_windows": CALIBRATION_WINDOWS},
         "batcher": {"max_batch": max_batch, "max_delay_ms": max_delay_ms},
         "metrics": {"listen": None},
+        # the benches pause the source between phases; a device is not "silent" for that
+        "alerts": {"silent_min_s": 3600},
     }
     if handlers:
         data["handlers"] = [

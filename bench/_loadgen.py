@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paho.mqtt import client as mqtt  # noqa: E402
 
-from _common import TOPIC, body_template, dev_eui, payload_variants  # noqa: E402
+from _common import TOPIC, body_template, dev_eui, payload_index, payload_variants  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     gmtime, strftime, now = time.gmtime, time.strftime, time.time
     fcnt = [args.fcnt_start] * args.devices
     sent = 0
-    total = args.count if args.count else int(args.rate * args.seconds)
+    total = args.count if args.count else int(round(args.rate * args.seconds))
     t0 = time.monotonic()
     sec_cache: tuple[int, str] = (-1, "")
 
@@ -67,7 +67,7 @@ def main() -> None:
         head, mid, tail = parts[d]
         c = fcnt[d]
         fcnt[d] = c + 1
-        body = f'{head}{sec_cache[1]}.{int((ts - s) * 1e6):06d}Z{mid}{c},"data":"{payloads[(k * 7 + d) % 256]}{tail}'
+        body = f'{head}{sec_cache[1]}.{int((ts - s) * 1e6):06d}Z{mid}{c},"data":"{payloads[payload_index(d, c)]}{tail}'
         client.publish(topics[d].decode(), body.encode(), qos=1)
 
     if args.rate <= 0:
