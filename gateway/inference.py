@@ -16,6 +16,7 @@ space, while the channel standardisation is kept.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,19 +32,38 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class DueWindow:
-    """A window snapshot taken at the reading that made it due: standardised ``x [T, C]``."""
+    """A window snapshot taken at the reading that made it due: ``raw [T, C]`` in physical
+    units; ``score`` standardises a whole group at once (``standardize``)."""
 
     window: DeviceWindow
-    x: np.ndarray
+    raw: np.ndarray
     timestamp: float
     state: "_DeviceState"
 
+    @property
+    def x(self) -> np.ndarray:
+        """The standardised window ``[T, C]`` (float32)."""
+        return standardize([self])[0]
 
-@dataclass
+
+@dataclass(slots=True)
 class _DeviceState:
     calibration: SeriesCalibration
     score_state: DeviceScoreState
     generation: int
+    # the frozen calibration's mean and std (float64 [C]), taken once when it froze
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+
+def standardize(due: list[DueWindow]) -> np.ndarray:
+    """``[N, T, C]`` float32 z-values of due windows that share a channel count: the same
+    arithmetic as ``SeriesCalibration.standardize`` (float64 ``(x - mean) / std``), done
+    for the batch in one numpy expression with each device's frozen mean/std."""
+    raw = np.stack([d.raw for d in due]).astype(np.float64)
+    mean = np.stack([d.state.mean for d in due])[:, None, :]  # type: ignore[misc]
+    std = np.stack([d.state.std for d in due])[:, None, :]  # type: ignore[misc]
+    return ((raw - mean) / std).astype(np.float32)
 
 
 class InferenceEngine:
@@ -68,7 +88,10 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps), self.scorer.new_state(c), self.generation)
+            # keep_readings=False: score calibration here uses the first scored windows
+            # (DeviceScoreState's own buffer), so the raw calibration rows are never needed
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, keep_readings=False),
+                              self.scorer.new_state(c), self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
@@ -77,14 +100,19 @@ class InferenceEngine:
 
     def observe(self, window: DeviceWindow) -> DueWindow | None:
         """Account for the reading just pushed; a snapshot when the window is due for scoring."""
-        st = self._state(window)
-        if not st.calibration.frozen:
-            st.calibration.update(window.latest())
-            if not st.calibration.frozen:
-                return None
-        if not window.full:
+        st = window.state
+        if not isinstance(st, _DeviceState) or st.generation != self.generation:
+            st = self._state(window)
+        if st.std is None:
+            cal = st.calibration
+            if not cal.frozen:
+                cal.update(window.latest())
+                if not cal.frozen:
+                    return None
+            st.mean, st.std = cal.mean, cal.std  # frozen: constant from here on
+        if window.count < window.length:
             return None
-        return DueWindow(window, st.calibration.standardize(window.values()), window.last_timestamp, st)
+        return DueWindow(window, window.values(), window.last_timestamp, st)
 
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
@@ -103,7 +131,7 @@ class InferenceEngine:
             for d in group:
                 if d.state.generation != self.generation:
                     self._state(d.window)
-            x = np.stack([d.x for d in group])
+            x = standardize(group)
             started = time.perf_counter()
             outputs = runtime.run(x, adapter=adapter)
             elapsed = time.perf_counter() - started
@@ -114,16 +142,18 @@ class InferenceEngine:
             m.inc("windows_scored_total", len(group))
             m.set("inference_last_batch_size", len(group))
             m.set("inference_last_batch_seconds", elapsed)
-            for i, d in enumerate(group):
-                s = float(result.score[i])
-                if not np.isfinite(s):
-                    continue
-                w = d.window
-                contributions = result.channel_scores[i]
-                top = int(np.nanargmax(contributions))
-                out.append((d, s, {
-                    "channel": w.channels[top],
-                    "channel_scores": {c: round(float(v), 3) for c, v in zip(w.channels, contributions)},
+            scores = result.score.tolist()
+            ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
+            if not ok:
+                continue
+            contributions = result.channel_scores[ok]
+            tops = np.nanargmax(contributions, axis=1).tolist()
+            for i, top, row in zip(ok, tops, contributions.tolist()):
+                d = group[i]
+                channels = d.window.channels
+                out.append((d, scores[i], {
+                    "channel": channels[top],
+                    "channel_scores": {c: round(v, 3) for c, v in zip(channels, row)},
                     "adapter": adapter,
                 }))
         return out

@@ -21,14 +21,18 @@ from gateway.types import Reading
 class DeviceWindow:
     """A ring buffer ``[T, C]`` of one device's readings, oldest first when read."""
 
-    __slots__ = ("device_id", "channels", "_index", "_values", "_mask", "_pos", "count", "last_timestamp", "adapter", "state")
+    __slots__ = ("device_id", "channels", "_index", "_values", "_mask", "_length", "_pos", "count", "last_timestamp",
+                 "adapter", "state")
 
     def __init__(self, device_id: str, channels: list[str], length: int, adapter: str | None = None) -> None:
         self.device_id = device_id
         self.channels = channels
         self._index = {c: i for i, c in enumerate(channels)}
-        self._values = np.zeros((length, len(channels)), dtype=np.float32)
-        self._mask = np.zeros((length, len(channels)), dtype=np.float32)
+        # each row is written twice (at pos and pos + T), so the window in time order is the
+        # contiguous slice [pos, pos + T): a read is one copy, no np.roll
+        self._values = np.zeros((2 * length, len(channels)), dtype=np.float32)
+        self._mask = np.zeros((2 * length, len(channels)), dtype=np.float32)
+        self._length = length
         self._pos = 0
         self.count = 0
         self.last_timestamp = 0.0
@@ -37,20 +41,20 @@ class DeviceWindow:
 
     @property
     def length(self) -> int:
-        return int(self._values.shape[0])
+        return self._length
 
     @property
     def full(self) -> bool:
-        return self.count >= self.length
+        return self.count >= self._length
 
     def push(self, values: dict[str, float], timestamp: float) -> tuple[np.ndarray, int]:
         """Append one reading; returns (the row written ``[C]``, number of unknown channels)."""
         row_index = self._pos
-        previous = self._values[row_index - 1] if self.count else None
+        length = self._length
         row = self._values[row_index]
         mask = self._mask[row_index]
-        if previous is not None:
-            row[:] = previous
+        if self.count:
+            row[:] = self._values[row_index - 1 if row_index else length - 1]
         else:
             row[:] = 0.0
         mask[:] = 0.0
@@ -63,21 +67,23 @@ class DeviceWindow:
                 continue
             row[i] = value
             mask[i] = 1.0
-        self._pos = (row_index + 1) % self.length
+        self._values[row_index + length] = row
+        self._mask[row_index + length] = mask
+        self._pos = (row_index + 1) % length
         self.count += 1
         self.last_timestamp = timestamp
         return row, unknown
 
     def latest(self) -> np.ndarray:
         """The newest row ``[C]`` (a view; valid until the next push)."""
-        return self._values[self._pos - 1]
+        return self._values[self._pos - 1 if self._pos else self._length - 1]
 
     def values(self) -> np.ndarray:
         """The window ``[T, C]`` in time order (a copy)."""
-        return np.roll(self._values, -self._pos, axis=0)
+        return self._values[self._pos:self._pos + self._length].copy()
 
     def mask(self) -> np.ndarray:
-        return np.roll(self._mask, -self._pos, axis=0)
+        return self._mask[self._pos:self._pos + self._length].copy()
 
 
 class WindowStore:
