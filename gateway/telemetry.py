@@ -38,10 +38,14 @@ class TelemetryFanout:
         if not self.handlers:
             return
         with self._cond:
-            if len(self._queue) == self._queue.maxlen:
+            queue = self._queue
+            if len(queue) == queue.maxlen:
                 self.metrics.inc("telemetry_dropped_total", reason="queue_full")
-            self._queue.append(reading)
-            self._cond.notify()
+            queue.append(reading)
+            # the thread only waits on an empty queue: wake it for the first reading only,
+            # not once per reading (a thread switch per reading under load)
+            if len(queue) == 1:
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
@@ -50,13 +54,15 @@ class TelemetryFanout:
                     self._cond.wait()
                 if self._stop and not self._queue:
                     return
-                reading = self._queue.popleft()
-            for handler in self.handlers:
-                try:
-                    handler.on_reading(reading)
-                except Exception as exc:  # noqa: BLE001 - counted and logged, one handler never stops the others
-                    self.metrics.inc("telemetry_dropped_total", reason="handler_error")
-                    log.warning("telemetry to %s failed: %s", getattr(handler, "name", handler), exc)
+                batch = list(self._queue)
+                self._queue.clear()
+            for reading in batch:
+                for handler in self.handlers:
+                    try:
+                        handler.on_reading(reading)
+                    except Exception as exc:  # noqa: BLE001 - counted and logged, one handler never stops the others
+                        self.metrics.inc("telemetry_dropped_total", reason="handler_error")
+                        log.warning("telemetry to %s failed: %s", getattr(handler, "name", handler), exc)
 
     def stop(self, timeout: float = 2.0) -> None:
         with self._cond:
