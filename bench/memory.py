@@ -1,0 +1,126 @@
+"""Memory: RSS of the gateway with the model loaded, with 10,000 devices tracked (each one
+calibrated and scoring), and its growth over a soak at a fixed rate.
+
+    .venv/bin/python bench/memory.py [--devices 10000] [--soak 60] [--rate 1000]
+    .venv/bin/python bench/memory.py --soak 600          # the full 10-minute soak
+
+The gateway runs in this process (mqtt source on a private Mosquitto, file + mqtt
+handlers, the bundled model). Its devices are filled by driving the pipeline from this
+thread with readings built straight as RawUplinks (162 per device: calibration 32 steps +
+128 windows, bench/_common.py, so every device ends calibrated with a full window); the
+soak then feeds the running pipeline thread at ``--rate`` readings/s round-robin over the
+same devices (each reading scored). RSS is read from /proc/self/status (VmRSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (TOPIC, WARM_READINGS, Mosquitto, dev_eui, gateway_config, lpp, machine,  # noqa: E402
+                     make_gateway, payload_index, uplink_body)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=10000)
+    ap.add_argument("--soak", type=float, default=60.0, help="seconds (600 for the full soak)")
+    ap.add_argument("--rate", type=float, default=1000.0)
+    args = ap.parse_args()
+    import numpy as np
+
+    from gateway.uplink_shapes import parse_uplink
+
+    print(machine())
+    rng = np.random.default_rng(7)
+    payloads = [lpp(20 + 0.25 * rng.normal(), 60 + rng.normal()) for _ in range(256)]
+    gc.collect()
+    rss0 = rss_mb()
+    with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
+        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state", max_devices=args.devices + 10))
+        gw.start()
+        gc.collect()
+        rss_model = rss_mb()
+        print(f"RSS: interpreter + imports {rss0:.0f} MB; gateway started, model loaded: {rss_model:.0f} MB")
+        p = gw.pipeline
+        p.stop()  # fill from this thread
+        templates = [parse_uplink(TOPIC.format(eui=dev_eui(d)), uplink_body(dev_eui(d), 0.0, 0, "AWcA0gJoeAN0AWg="),
+                                  "chirpstack_v4") for d in range(args.devices)]
+        t0 = time.perf_counter()
+        start = time.time() - WARM_READINGS * 60
+        for k in range(WARM_READINGS):
+            ts = start + k * 60
+            for d, tpl in enumerate(templates):
+                p._handle(dataclasses.replace(tpl, received_at=ts, f_cnt=k, payload=payloads[payload_index(d, k)]))
+            p._flush()
+        fill_s = time.perf_counter() - t0
+        gc.collect()
+        rss_dev = rss_mb()
+        scored = gw.metrics.get("windows_scored_total")
+        print(f"{args.devices} devices x {WARM_READINGS} readings in {fill_s:.0f} s ({len(p.windows)} tracked, "
+              f"{scored:.0f} windows scored): RSS {rss_dev:.0f} MB "
+              f"(+{rss_dev - rss_model:.0f} MB, {(rss_dev - rss_model) * 1024 / args.devices:.1f} KB/device)")
+        try:  # how much of that is the allocator keeping freed calibration buffers
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            print(f"  after malloc_trim(0) (bench only; the daemon does not call it): RSS {rss_mb():.0f} MB")
+        except OSError:
+            pass
+        p.start()
+        stop = threading.Event()
+        fed = [0]
+
+        def feed() -> None:
+            k, n, t_start = WARM_READINGS, 0, time.monotonic()
+            while not stop.is_set():
+                due = int((time.monotonic() - t_start) * args.rate)
+                while n < due:
+                    d = n % args.devices
+                    if d == 0 and n:
+                        k += 1
+                    p.ingest(dataclasses.replace(templates[d], received_at=time.time(), f_cnt=k,
+                                                 payload=payloads[payload_index(d, k)]))
+                    n += 1
+                fed[0] = n
+                time.sleep(0.005)
+
+        w0 = gw.metrics.get("windows_scored_total")
+        th = threading.Thread(target=feed, daemon=True)
+        samples = [(0.0, rss_mb())]
+        t_soak = time.monotonic()
+        th.start()
+        while time.monotonic() - t_soak < args.soak:
+            time.sleep(min(10.0, args.soak / 6))
+            gc.collect()
+            samples.append((time.monotonic() - t_soak, rss_mb()))
+            print(f"  soak {samples[-1][0]:5.0f} s: RSS {samples[-1][1]:.1f} MB, {fed[0]} readings fed, "
+                  f"queue {p.queue_depth()}")
+        stop.set()
+        th.join()
+        p.idle.wait(30)
+        scored = gw.metrics.get("windows_scored_total") - w0
+        first = samples[1][1] if len(samples) > 2 else samples[0][1]
+        growth = (samples[-1][1] - first) / first * 100
+        print(f"soak {args.soak:.0f} s at {args.rate:.0f} readings/s: {fed[0]} readings, {scored:.0f} windows scored; "
+              f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB; growth after the first sample {growth:+.2f} %")
+        gw.stop()
+
+
+if __name__ == "__main__":
+    main()
