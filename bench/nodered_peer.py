@@ -77,7 +77,7 @@ def install() -> Path | None:
 def flow(port: int) -> list[dict]:
     broker = {"id": "broker1", "type": "mqtt-broker", "name": "bench", "broker": "127.0.0.1", "port": str(port),
               "clientid": "nodered-bench", "autoConnect": True, "usetls": False, "protocolVersion": "4",
-              "keepalive": "60", "cleansession": False, "birthTopic": "", "closeTopic": "", "willTopic": ""}
+              "keepalive": "60", "cleansession": False, "autoUnsubscribe": False, "birthTopic": "", "closeTopic": "", "willTopic": ""}
     return [
         {"id": "tab1", "type": "tab", "label": "bench"},
         broker,
@@ -166,7 +166,8 @@ def main() -> None:
     backlog = -(-backlog // args.devices) * args.devices
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-nr-") as tmp:
         nr = NodeRed(exe, broker.port, Path(tmp) / "node-red")
-        nr.start()  # registers the persistent session
+        nr.start()  # registers the persistent session (and its subscription)
+        time.sleep(3)  # "Connected" is logged before the SUBSCRIBE completes
         nr.stop()
         stats = Stats(broker.port)
         gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state"))
