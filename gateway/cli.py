@@ -2,8 +2,7 @@
 
 Each area contributes its sub-commands from its own module: a module listed in
 COMMAND_MODULES defines ``add_commands(subparsers) -> None`` and gives every parser a
-``func(args) -> int`` default. Plugins can add commands through the ``lora_gateway_cli``
-hook. Errors that reach here are shown as one line, exit status 1.
+``func(args) -> int`` default. Errors that reach here are shown as one line, exit status 1.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_decode",
     "firmware_bridge.cli",
     "models.cli",
-    "gateway.cli_record",
 )
 
 
@@ -35,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.add_commands(sub)
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 

@@ -52,8 +52,3 @@ def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] 
 @hookspec
 def lora_gateway_codecs() -> list[str]:
     """Return the codec names this plugin decodes (for ``--codec`` and profiles)."""
-
-
-@hookspec
-def lora_gateway_cli(subparsers: Any) -> None:
-    """Add sub-commands to ``lora-gateway`` (an ``argparse`` subparsers object)."""

@@ -40,11 +40,6 @@ class DueWindow:
     timestamp: float
     state: "_DeviceState"
 
-    @property
-    def x(self) -> np.ndarray:
-        """The standardised window ``[T, C]`` (float32)."""
-        return standardize([self])[0]
-
 
 @dataclass(slots=True)
 class _DeviceState:

@@ -116,7 +116,7 @@ class Pipeline:
             if self._due_since is not None:
                 timeout = max(0.0, self._due_since + self.max_delay_s - time.monotonic())
             try:
-                item = get(timeout=timeout) if timeout > 0 else get_nowait(self._queue)
+                item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
                 item = None
             if item is _STOP:
@@ -210,10 +210,6 @@ class Pipeline:
         self.metrics.set("devices_tracked", len(self.windows))
         if self.watchdog is not None:
             self.watchdog()
-
-
-def get_nowait(q: "queue.Queue[Any]") -> Any:
-    return q.get_nowait()
 
 
 def _battery(reading: Reading, profile: Any) -> float | None:

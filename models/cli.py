@@ -8,7 +8,7 @@ Each group lives in its own module that defines ``add_model_commands(model_sub) 
 - ``models.cli_store``: ``install``, ``list``, ``activate``, ``rollback``, ``verify``,
   ``remove``, ``finetune``, ``export`` (model store and LoRA adapters)
 
-A group module that does not exist (yet) is skipped; any other import error propagates.
+A group module that fails to import is an error (no group is optional).
 Group modules must keep heavy imports (torch) inside their handlers.
 """
 
@@ -39,10 +39,4 @@ def add_commands(subparsers: Any) -> None:
 
     model.set_defaults(func=_help)
     for name in MODEL_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.add_model_commands(model_sub)
+        importlib.import_module(name).add_model_commands(model_sub)

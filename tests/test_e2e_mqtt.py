@@ -75,11 +75,9 @@ def test_fault_raises_and_clears_for_that_device_only(broker, tmp_path: Path) ->
         states = [a["state"] for a in anomaly()]
         assert states[0] == "raised" and "cleared" in states
         raised = next(a for a in anomaly() if a["state"] == "raised")
-        fault_start_ts = uplinks[520 * 4][1]["time"]
         assert raised["details"]["channel"] == "temperature_1"
         assert wait_for(lambda: any(m["key"] == raised["key"] for m in received), 10), received
         assert gw.metrics.get("uplinks_quarantined_total") == 0
-        assert fault_start_ts  # the uplink at fault onset exists (sanity of the fixture)
     finally:
         gw.stop()
         sub.disconnect()
