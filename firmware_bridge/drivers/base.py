@@ -141,3 +141,52 @@ def parse_hex(text: str) -> bytes | None:
         return bytes.fromhex(text)
     except ValueError:
         return None
+
+
+class TwoLineRecordParser:
+    """Line handling shared by modules whose received packet takes two lines (a header with
+    RSSI/SNR, then the data line): RAK3172's older form and the LoRa-E5 test mode.
+
+    Subclasses set ``self._pending`` to the parsed header while its data line is awaited and
+    implement ``_parse(text, events)``; ``_clean(text)`` may strip module-specific framing.
+    Every line gets one outcome in ``counts``; a header whose data line never comes counts
+    as ``orphan``.
+    """
+
+    counts: Counter[str]
+    _lines: LineSplitter
+    _pending: object | None
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data``; never raises; one outcome per line in ``counts``."""
+        events: list[Event] = []
+        for raw in self._lines.feed(data):
+            text = ascii_line(raw)
+            if text is None:
+                self._drop_pending()
+                self.counts["garbage"] += 1
+                continue
+            self._parse(self._clean(text), events)
+        return events
+
+    @property
+    def lines_seen(self) -> int:
+        """Lines read so far (oversized ones included); each has one outcome in ``counts``,
+        except a first line still waiting for its second."""
+        return self._lines.lines_out + self.counts["oversized"]
+
+    @property
+    def waiting(self) -> bool:
+        """True while the first line of a two-line record waits for its second."""
+        return self._pending is not None
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self.counts["orphan"] += 1
+            self._pending = None
+
+    def _clean(self, text: str) -> str:
+        return text.strip()
+
+    def _parse(self, text: str, events: list[Event]) -> None:
+        raise NotImplementedError

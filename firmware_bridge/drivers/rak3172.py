@@ -20,7 +20,7 @@ from firmware_bridge.drivers.base import (
     ModuleUplink,
     RadioConfig,
     ReplyLine,
-    ascii_line,
+    TwoLineRecordParser,
     parse_hex,
 )
 
@@ -39,7 +39,7 @@ _OLD_HEAD = re.compile(r"\+EVT:RXP2P,\s*RSSI\s*(-?\d+),\s*SNR\s*(-?\d+)")
 _OLD_DATA = re.compile(r"\+EVT:([0-9A-Fa-f]*)")
 
 
-class Rak3172Driver:
+class Rak3172Driver(TwoLineRecordParser):
     """Parser and command rules for RAK3172 (RUI3) P2P; see the module docstring."""
 
     protocol = PROTOCOL
@@ -50,33 +50,8 @@ class Rak3172Driver:
         self._lines = LineSplitter(self.counts, (b"+EVT:",))
         self._pending: tuple[float, float] | None = None
 
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse ``data``; never raises; one outcome per line in ``counts``."""
-        events: list[Event] = []
-        for raw in self._lines.feed(data):
-            text = ascii_line(raw)
-            if text is None:
-                self._drop_pending()
-                self.counts["garbage"] += 1
-                continue
-            self._parse(text.strip().lstrip(";").rstrip(";"), events)
-        return events
-
-    @property
-    def lines_seen(self) -> int:
-        """Lines read so far (oversized ones included); each has one outcome in ``counts``,
-        except a first line still waiting for its second."""
-        return self._lines.lines_out + self.counts["oversized"]
-
-    @property
-    def waiting(self) -> bool:
-        """True while the first line of a two-line record waits for its second."""
-        return self._pending is not None
-
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            self.counts["orphan"] += 1
-            self._pending = None
+    def _clean(self, text: str) -> str:
+        return text.strip().lstrip(";").rstrip(";")
 
     def _parse(self, text: str, events: list[Event]) -> None:
         if self._pending is not None:

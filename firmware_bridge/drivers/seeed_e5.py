@@ -17,7 +17,7 @@ from firmware_bridge.drivers.base import (
     ModuleUplink,
     RadioConfig,
     ReplyLine,
-    ascii_line,
+    TwoLineRecordParser,
     parse_hex,
 )
 
@@ -40,7 +40,7 @@ _ERROR = re.compile(r"\+([A-Z]+): ERROR\((-?\d+)\)")
 _RFCFG = re.compile(r"\+TEST: RFCFG F:(\d+), SF(\d+), BW(\d+)K")
 
 
-class SeeedE5Driver:
+class SeeedE5Driver(TwoLineRecordParser):
     """Parser and command rules for the LoRa-E5 test mode; see the module docstring."""
 
     protocol = PROTOCOL
@@ -50,34 +50,6 @@ class SeeedE5Driver:
         self.counts: Counter[str] = Counter()
         self._lines = LineSplitter(self.counts, (b"+TEST: ",))
         self._pending: tuple[int, float, float] | None = None
-
-    def feed(self, data: bytes) -> list[Event]:
-        """Parse ``data``; never raises; one outcome per line in ``counts``."""
-        events: list[Event] = []
-        for raw in self._lines.feed(data):
-            text = ascii_line(raw)
-            if text is None:
-                self._drop_pending()
-                self.counts["garbage"] += 1
-                continue
-            self._parse(text.strip(), events)
-        return events
-
-    @property
-    def lines_seen(self) -> int:
-        """Lines read so far (oversized ones included); each has one outcome in ``counts``,
-        except a first line still waiting for its second."""
-        return self._lines.lines_out + self.counts["oversized"]
-
-    @property
-    def waiting(self) -> bool:
-        """True while the first line of a two-line record waits for its second."""
-        return self._pending is not None
-
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            self.counts["orphan"] += 1
-            self._pending = None
 
     def _parse(self, text: str, events: list[Event]) -> None:
         rx = _RX.fullmatch(text)
