@@ -20,6 +20,7 @@ from typing import Any
 from gateway.cli import UserError
 from gateway.types import Alert, Reading
 
+CALIBRATION_STEPS = 576
 COLOURS = {"raised": "\033[1;31m", "cleared": "\033[1;32m", "reset": "\033[0m"}
 
 
@@ -69,9 +70,8 @@ def demo_config(sim_path: str, out: Path, nodes: int) -> dict[str, Any]:
                       # soil moisture trends for days (drying); scoring it needs recalibration
                       # over weeks, so the demo scores the two channels with a daily cycle
                       "channels": {"temperature": "temperature_1", "humidity": "humidity_2"}}],
-        # a week of readings then a week of windows (the manifest default) would take the demo
-        # a minute and a half; 4 days + ~2 days (576 readings, 256 windows) keeps it under 45 s
-        "model": {"calibration_steps": 576, "calibration_windows": 256},
+        # four simulated days of readings calibrate each node (the manifest's default is a week)
+        "model": {"calibration_steps": CALIBRATION_STEPS},
         "alerts": {"min_interval_s": 0},
         "metrics": {"listen": None},
     }
@@ -88,9 +88,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "alerts.jsonl").unlink(missing_ok=True)
     interval = 600.0
-    # calibration (576 readings, then 256 windows: about 6 simulated days at one reading per
-    # 10 min, see demo_config) comes first; the fault starts a day later and lasts half a day
-    start_k = 576 + 256 + 144
+    # calibration (CALIBRATION_STEPS readings, 4 simulated days at one reading per 10 min)
+    # comes first; the fault starts two days later and lasts half a day
+    start_k = CALIBRATION_STEPS + 288
     fault_text = args.fault or f"shift:node={min(3, args.nodes)},start={start_k * interval:.0f},end={(start_k + 72) * interval:.0f},size=40"
     try:
         fault = parse_fault(fault_text)
@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except StartupError as exc:
             raise UserError(str(exc)) from exc
         print(f"model serving on {', '.join(gateway.runtime.providers_in_use) if gateway.runtime else '?'}; "
-              f"learning each node's normal for ~6 simulated days before scoring")
+              f"learning each node's normal for 4 simulated days before scoring")
         deadline = time.monotonic() + args.duration
         try:
             while time.monotonic() < deadline:

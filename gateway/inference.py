@@ -2,15 +2,18 @@
 
 The pipeline thread calls ``observe(window)`` after each reading and ``score(windows)``
 for a batch of due windows. A device goes through two calibration phases before its
-scores count (gateway.scoring): its first ``calibration_steps`` readings fix each
-channel's mean/std (so windows are standardised by device, never per window), then its
-first ``calibration_windows`` scored windows fit its normal score profile (those windows
-score NaN and are not passed on). Due windows are grouped by (adapter, channel count),
-one ONNX Runtime call per group.
+scores count. Its first ``calibration_steps`` readings fix each channel's mean/std (so
+windows are standardised by device, never per window), and the moment that calibration
+freezes the model runs once over the windows cut from those same readings to fit the
+device's normal score profile (gateway.scoring, the path ``model score`` takes too). The
+readings are then released. Due windows are grouped by (adapter, channel count), one ONNX
+Runtime call per group.
 
 ``swap_runtime`` replaces the model between batches (an attribute swap, atomic under the
-GIL); device score profiles are then re-learnt, because a new model has a new embedding
-space, while the channel standardisation is kept.
+GIL); device score profiles are then re-learnt from the first ``calibration_windows``
+scored windows (their readings are gone), because a new model has a new embedding space,
+while the channel standardisation is kept. The same fallback covers a device whose
+calibration readings could not be scored.
 """
 
 from __future__ import annotations
@@ -83,10 +86,7 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            # keep_readings=False: score calibration here uses the first scored windows
-            # (DeviceScoreState's own buffer), so the raw calibration rows are never needed
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, keep_readings=False),
-                              self.scorer.new_state(c), self.generation)
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps), self.scorer.new_state(c), self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
@@ -105,9 +105,36 @@ class InferenceEngine:
                 if not cal.frozen:
                     return None
             st.mean, st.std = cal.mean, cal.std  # frozen: constant from here on
+            self._calibrate_scores(window, st)
         if window.count < window.length:
             return None
         return DueWindow(window, window.values(), window.last_timestamp, st)
+
+    def _adapter_for(self, window: DeviceWindow, runtime: Any) -> str | None:
+        adapter = window.adapter if window.adapter in runtime.adapter_names else None
+        if window.adapter is not None and adapter is None:
+            self.metrics.inc("adapter_fallbacks_total", adapter=str(window.adapter))
+        return adapter
+
+    def _calibrate_scores(self, window: DeviceWindow, st: _DeviceState) -> None:
+        """Fit the device's score profile from its calibration readings, then drop them.
+        On failure the state stays uncalibrated and learns from its first scored windows."""
+        cal = st.calibration
+        try:
+            windows = cal.calibration_windows(window.length)
+            if len(windows) >= 8:
+                runtime = self.runtime
+                outputs = runtime.run(windows, adapter=self._adapter_for(window, runtime))
+                self.scorer.calibrate_windows(st.score_state, windows, outputs)
+                self.metrics.inc("devices_calibrated_total")
+            else:
+                self.metrics.inc("score_calibration_deferred_total", reason="too_few_readings")
+        except Exception as exc:  # noqa: BLE001 - counted; the scored-window fallback takes over
+            self.metrics.inc("score_calibration_deferred_total", reason=type(exc).__name__)
+            log.warning("score calibration of %s from its readings failed (%s); using its first scored windows",
+                        window.device_id, exc)
+        finally:
+            cal.release()
 
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
@@ -116,11 +143,7 @@ class InferenceEngine:
         scorer = self.scorer
         groups: dict[tuple[str | None, int], list[DueWindow]] = {}
         for d in due:
-            w = d.window
-            adapter = w.adapter if w.adapter in runtime.adapter_names else None
-            if w.adapter is not None and adapter is None:
-                self.metrics.inc("adapter_fallbacks_total", adapter=str(w.adapter))
-            groups.setdefault((adapter, len(w.channels)), []).append(d)
+            groups.setdefault((self._adapter_for(d.window, runtime), len(d.window.channels)), []).append(d)
         out: list[tuple[DueWindow, float, dict[str, Any]]] = []
         for (adapter, _), group in groups.items():
             for d in group:

@@ -50,7 +50,6 @@ at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` fo
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,9 +137,12 @@ class SeriesCalibration:
         self._mean = np.zeros(n_channels)
         self._m2 = np.zeros(n_channels)
         self.frozen = False
-        # the calibration readings (float32, at most calibration_steps rows: 4*C*steps bytes)
-        # until release(); keep_readings=False when score calibration uses scored windows
-        self._readings: deque[np.ndarray] | None = deque(maxlen=calibration_steps) if keep_readings else None
+        # the calibration readings, one preallocated float32 block (4*C*steps bytes, no
+        # per-row objects) until release(); keep_readings=False when nothing will cut
+        # calibration windows from them
+        self._readings: np.ndarray | None = (
+            np.empty((calibration_steps, n_channels), dtype=np.float32) if keep_readings else None)
+        self._kept = 0
 
     def update(self, values: np.ndarray) -> bool:
         """Accumulate readings (until frozen); returns ``frozen``."""
@@ -151,8 +153,9 @@ class SeriesCalibration:
             return True
         v = v.reshape(-1, self.n_channels)
         for row in v:
-            if self._readings is not None:
-                self._readings.append(row.astype(np.float32))
+            if self._readings is not None and self._kept < len(self._readings):
+                self._readings[self._kept] = row
+                self._kept += 1
             ok = np.isfinite(row) & (self.count < self.calibration_steps)
             if not ok.any():
                 continue
@@ -188,7 +191,7 @@ class SeriesCalibration:
         ``keep_readings``; empty ``[0, T, C]`` when fewer than T readings were retained."""
         if not self.frozen or self._readings is None:
             raise RuntimeError("calibration_windows needs a frozen calibration that kept its readings")
-        rows = np.stack(list(self._readings)) if self._readings else np.zeros((0, self.n_channels))
+        rows = self._readings[: self._kept]
         if rows.shape[0] < window_length:
             return np.zeros((0, window_length, self.n_channels), dtype=np.float32)
         z = self.standardize(fill_forward(rows))
