@@ -24,11 +24,12 @@ receiver never keeps a stale raised state.
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from gateway.alert_policy_config import AlertPolicyConfig
 from gateway.metrics import Metrics
@@ -368,3 +369,20 @@ class AlertPolicy:
         if len(dev.intervals) < self.config.silent_learn_intervals:
             return None
         return float(statistics.median(dev.intervals))
+
+
+def anomaly_flags(scores: Iterable[float], config: AlertPolicyConfig) -> list[bool]:
+    """Whether an ``anomaly`` alert is raised after each score of one series, under this
+    policy's raise/clear lifecycle (the daemon's own mechanism, for ``model score`` and
+    ``model eval``). Scores are fed in order, one per step; NaN (an unscored window)
+    changes nothing. Rate limits use the step index as seconds, so disable them in
+    ``config`` when flags should reflect detection only."""
+    policy = AlertPolicy(config)
+    raised = False
+    out: list[bool] = []
+    for step, score in enumerate(scores):
+        if not math.isnan(score):
+            for alert in policy.on_score("series", float(step), score):
+                raised = alert.state == "raised"
+        out.append(raised)
+    return out

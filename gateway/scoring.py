@@ -41,9 +41,8 @@ also sees a channel leave its usual relation to the others (humidity against
 temperature). The profile's mean follows slow normal change (``adapt_rate`` per window)
 from windows scoring below ``adapt_below`` only.
 
-``HysteresisState`` / ``apply_hysteresis`` turn scores into raise/clear alert states (raise
-at ``score >= raise`` for ``raise_after`` windows, clear at ``score < clear`` for
-``clear_after`` windows); ``model score`` uses them, and so should the daemon's policy.
+Scores become raise/clear alert states in gateway.alert_policy (``AlertPolicy``, and
+``anomaly_flags`` for a recorded series), the same mechanism for the daemon and ``model score``.
 ``PCABaseline`` is the classic PCA monitoring baseline (Hotelling T² and Q/SPE).
 """
 
@@ -476,44 +475,6 @@ class WindowScorer:
     ) -> np.ndarray:
         """``[N]`` scores (1.0 = alert threshold; NaN while a state calibrates). See score_details."""
         return self.score_details(inputs, outputs, states).score
-
-
-@dataclass
-class HysteresisState:
-    """Raise/clear alert state of one device: raise after ``raise_after`` consecutive
-    scores ``>= raise_level``; clear after ``clear_after`` consecutive scores
-    ``< clear_level``. NaN scores change nothing."""
-
-    raise_level: float = DEFAULTS["raise"]
-    clear_level: float = DEFAULTS["clear"]
-    raise_after: int = int(DEFAULTS["raise_after"])
-    clear_after: int = int(DEFAULTS["clear_after"])
-    active: bool = False
-    _run: int = 0
-
-    def update(self, score: float) -> bool:
-        """Feed one score; returns whether the alert is active afterwards."""
-        if math.isnan(score):
-            return self.active
-        if not self.active:
-            self._run = self._run + 1 if score >= self.raise_level else 0
-            if self._run >= self.raise_after:
-                self.active, self._run = True, 0
-        else:
-            self._run = self._run + 1 if score < self.clear_level else 0
-            if self._run >= self.clear_after:
-                self.active, self._run = False, 0
-        return self.active
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, float]) -> HysteresisState:
-        return cls(settings["raise"], settings["clear"], int(settings["raise_after"]), int(settings["clear_after"]))
-
-
-def apply_hysteresis(scores: np.ndarray, settings: Mapping[str, float] | None = None) -> np.ndarray:
-    """Alert-active flags ``[N]`` (bool) for a score series, with ``HysteresisState``."""
-    state = HysteresisState.from_settings(settings or DEFAULTS)
-    return np.fromiter((state.update(float(s)) for s in np.asarray(scores, dtype=np.float64)), dtype=bool, count=len(scores))
 
 
 class PCABaseline:

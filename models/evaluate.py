@@ -17,14 +17,26 @@ from typing import Any
 
 import numpy as np
 
+from gateway.alert_policy import anomaly_flags
+from gateway.alert_policy_config import AlertPolicyConfig
 from gateway.scoring import (
     DeviceScoreState,
     PCABaseline,
     SeriesCalibration,
     WindowScorer,
-    apply_hysteresis,
     fill_forward,
 )
+
+def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
+    """Per-row alert state ``[L]`` from the daemon's AlertPolicy with the model's raise/clear
+    settings; its rate limits are off, since they shape delivery, not detection."""
+    config = AlertPolicyConfig(
+        raise_threshold=settings["raise"], clear_threshold=settings["clear"],
+        raise_after=int(settings["raise_after"]), clear_after=int(settings["clear_after"]),
+        min_interval_s=0.0, max_alerts_per_device_per_hour=2**31 - 1,
+    )
+    return np.array(anomaly_flags(np.asarray(scores, dtype=np.float64).tolist(), config), dtype=bool)
+
 
 STREAM_BATCH = 64
 """Windows scored per call after calibration, in time order, as the daemon's batches."""
@@ -115,10 +127,10 @@ def score_recording(
     evaluated[calibration_rows:] = True
     return RecordingScores(
         score=score,
-        alert=apply_hysteresis(score, settings),
+        alert=alert_flags(score, settings),
         channel_scores=channel_scores,
         pca_score=pca_score,
-        pca_alert=apply_hysteresis(pca_score, settings) if with_pca else np.zeros(n_rows, dtype=bool),
+        pca_alert=alert_flags(pca_score, settings) if with_pca else np.zeros(n_rows, dtype=bool),
         evaluated=evaluated,
         calibration_rows=calibration_rows,
     )

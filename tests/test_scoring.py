@@ -13,14 +13,13 @@ import pytest
 
 from gateway.scoring import (
     DEFAULTS,
-    HysteresisState,
     PCABaseline,
     SeriesCalibration,
     WindowScorer,
-    apply_hysteresis,
     fill_forward,
     settings_from,
 )
+from models.evaluate import alert_flags
 from models.manifest import base_model_dir, load_manifest
 from models.synthetic import Fault, generate_device
 
@@ -55,9 +54,7 @@ def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, 
     scorer = WindowScorer(manifest)
     cal = SeriesCalibration(c, calibration_steps)
     state = scorer.new_state(c)
-    alert = HysteresisState.from_settings(scorer.settings)
     scores = np.full(n, np.nan)
-    alerts = np.zeros(n, dtype=bool)
     pending: list[int] = []
     for t in range(n):
         if not cal.frozen:
@@ -72,9 +69,8 @@ def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, 
             s = scorer.score(x, run(session, x), [state] * len(pending))
             for i, v in zip(pending, s):
                 scores[i] = v
-                alerts[i] = alert.update(float(v))
             pending = []
-    return scores, alerts
+    return scores, alert_flags(scores, scorer.settings)
 
 
 # --- calibration of values --------------------------------------------------------------
@@ -267,12 +263,10 @@ def test_holdout_thresholds_are_not_lower(session, manifest) -> None:  # type: i
 # --- alerts -----------------------------------------------------------------------------
 
 
-def test_hysteresis_raise_and_clear() -> None:
-    h = HysteresisState(raise_level=1.0, clear_level=0.7, raise_after=2, clear_after=3)
+def test_recorded_series_alerts_follow_the_daemon_policy() -> None:
     seq = [0.5, 1.2, 0.9, 1.1, 1.3, float("nan"), 0.8, 0.6, 0.5, 0.9, 0.6, 0.6, 0.6]
-    got = [h.update(s) for s in seq]
+    got = alert_flags(np.array(seq), {"raise": 1.0, "clear": 0.7, "raise_after": 2, "clear_after": 3}).tolist()
     assert got == [False, False, False, False, True, True, True, True, True, True, True, True, False]
-    assert apply_hysteresis(np.array(seq), {"raise": 1.0, "clear": 0.7, "raise_after": 2, "clear_after": 3}).tolist() == got
 
 
 # --- PCA baseline -----------------------------------------------------------------------
