@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.scoring import DeviceScoreState, SeriesCalibration, WindowScorer
+from gateway.calibration import SeriesCalibration
+from gateway.scoring import DeviceScoreState, WindowScorer
 from gateway.windows import DeviceWindow
 
 log = logging.getLogger(__name__)

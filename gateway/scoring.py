@@ -43,7 +43,8 @@ from windows scoring below ``adapt_below`` only.
 
 Scores become raise/clear alert states in gateway.alert_policy (``AlertPolicy``, and
 ``anomaly_flags`` for a recorded series), the same mechanism for the daemon and ``model score``.
-``PCABaseline`` is the classic PCA monitoring baseline (Hotelling T² and Q/SPE).
+Settings live in gateway.score_settings, the readings calibration (step 1) in
+gateway.calibration, and the PCA baseline ``model eval`` reports in models.pca_baseline.
 """
 
 from __future__ import annotations
@@ -55,159 +56,12 @@ from typing import Any
 
 import numpy as np
 
-DEFAULTS: dict[str, float] = {
-    "calibration_steps": 1008,
-    "calibration_windows": 1008,
-    "score_quantile": 0.995,
-    "score_margin": 1.5,
-    "raise": 1.0,
-    "clear": 0.7,
-    "raise_after": 2,
-    "clear_after": 3,
-    "recency_halflife": 8.0,
-    "shrinkage": 0.2,
-    "max_rank": 32,
-    "holdout": 0.0,
-    "adapt_rate": 0.003,
-    "adapt_below": 1.0,
-}
-"""Scoring settings used where the manifest's ``thresholds`` do not give one."""
+from gateway.score_settings import DEFAULTS, settings_from
 
 _EPS = 1e-9
-MAX_CALIBRATION_WINDOWS = 2048
-"""At most this many windows calibrate a device's scores (evenly thinned beyond)."""
 MAX_FALLBACK_WINDOWS = 256
 """At most this many scored windows are kept by an uncalibrated state (every k-th):
 about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
-
-
-def fill_forward(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN per channel of ``[L, C]`` (leading NaN take the first finite
-    value; an all-NaN channel becomes 0). Returns a new float64 array."""
-    x = np.array(values, dtype=np.float64)
-    for c in range(x.shape[1]):
-        col = x[:, c]
-        ok = np.isfinite(col)
-        if not ok.any():
-            col[:] = 0.0
-            continue
-        idx = np.where(ok, np.arange(col.size), 0)
-        np.maximum.accumulate(idx, out=idx)
-        idx[: int(np.argmax(ok))] = int(np.argmax(ok))
-        x[:, c] = col[idx]
-    return x
-
-
-def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:
-    """Scoring settings: ``DEFAULTS`` < manifest ``thresholds`` < non-None ``overrides``."""
-    out = dict(DEFAULTS)
-    thresholds = getattr(manifest, "thresholds", None)
-    if thresholds is None and isinstance(manifest, Mapping):
-        thresholds = manifest.get("thresholds")
-    out.update({k: float(v) for k, v in (thresholds or {}).items() if isinstance(v, (int, float))})
-    out.update({k: float(v) for k, v in overrides.items() if v is not None})
-    return out
-
-
-class SeriesCalibration:
-    """Per-channel mean/std of a device's first ``calibration_steps`` readings (Welford).
-
-    ``update`` takes one reading ``[C]`` or several ``[K, C]``; non-finite values are
-    skipped per channel. Once every channel has ``calibration_steps`` finite values, the
-    calibration freezes (``frozen``) and later updates are ignored. The std is floored,
-    ``std = max(std, min_std, 1e-3 * |mean|)``, so a channel that was constant during
-    calibration does not turn tiny noise into huge z-values. Before freezing,
-    ``standardize`` uses the running values (the caller should not score such windows).
-    """
-
-    def __init__(
-        self,
-        n_channels: int,
-        calibration_steps: int = int(DEFAULTS["calibration_steps"]),
-        min_std: float = 1e-6,
-        keep_readings: bool = True,
-    ) -> None:
-        if n_channels < 1 or calibration_steps < 2:
-            raise ValueError("need n_channels >= 1 and calibration_steps >= 2")
-        self.n_channels = n_channels
-        self.calibration_steps = calibration_steps
-        self.min_std = min_std
-        self.count = np.zeros(n_channels, dtype=np.int64)
-        self._mean = np.zeros(n_channels)
-        self._m2 = np.zeros(n_channels)
-        self.frozen = False
-        # the calibration readings, one preallocated float32 block (4*C*steps bytes, no
-        # per-row objects) until release(); keep_readings=False when nothing will cut
-        # calibration windows from them
-        self._readings: np.ndarray | None = (
-            np.empty((calibration_steps, n_channels), dtype=np.float32) if keep_readings else None)
-        self._kept = 0
-
-    def update(self, values: np.ndarray) -> bool:
-        """Accumulate readings (until frozen); returns ``frozen``."""
-        v = np.asarray(values, dtype=np.float64)
-        if v.ndim == 0 or v.ndim > 2 or v.shape[-1] != self.n_channels:
-            raise ValueError(f"expected readings [C] or [K, C] with C = {self.n_channels}")
-        if self.frozen:
-            return True
-        v = v.reshape(-1, self.n_channels)
-        for row in v:
-            if self._readings is not None and self._kept < len(self._readings):
-                self._readings[self._kept] = row
-                self._kept += 1
-            ok = np.isfinite(row) & (self.count < self.calibration_steps)
-            if not ok.any():
-                continue
-            self.count[ok] += 1
-            delta = row[ok] - self._mean[ok]
-            self._mean[ok] += delta / self.count[ok]
-            self._m2[ok] += delta * (row[ok] - self._mean[ok])
-            if (self.count >= self.calibration_steps).all():
-                self.frozen = True
-                break
-        return self.frozen
-
-    def freeze(self) -> None:
-        """Freeze now with what was accumulated (e.g. a recording's calibration rows with
-        gaps); ValueError when a channel has fewer than 2 finite readings."""
-        if (self.count < 2).any():
-            raise ValueError("a channel has fewer than 2 finite readings in the calibration stretch")
-        self.frozen = True
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self._mean.copy()
-
-    @property
-    def std(self) -> np.ndarray:
-        var = np.where(self.count > 1, self._m2 / np.maximum(self.count - 1, 1), 0.0)
-        return np.maximum.reduce([np.sqrt(var), np.full(self.n_channels, self.min_std), 1e-3 * np.abs(self._mean)])
-
-    def calibration_windows(self, window_length: int, max_windows: int = MAX_CALIBRATION_WINDOWS) -> np.ndarray:
-        """Standardised windows ``[M, T, C]`` (float32, stride 1, evenly thinned to at most
-        ``max_windows``) cut from the retained calibration readings (missing values
-        forward-filled), for ``WindowScorer.calibrate_windows``. Needs ``frozen`` and
-        ``keep_readings``; empty ``[0, T, C]`` when fewer than T readings were retained."""
-        if not self.frozen or self._readings is None:
-            raise RuntimeError("calibration_windows needs a frozen calibration that kept its readings")
-        rows = self._readings[: self._kept]
-        if rows.shape[0] < window_length:
-            return np.zeros((0, window_length, self.n_channels), dtype=np.float32)
-        z = self.standardize(fill_forward(rows))
-        windows = np.lib.stride_tricks.sliding_window_view(z, window_length, axis=0).transpose(0, 2, 1)
-        keep = np.unique(np.linspace(0, len(windows) - 1, min(len(windows), max_windows)).round().astype(int))
-        return np.ascontiguousarray(windows[keep], dtype=np.float32)
-
-    def release(self) -> None:
-        """Drop the retained calibration readings (after the scorer was calibrated)."""
-        self._readings = None
-
-    def standardize(self, window: np.ndarray) -> np.ndarray:
-        """``window [T, C]`` (or ``[N, T, C]``) in physical units -> float32 z-values."""
-        w = np.asarray(window, dtype=np.float64)
-        if w.shape[-1] != self.n_channels:
-            raise ValueError(f"window has {w.shape[-1]} channels, calibration has {self.n_channels}")
-        return ((w - self._mean) / self.std).astype(np.float32)
 
 
 @dataclass
@@ -475,59 +329,3 @@ class WindowScorer:
     ) -> np.ndarray:
         """``[N]`` scores (1.0 = alert threshold; NaN while a state calibrates). See score_details."""
         return self.score_details(inputs, outputs, states).score
-
-
-class PCABaseline:
-    """PCA monitoring of one series: Hotelling T² and Q (SPE), calibrated on normal windows.
-
-    ``fit(windows [M, T, C])`` (standardised like the model's inputs) keeps the principal
-    components that explain ``variance`` of the flattened windows (at most
-    ``max_components``); ``score(windows) -> [M]`` is
-    ``max(T² / T²_thr, Q / Q_thr)`` with each threshold ``quantile * margin`` over the
-    calibration windows, so 1.0 is the alert threshold, as for ``WindowScorer``.
-    """
-
-    def __init__(
-        self,
-        variance: float = 0.95,
-        max_components: int = 32,
-        quantile: float = DEFAULTS["score_quantile"],
-        margin: float = DEFAULTS["score_margin"],
-    ) -> None:
-        self.variance, self.max_components, self.quantile, self.margin = variance, max_components, quantile, margin
-        self.mean: np.ndarray | None = None
-        self.components: np.ndarray | None = None  # [K, F]
-        self.eigenvalues: np.ndarray | None = None  # [K]
-        self.t2_threshold = self.q_threshold = float("nan")
-
-    def _stats(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.mean is None or self.components is None or self.eigenvalues is None:
-            raise RuntimeError("PCABaseline.fit first")
-        x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1) - self.mean
-        t = x @ self.components.T
-        t2 = np.sum(t * t / self.eigenvalues, axis=1)
-        resid = x - t @ self.components
-        return t2, np.sum(resid * resid, axis=1)
-
-    def fit(self, windows: np.ndarray) -> PCABaseline:
-        x = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
-        if x.shape[0] < 8:
-            raise ValueError("need at least 8 calibration windows")
-        self.mean = x.mean(axis=0)
-        _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
-        eig = s * s / max(x.shape[0] - 1, 1)
-        frac = np.cumsum(eig) / max(eig.sum(), _EPS)
-        k = min(int(np.searchsorted(frac, self.variance)) + 1, self.max_components, len(eig))
-        self.components, self.eigenvalues = vt[:k], np.maximum(eig[:k], _EPS)
-        t2, q = self._stats(windows)
-        self.t2_threshold = float(max(np.quantile(t2, self.quantile), _EPS) * self.margin)
-        self.q_threshold = float(max(np.quantile(q, self.quantile), 1e-6) * self.margin)
-        return self
-
-    @property
-    def n_components(self) -> int:
-        return 0 if self.components is None else int(self.components.shape[0])
-
-    def score(self, windows: np.ndarray) -> np.ndarray:
-        t2, q = self._stats(windows)
-        return np.maximum(t2 / self.t2_threshold, q / self.q_threshold).astype(np.float32)

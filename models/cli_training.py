@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import UserError
-from gateway.scoring import settings_from
+from gateway.score_settings import settings_from
 from models.datasets import (
     DatasetError,
     SeriesTable,

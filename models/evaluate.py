@@ -19,13 +19,9 @@ import numpy as np
 
 from gateway.alert_policy import anomaly_flags
 from gateway.alert_policy_config import AlertPolicyConfig
-from gateway.scoring import (
-    DeviceScoreState,
-    PCABaseline,
-    SeriesCalibration,
-    WindowScorer,
-    fill_forward,
-)
+from gateway.calibration import SeriesCalibration, fill_forward
+from gateway.scoring import DeviceScoreState, WindowScorer
+from models.pca_baseline import PCABaseline
 
 def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
     """Per-row alert state ``[L]`` from the daemon's AlertPolicy with the model's raise/clear
@@ -57,7 +53,7 @@ class RecordingScores:
 
 
 def fill_missing(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN per channel (``gateway.scoring.fill_forward``)."""
+    """Forward-fill NaN per channel (``gateway.calibration.fill_forward``)."""
     return fill_forward(values)
 
 

@@ -123,7 +123,7 @@ class _TorchSession:
 
 def _supervised(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, split: int, T: int,
                 manifest: dict[str, Any]) -> dict[str, Any]:
-    from gateway.scoring import settings_from
+    from gateway.score_settings import settings_from
 
     settings = settings_from(manifest)
     scores = score_recording(values, _TorchSession(model), T, calibration_rows=split, settings=settings,

@@ -11,16 +11,12 @@ import math
 import numpy as np
 import pytest
 
-from gateway.scoring import (
-    DEFAULTS,
-    PCABaseline,
-    SeriesCalibration,
-    WindowScorer,
-    fill_forward,
-    settings_from,
-)
+from gateway.calibration import SeriesCalibration, fill_forward
+from gateway.score_settings import DEFAULTS, settings_from
+from gateway.scoring import WindowScorer
 from models.evaluate import alert_flags
 from models.manifest import base_model_dir, load_manifest
+from models.pca_baseline import PCABaseline
 from models.synthetic import Fault, generate_device
 
 ort = pytest.importorskip("onnxruntime")

@@ -117,7 +117,7 @@ def test_daemon_side_modules_do_not_import_torch() -> None:
 
     code = (
         "import sys, models.synthetic, models.datasets, models.manifest, models.evaluate, models.cli_training, "
-        "gateway.scoring, gateway.cli; gateway.cli.build_parser(); print('torch' in sys.modules)"
+        "gateway.scoring, gateway.calibration, models.pca_baseline, gateway.cli; gateway.cli.build_parser(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gateway.scoring import DEFAULTS as SCORING_DEFAULTS
+from gateway.score_settings import DEFAULTS as SCORING_DEFAULTS
 from models.architecture import (
     LORA_TARGETS,
     PatchAEConfig,
