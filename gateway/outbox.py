@@ -39,35 +39,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from gateway.metrics import Metrics
-from gateway.types import Alert, RadioMeta, Reading
+from gateway.outbox_db import Recovered, is_full, open_database
+from gateway.types import Alert, Reading
 
 log = logging.getLogger(__name__)
 
 ALERT, TELEMETRY = 0, 1  # priorities: lower is delivered first
 ENTRY_OVERHEAD = 64  # bytes charged per entry row beyond its payload
 DELIVERY_OVERHEAD = 48  # bytes charged per delivery row
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    priority INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    size INTEGER NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries(
-    handler TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    entry_id INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    replay INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    PRIMARY KEY(handler, priority, entry_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_entry ON deliveries(entry_id);
-"""
-
 
 @dataclass(slots=True)
 class OutboxEntry:
@@ -89,23 +68,6 @@ class _Evicted:
     entries: int = 0
     freed: int = 0
     per_handler: dict[str, int] = field(default_factory=dict)
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
-
-
-def reading_to_dict(reading: Reading) -> dict[str, Any]:
-    """JSON-able form of a Reading (inverse: ``reading_from_dict``)."""
-    return {"device_id": reading.device_id, "timestamp": reading.timestamp, "values": reading.values,
-            "radio": reading.radio.as_dict(), "f_cnt": reading.f_cnt,
-            "device_name": reading.device_name, "source": reading.source}
-
-
-def reading_from_dict(data: dict[str, Any]) -> Reading:
-    return Reading(device_id=data["device_id"], timestamp=data["timestamp"], values=data["values"],
-                   radio=RadioMeta(**data.get("radio", {})), f_cnt=data.get("f_cnt"),
-                   device_name=data.get("device_name"), source=data.get("source", ""))
 
 
 class Outbox:
@@ -139,72 +101,17 @@ class Outbox:
         self.metrics.describe("outbox_dropped_total", "Outbox entries dropped or refused, by reason")
         self.metrics.describe("outbox_errors_total", "SQLite errors in the outbox, by operation")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = self._open(hard_limit_bytes)
+        self._conn, found = open_database(self.path, hard_limit_bytes, self.handlers, self.metrics)
+        self._take_over(found)
 
     # ------------------------------------------------------------------ open / close
 
-    def _open(self, hard_limit_bytes: int | None) -> sqlite3.Connection:
-        try:
-            return self._connect(hard_limit_bytes)
-        except sqlite3.DatabaseError as exc:
-            if _is_full(exc):
-                raise
-            # A corrupt file must not keep the gateway down: keep it aside for inspection.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("outbox %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
-            self.metrics.inc("outbox_errors_total", op="open_corrupt")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
-            return self._connect(hard_limit_bytes)
-
-    def _connect(self, hard_limit_bytes: int | None) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            if hard_limit_bytes is not None:
-                page = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count={max(1, hard_limit_bytes // page)}")
-            conn.executescript(_SCHEMA)
-            self._recover(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _recover(self, conn: sqlite3.Connection) -> None:
-        """Everything found on disk is a replay, due now; rows of removed handlers are purged.
-
-        The replay mark is kept in memory (entries up to the highest id at open), so even a
-        database too full to write opens and delivers. The clean-up is best-effort.
-        """
-        self._restart_boundary = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0])
-        marks = ",".join("?" * len(self.handlers))
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            removed = conn.execute(f"DELETE FROM deliveries WHERE handler NOT IN ({marks})",
-                                   self.handlers).rowcount
-            conn.execute("DELETE FROM entries WHERE NOT EXISTS "
-                         "(SELECT 1 FROM deliveries d WHERE d.entry_id = entries.id)")
-            conn.execute("UPDATE deliveries SET next_attempt_at = 0 WHERE next_attempt_at > 0")
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self.metrics.inc("outbox_errors_total", op="recover")
-            log.error("outbox: start-up clean-up skipped (%s); delivering what is stored", exc)
-        else:
-            if removed:
-                self.metrics.inc("outbox_dropped_total", removed, reason="handler_removed")
-                log.warning("outbox: dropped %d deliveries for handlers no longer configured", removed)
-        self._bytes = conn.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
-        for prio, n in conn.execute("SELECT priority, COUNT(*) FROM entries GROUP BY priority"):
-            self._counts[prio] = n
-        for handler, prio, n in conn.execute(
-                "SELECT handler, priority, COUNT(*) FROM deliveries GROUP BY handler, priority"):
-            self._pending[(handler, prio)] = n
+    def _take_over(self, found: Recovered) -> None:
+        """Account for what was on disk: everything is a replay, due now (outbox_db.recover)."""
+        self._restart_boundary = found.restart_boundary
+        self._bytes = found.stored_bytes
+        self._counts.update(found.entries_by_priority)
+        self._pending.update(found.pending)
         self._publish_gauges()
 
     def close(self) -> None:
@@ -244,7 +151,7 @@ class Outbox:
         wanted = self.handlers if handlers is None else tuple(h for h in handlers if h in self.handlers)
         if not wanted:
             return None
-        payload = json.dumps(reading_to_dict(reading), separators=(",", ":"))
+        payload = json.dumps(reading.as_dict(), separators=(",", ":"))
         return self._append(TELEMETRY, payload, reading.timestamp, wanted)
 
     def _append(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...]) -> int | None:
@@ -268,7 +175,7 @@ class Outbox:
                 entry_id = self._insert(prio, payload, created_at, handlers, size)
             except sqlite3.Error as exc:
                 self._rollback()
-                if not _is_full(exc):
+                if not is_full(exc):
                     self.metrics.inc("outbox_errors_total", op="append")
                     self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_error")
                     log.error("outbox append failed, %s refused: %s", kind, exc)
@@ -399,7 +306,7 @@ class Outbox:
                 if prio == ALERT:
                     alert = Alert.from_dict({**data, "replay": bool(replay)})
                 else:
-                    reading = reading_from_dict(data)
+                    reading = Reading.from_dict(data)
             except (ValueError, TypeError, KeyError) as exc:
                 log.error("outbox entry %d unreadable, dropped: %s", entry_id, exc)
                 bad.append(entry_id)

@@ -66,6 +66,18 @@ class Reading:
             if not math.isfinite(value):
                 raise ValueError(f"channel {name!r} is not a finite number: {value!r}")
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (inverse: ``from_dict``)."""
+        return {"device_id": self.device_id, "timestamp": self.timestamp, "values": self.values,
+                "radio": self.radio.as_dict(), "f_cnt": self.f_cnt,
+                "device_name": self.device_name, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Reading":
+        return cls(device_id=data["device_id"], timestamp=data["timestamp"], values=data["values"],
+                   radio=RadioMeta(**data.get("radio", {})), f_cnt=data.get("f_cnt"),
+                   device_name=data.get("device_name"), source=data.get("source", ""))
+
 
 AlertState = Literal["raised", "cleared"]
 

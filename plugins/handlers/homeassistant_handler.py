@@ -32,7 +32,6 @@ from pydantic import ConfigDict, Field
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
 from gateway.mqtt_common import BrokerOptions
-from gateway.outbox import reading_to_dict
 from gateway.types import Alert, Reading
 from plugins.handlers.alert_state import DeviceAlertStates
 from plugins.handlers.mqtt_connection import MqttConnection, topic_part
@@ -191,7 +190,7 @@ class HomeAssistantHandler:
         if body is not None:
             self.conn.publish_nowait(topic, body, qos=1, retain=True)
         if self.options.publish_telemetry:
-            data = json.dumps(reading_to_dict(reading), separators=(",", ":"))
+            data = json.dumps(reading.as_dict(), separators=(",", ":"))
             if not self.conn.publish_nowait(f"{self.prefix}/{topic_part(reading.device_id)}/telemetry", data):
                 self.metrics.inc("telemetry_dropped_total", reason="mqtt_disconnected")
 

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.contracts import DeliveryError
 from gateway.metrics import Metrics
-from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, TlsOptions, make_client, tls_context
+from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, make_client, tls_context
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from pydantic import ConfigDict, Field
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
 from gateway.mqtt_common import BrokerOptions
-from gateway.outbox import reading_to_dict
 from gateway.types import Alert, Reading
 from plugins.handlers.alert_state import DeviceAlertStates
 from plugins.handlers.mqtt_connection import MqttConnection, topic_part
@@ -88,14 +87,14 @@ class MqttHandler:
         if not self.options.telemetry:
             return
         ok = self.conn.publish_nowait(self.device_topic(reading.device_id, "telemetry"),
-                                      _json(reading_to_dict(reading)), qos=self.options.telemetry_qos)
+                                      _json(reading.as_dict()), qos=self.options.telemetry_qos)
         if not ok:
             self.metrics.inc("telemetry_dropped_total", reason="mqtt_disconnected")
 
     def deliver_reading(self, reading: Reading) -> None:
         """Telemetry from the outbox: raises DeliveryError while disconnected so it stays queued."""
         self.conn.publish(self.device_topic(reading.device_id, "telemetry"),
-                          _json(reading_to_dict(reading)), qos=self.options.telemetry_qos,
+                          _json(reading.as_dict()), qos=self.options.telemetry_qos,
                           timeout=self.options.ack_timeout_s)
 
     def stop(self) -> None:
