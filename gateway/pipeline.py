@@ -167,9 +167,9 @@ class Pipeline:
             self.telemetry.put(reading)
         channels = list(profile.channels) if profile is not None and profile.channels else None
         adapter = profile.adapter if profile is not None else None
-        if self.windows.get(reading.device_id) is None and getattr(profile, "expected_interval_s", None):
-            self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         window = self.windows.add(reading, channels, adapter, exclude=getattr(profile, "battery_field", None))
+        if window.count == 1 and getattr(profile, "expected_interval_s", None):  # a new (or re-admitted) device
+            self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         due = self.engine.observe(window)
         if due is not None:
             if not self._due:
@@ -213,10 +213,6 @@ class Pipeline:
 
 
 def _battery(reading: Reading, profile: Any) -> float | None:
-    field = getattr(profile, "battery_field", None) if profile is not None else None
-    if field:
-        return reading.values.get(field)
-    for name in ("battery_v", "battery", "battery_pct", "bat_v"):
-        if name in reading.values:
-            return reading.values[name]
-    return None
+    """The profile's battery field; decoders keep battery fields out of ``values`` otherwise."""
+    field = getattr(profile, "battery_field", None)
+    return reading.values.get(field) if field else None
