@@ -99,7 +99,9 @@ class AlertPolicy:
     """Turns scores and readings into raise/clear alerts; see the module docstring."""
 
     def __init__(self, config: AlertPolicyConfig | None = None, metrics: Metrics | None = None) -> None:
-        self.config = config or AlertPolicyConfig()
+        # unset anomaly thresholds fall back to the scoring defaults; the daemon passes a
+        # config already resolved against the serving model's manifest
+        self.config = (config or AlertPolicyConfig()).resolved()
         self.metrics = metrics or Metrics()
         self._devices: OrderedDict[str, _Device] = OrderedDict()
         self._lock = threading.Lock()

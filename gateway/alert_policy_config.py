@@ -7,9 +7,11 @@ generate the config reference). Thresholds on the model score are in *score unit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.score_settings import settings_from
 
 
 class AlertPolicyConfig(BaseModel):
@@ -17,20 +19,25 @@ class AlertPolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    raise_threshold: float = Field(
-        1.0, gt=0, description="Score at or above which a window counts as anomalous "
-        "(score units: 1.0 = the model's threshold).")
-    clear_threshold: float = Field(
-        0.8, ge=0, description="Score below which a window counts as normal again; lower than "
-        "raise_threshold (hysteresis) so a score hovering near the threshold does not flap.")
+    raise_threshold: float | None = Field(
+        None, gt=0, description="Score at or above which a window counts as anomalous "
+        "(score units: 1.0 = the model's threshold). Unset: the serving model's manifest "
+        "``thresholds.raise`` (1.0 when the manifest has none), so the daemon and "
+        "``lora-gateway model score`` decide alike.")
+    clear_threshold: float | None = Field(
+        None, ge=0, description="Score below which a window counts as normal again; lower than "
+        "raise_threshold (hysteresis) so a score hovering near the threshold does not flap. "
+        "Unset: the manifest's ``thresholds.clear`` (0.7 when it has none).")
     critical_factor: float = Field(
         2.0, ge=1.0, description="An anomaly is raised with severity 'critical' when its score "
         "is at least raise_threshold times this factor, else 'warning'.")
-    raise_after: int = Field(
-        3, ge=1, description="Consecutive anomalous windows needed to raise an anomaly (debounce).")
-    clear_after: int = Field(
-        3, ge=1, description="Consecutive normal windows needed to clear a raised anomaly, and "
-        "consecutive clean readings needed to clear a raised frame_gap.")
+    raise_after: int | None = Field(
+        None, ge=1, description="Consecutive anomalous windows needed to raise an anomaly "
+        "(debounce). Unset: the manifest's ``thresholds.raise_after`` (2 when it has none).")
+    clear_after: int | None = Field(
+        None, ge=1, description="Consecutive normal windows needed to clear a raised anomaly, and "
+        "consecutive clean readings needed to clear a raised frame_gap. Unset: the manifest's "
+        "``thresholds.clear_after`` (3 when it has none).")
     min_interval_s: float = Field(
         300.0, ge=0, description="Minimum seconds between two raises of the same (device, kind); "
         "a raise inside it is held back (counted as suppressed, reason min_interval) and emitted "
@@ -90,10 +97,29 @@ class AlertPolicyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_order(self) -> "AlertPolicyConfig":
-        if self.clear_threshold > self.raise_threshold:
+        if (self.clear_threshold is not None and self.raise_threshold is not None
+                and self.clear_threshold > self.raise_threshold):
             raise ValueError("clear_threshold must not be above raise_threshold")
         if self.battery_critical > self.battery_low:
             raise ValueError("battery_critical must not be above battery_low")
         if self.battery_critical_v > self.battery_low_v:
             raise ValueError("battery_critical_v must not be above battery_low_v")
         return self
+
+    def resolved(self, manifest: Any = None) -> "AlertPolicyConfig":
+        """A copy whose unset anomaly thresholds/debounce come from ``manifest``'s ``thresholds``
+        (the same values ``lora-gateway model score`` uses), else the scoring defaults.
+
+        Raises ValueError when the result would put clear_threshold above raise_threshold
+        (e.g. a configured raise below the manifest's clear).
+        """
+        settings = settings_from(manifest)
+        update: dict[str, Any] = {}
+        for field, key, cast in (("raise_threshold", "raise", float), ("clear_threshold", "clear", float),
+                                 ("raise_after", "raise_after", int), ("clear_after", "clear_after", int)):
+            if getattr(self, field) is None:
+                update[field] = cast(settings[key])
+        out = self.model_copy(update=update)
+        if out.clear_threshold > out.raise_threshold:  # type: ignore[operator]
+            out = out.model_copy(update={"clear_threshold": out.raise_threshold})
+        return out

@@ -31,6 +31,8 @@ from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.profiles import ProfileSet
 from gateway.quarantine import Quarantine
+from gateway.recorder import ReadingRecorder
+from gateway.recorder_config import recording_dir
 from gateway.telemetry import TelemetryFanout
 from gateway.types import Alert, Reading
 from gateway.windows import WindowStore
@@ -78,6 +80,7 @@ class Gateway:
         self.dispatcher: Dispatcher | None = None
         self.pipeline: Pipeline | None = None
         self.telemetry: TelemetryFanout | None = None
+        self.recorder: ReadingRecorder | None = None
         self.metrics_server: Any = None
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -110,6 +113,8 @@ class Gateway:
             return False
         assert self.pipeline is not None
         self.pipeline.engine.swap_runtime(runtime)
+        # thresholds left unset in [alerts] follow the new model's manifest
+        self.pipeline.policy.config = self.config.alerts.resolved(runtime.manifest)
         self.runtime = runtime
         self._publish_model_info(runtime, model_dir)
         self.metrics.inc("model_reloads_total")
@@ -161,13 +166,19 @@ class Gateway:
         self._wire_reconnect_retries(self.dispatcher)
         self.telemetry = TelemetryFanout(self.handlers, self.metrics)
         self.telemetry.start()
+        if cfg.record.enabled:
+            self.recorder = ReadingRecorder(cfg.record, recording_dir(cfg.record, state_dir), self.metrics)
+            try:
+                self.recorder.start()
+            except OSError as exc:
+                raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
         self.pipeline = Pipeline(
             plugin_manager=self.pm,
             profiles=ProfileSet(cfg.profiles),
             engine=engine,
-            policy=AlertPolicy(cfg.alerts, self.metrics),
+            policy=AlertPolicy(cfg.alerts.resolved(self.runtime.manifest), self.metrics),
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             quarantine=Quarantine(state_dir / "quarantine.jsonl", self.metrics),
@@ -178,6 +189,7 @@ class Gateway:
             queue_size=cfg.gateway.ingest_queue_size,
             block_s=cfg.gateway.ingest_block_s,
             on_reading=self.on_reading,
+            recorder=self.recorder,
             watchdog=self._watchdog,
         )
         self.pipeline.start()
@@ -242,6 +254,8 @@ class Gateway:
             steps.append(("pipeline", self.pipeline.stop))
         if self.telemetry is not None:
             steps.append(("telemetry", self.telemetry.stop))
+        if self.recorder is not None:
+            steps.append(("recorder", self.recorder.stop))
         if self.dispatcher is not None:
             dispatcher = self.dispatcher
             steps.append(("dispatcher", lambda: dispatcher.stop(self.config.gateway.drain_timeout_s)))
