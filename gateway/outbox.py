@@ -144,61 +144,75 @@ class Outbox:
         it never raises for a full disk.
         """
         payload = json.dumps(alert.as_dict(), separators=(",", ":"), default=str)
-        return self._append(ALERT, payload, alert.timestamp, self.handlers)
+        ids = self._append(ALERT, [(payload, alert.timestamp)], self.handlers)
+        return ids[0] if ids else None
 
     def append_telemetry(self, reading: Reading, handlers: Iterable[str] | None = None) -> int | None:
         """Store one reading for ``handlers`` (default: all) at low priority; None when refused."""
-        wanted = self.handlers if handlers is None else tuple(h for h in handlers if h in self.handlers)
-        if not wanted:
-            return None
-        payload = json.dumps(reading.as_dict(), separators=(",", ":"))
-        return self._append(TELEMETRY, payload, reading.timestamp, wanted)
+        ids = self.append_telemetry_many([reading], handlers)
+        return ids[0] if ids else None
 
-    def _append(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...]) -> int | None:
+    def append_telemetry_many(self, readings: Iterable[Reading],
+                              handlers: Iterable[str] | None = None) -> list[int]:
+        """Store readings for ``handlers`` (default: all) at low priority, in one transaction
+        (one fsync for the batch); return their ids, or [] when the batch was refused (every
+        reading of it counted in ``outbox_dropped_total{reason=telemetry_refused_*}``)."""
+        wanted = self.handlers if handlers is None else tuple(h for h in handlers if h in self.handlers)
+        items = [(json.dumps(r.as_dict(), separators=(",", ":")), r.timestamp) for r in readings]
+        if not wanted or not items:
+            return []
+        return self._append(TELEMETRY, items, wanted)
+
+    def _append(self, prio: int, items: list[tuple[str, float]], handlers: tuple[str, ...]) -> list[int]:
         kind = "alert" if prio == ALERT else "telemetry"
-        size = len(payload.encode("utf-8")) + ENTRY_OVERHEAD + DELIVERY_OVERHEAD * len(handlers)
+        rows = [(payload, created_at, len(payload.encode("utf-8")) + ENTRY_OVERHEAD
+                 + DELIVERY_OVERHEAD * len(handlers)) for payload, created_at in items]
         with self._lock:
-            entry_id = self._insert_guarded(prio, payload, created_at, handlers, size, kind)
-            if entry_id is None:
-                return None
+            ids = self._insert_guarded(prio, rows, handlers, kind)
+            if not ids:
+                return []
             self._publish_gauges()
         for callback in list(self._listeners):
             callback()
-        return entry_id
+        return ids
 
-    def _insert_guarded(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...],
-                        size: int, kind: str) -> int | None:
-        """``_insert`` with SQLite errors handled: a full disk evicts telemetry and retries once."""
+    def _insert_guarded(self, prio: int, rows: list[tuple[str, float, int]], handlers: tuple[str, ...],
+                        kind: str) -> list[int]:
+        """``_insert`` with SQLite errors handled: a full disk evicts telemetry and retries once.
+        Every refused row is counted once, by reason."""
         retried = False
         while True:
             try:
-                entry_id = self._insert(prio, payload, created_at, handlers, size)
+                ids = self._insert(prio, rows, handlers)
             except sqlite3.Error as exc:
                 self._rollback()
                 if not is_full(exc):
                     self.metrics.inc("outbox_errors_total", op="append")
-                    self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_error")
+                    self.metrics.inc("outbox_dropped_total", len(rows), reason=f"{kind}_refused_error")
                     log.error("outbox append failed, %s refused: %s", kind, exc)
-                    return None
+                    return []
                 if retried or not self._evict_telemetry_for_disk():
-                    self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_disk_full")
+                    self.metrics.inc("outbox_dropped_total", len(rows), reason=f"{kind}_refused_disk_full")
                     self._warn_throttled(f"full_{kind}", f"outbox: database or disk full, {kind} refused")
-                    return None
+                    return []
                 retried = True
                 continue
-            if entry_id is None:
-                self.metrics.inc("outbox_dropped_total", reason=f"{kind}_refused_budget")
+            if ids is None:
+                self.metrics.inc("outbox_dropped_total", len(rows), reason=f"{kind}_refused_budget")
                 self._warn_throttled(f"budget_{kind}", f"outbox disk budget ({self.max_bytes} bytes) "
                                      f"exhausted by undelivered alerts: new {kind} refused")
-            return entry_id
+                return []
+            return ids
 
-    def _insert(self, prio: int, payload: str, created_at: float, handlers: tuple[str, ...],
-                size: int) -> int | None:
-        """One transaction: make room (evicting telemetry), insert entry and delivery rows.
+    def _insert(self, prio: int, rows: list[tuple[str, float, int]],
+                handlers: tuple[str, ...]) -> list[int] | None:
+        """One transaction: make room (evicting telemetry), insert the entries and their
+        delivery rows.
 
-        Returns None (nothing written, nothing evicted) when the budget cannot fit the entry.
+        Returns None (nothing written, nothing evicted) when the budget cannot fit them all.
         """
         conn = self._conn
+        size = sum(r[2] for r in rows)
         conn.execute("BEGIN IMMEDIATE")
         over = self._bytes + size - self.max_bytes
         evicted = self._evict_telemetry(over) if over > 0 else _Evicted()
@@ -206,18 +220,21 @@ class Outbox:
             conn.execute("ROLLBACK")
             return None
         replay = [1 if h in self._failing else 0 for h in handlers]
-        cur = conn.execute("INSERT INTO entries(priority, created_at, size, payload) VALUES (?,?,?,?)",
-                           (prio, created_at, size, payload))
-        entry_id = int(cur.lastrowid or 0)
-        conn.executemany("INSERT INTO deliveries(handler, priority, entry_id, replay) VALUES (?,?,?,?)",
-                         [(h, prio, entry_id, r) for h, r in zip(handlers, replay)])
+        ids: list[int] = []
+        for payload, created_at, row_size in rows:
+            cur = conn.execute("INSERT INTO entries(priority, created_at, size, payload) VALUES (?,?,?,?)",
+                               (prio, created_at, row_size, payload))
+            entry_id = int(cur.lastrowid or 0)
+            ids.append(entry_id)
+            conn.executemany("INSERT INTO deliveries(handler, priority, entry_id, replay) VALUES (?,?,?,?)",
+                             [(h, prio, entry_id, r) for h, r in zip(handlers, replay)])
         conn.execute("COMMIT")
         self._account_evicted(evicted)
         self._bytes += size
-        self._counts[prio] += 1
+        self._counts[prio] += len(ids)
         for h in handlers:
-            self._pending[(h, prio)] = self._pending.get((h, prio), 0) + 1
-        return entry_id
+            self._pending[(h, prio)] = self._pending.get((h, prio), 0) + len(ids)
+        return ids
 
     def _evict_telemetry(self, need: int) -> "_Evicted":
         """Inside a transaction: delete the oldest telemetry until ``need`` bytes are freed

@@ -164,7 +164,7 @@ class Gateway:
         self.dispatcher = Dispatcher(self.outbox, self.handlers, self.metrics, replay_rate_per_s=cfg.outbox.replay_rate_per_s)
         self.dispatcher.start()
         self._wire_reconnect_retries(self.dispatcher)
-        self.telemetry = TelemetryFanout(self.handlers, self.metrics)
+        self.telemetry = TelemetryFanout(self.handlers, self.metrics, outbox=self.outbox)
         self.telemetry.start()
         if cfg.record.enabled:
             self.recorder = ReadingRecorder(cfg.record, recording_dir(cfg.record, state_dir), self.metrics)

@@ -1,9 +1,19 @@
-"""Best-effort fan-out of readings to handlers' ``on_reading`` (dashboards, Home Assistant).
+"""Fan-out of readings to handlers: best-effort ``on_reading``, or durably via the outbox.
 
 Runs on its own thread behind a bounded queue so a slow dashboard never slows the
 pipeline; when the queue is full the oldest reading is dropped and counted
-(``telemetry_dropped_total{reason=queue_full}``). Alerts never travel this way: they go
-through the durable outbox.
+(``telemetry_dropped_total{reason=queue_full}``).
+
+Two paths per handler:
+
+- best-effort (the default): ``handler.on_reading(reading)``, called from this thread;
+  a handler that cannot send (broker down) counts its own drop.
+- durable, for handlers whose ``durable_telemetry`` attribute is true (the ``mqtt`` handler
+  with ``telemetry_durable = true``): each batch the thread takes from the queue is written
+  to the outbox in one transaction (one fsync per batch, not per reading) and delivered by
+  the dispatcher through ``handler.deliver_reading``, so readings taken while the broker is
+  down are published after it returns. Within the outbox budget the oldest telemetry is
+  evicted first and alerts are never displaced (``outbox_dropped_total{reason}``).
 """
 
 from __future__ import annotations
@@ -15,14 +25,20 @@ from typing import Sequence
 
 from gateway.contracts import AlertHandler
 from gateway.metrics import Metrics
+from gateway.outbox import Outbox
 from gateway.types import Reading
 
 log = logging.getLogger(__name__)
 
 
 class TelemetryFanout:
-    def __init__(self, handlers: Sequence[AlertHandler], metrics: Metrics, max_queue: int = 10000) -> None:
-        self.handlers = [h for h in handlers if hasattr(h, "on_reading")]
+    def __init__(self, handlers: Sequence[AlertHandler], metrics: Metrics, max_queue: int = 10000,
+                 outbox: Outbox | None = None) -> None:
+        durable = [h for h in handlers if outbox is not None and getattr(h, "durable_telemetry", False)
+                   and hasattr(h, "deliver_reading")]
+        self.durable_names: tuple[str, ...] = tuple(h.name for h in durable)
+        self.handlers = [h for h in handlers if hasattr(h, "on_reading") and h not in durable]
+        self.outbox = outbox if durable else None
         self.metrics = metrics
         self._queue: deque[Reading] = deque(maxlen=max_queue)
         self._cond = threading.Condition()
@@ -30,12 +46,12 @@ class TelemetryFanout:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.handlers:
+        if self.handlers or self.outbox is not None:
             self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
             self._thread.start()
 
     def put(self, reading: Reading) -> None:
-        if not self.handlers:
+        if not self.handlers and self.outbox is None:
             return
         with self._cond:
             queue = self._queue
@@ -56,6 +72,9 @@ class TelemetryFanout:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+            if self.outbox is not None:
+                # refusals are counted by the outbox (outbox_dropped_total{reason=telemetry_refused_*})
+                self.outbox.append_telemetry_many(batch, self.durable_names)
             for reading in batch:
                 for handler in self.handlers:
                     try:

@@ -8,7 +8,8 @@ Topics under ``topic_prefix`` (default ``lora-gateway/<gateway_id>``):
   MQTT v5 adds the idempotency key as user property ``key``).
 - ``<prefix>/<device_id>/state``: retained JSON state of the device's alerts
   (see plugins.handlers.alert_state).
-- ``<prefix>/<device_id>/telemetry``: readings, best-effort (``on_reading``).
+- ``<prefix>/<device_id>/telemetry``: readings, best-effort (``on_reading``), or with
+  ``telemetry_durable`` through the outbox (``deliver_reading``), kept while the broker is down.
 
 ``deliver`` returns only after the broker acknowledged both the alert and the state
 (PUBACK, ``ack_timeout_s``); otherwise it raises DeliveryError and the outbox retries.
@@ -39,7 +40,12 @@ class MqttHandlerOptions(BrokerOptions):
     topic_prefix: str | None = Field(None, description="Topic prefix; default lora-gateway/<gateway_id>.")
     qos: Literal[1, 2] = Field(1, description="QoS of alert and state messages (acknowledged).")
     telemetry: bool = Field(True, description="Publish readings on <prefix>/<device_id>/telemetry.")
-    telemetry_qos: Literal[0, 1] = Field(0, description="QoS of telemetry messages (best-effort).")
+    telemetry_qos: Literal[0, 1] = Field(0, description="QoS of telemetry messages.")
+    telemetry_durable: bool = Field(
+        False, description="Send telemetry through the durable outbox instead of best-effort: readings "
+        "taken while the broker is down are published when it returns (the oldest telemetry is "
+        "evicted first when the outbox budget is reached; alerts never are). Costs one SQLite "
+        "transaction per batch of readings and a delivery per reading; use telemetry_qos = 1 with it.")
     ack_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the broker's PUBACK "
                                                          "before the delivery counts as failed.")
     max_devices: int = Field(10000, ge=1, description="Devices whose alert state is kept for the "
@@ -81,6 +87,12 @@ class MqttHandler:
         state = self.states.apply(alert)
         self.conn.publish(self.device_topic(alert.device_id, "state"), _json(state), qos=o.qos,
                           retain=True, timeout=o.ack_timeout_s)
+
+    @property
+    def durable_telemetry(self) -> bool:
+        """True when readings should reach ``deliver_reading`` through the outbox
+        (gateway.telemetry) instead of ``on_reading``."""
+        return self.options.telemetry and self.options.telemetry_durable
 
     def on_reading(self, reading: Reading) -> None:
         """Best-effort telemetry: published when connected, else counted as dropped."""
