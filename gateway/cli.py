@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_run",
     "gateway.cli_demo",
     "gateway.cli_decode",
+    "gateway.cli_record",
     "firmware_bridge.cli",
     "models.cli",
 )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.alert_policy import AlertPolicyConfig
 from gateway.profiles import ProfileConfig
+from gateway.recorder_config import RecordConfig, record_config_errors
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
 SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
@@ -96,6 +97,7 @@ class GatewayConfig(Strict):
     alerts: AlertPolicyConfig = Field(default_factory=AlertPolicyConfig)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
     source_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
@@ -124,6 +126,8 @@ def validate_config(data: dict[str, Any], registry: Any, source: str = "config")
     except ValidationError as exc:
         errors.extend(_errors(exc))
         cfg = None
+    if cfg is not None:
+        errors.extend(record_config_errors(cfg.record, cfg.profiles))
     for section, kinds in (("sources", registry.sources), ("handlers", registry.handlers)):
         tables = data.get(section, [])
         if not isinstance(tables, list):

@@ -20,6 +20,7 @@ from gateway.decoding import decode_uplink
 from gateway.inference import DueWindow, InferenceEngine
 from gateway.metrics import Metrics
 from gateway.quarantine import Quarantine
+from gateway.recorder import ReadingRecorder
 from gateway.telemetry import TelemetryFanout
 from gateway.types import Alert, DecodeError, RawUplink, Reading
 from gateway.windows import WindowStore
@@ -54,6 +55,7 @@ class Pipeline:
         queue_size: int = 10000,
         block_s: float = 5.0,
         on_reading: Callable[[Reading], None] | None = None,
+        recorder: ReadingRecorder | None = None,
         watchdog: Callable[[], None] | None = None,
     ) -> None:
         self.pm = plugin_manager
@@ -69,6 +71,7 @@ class Pipeline:
         self.max_delay_s = max_delay_s
         self.block_s = block_s
         self.on_reading = on_reading
+        self.recorder = recorder
         self.watchdog = watchdog
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._due: list[DueWindow] = []
@@ -165,6 +168,8 @@ class Pipeline:
             self.on_reading(reading)
         if self.telemetry is not None:
             self.telemetry.put(reading)
+        if self.recorder is not None:
+            self.recorder.put(reading, profile, uplink.f_port)
         channels = list(profile.channels) if profile is not None and profile.channels else None
         adapter = profile.adapter if profile is not None else None
         window = self.windows.add(reading, channels, adapter, exclude=getattr(profile, "battery_field", None))

@@ -106,11 +106,13 @@ def add_adapter_commands(model_sub: Any) -> None:
                              description="Self-supervised LoRA fine-tuning on a site's normal readings; "
                                          "with a label column, anomalous rows are left out of training "
                                          "and detection metrics are reported.")
-    p.add_argument("--data", required=True, help="CSV (comma or semicolon) or the gateway's .jsonl recording")
+    p.add_argument("--data", required=True, help="CSV (comma or semicolon; `lora-gateway record export` writes one), "
+                   "or the gateway's recording: its directory or a .jsonl file")
     p.add_argument("--channels", required=True, help="comma-separated channel column names")
     p.add_argument("--timestamp-column", default="timestamp")
     p.add_argument("--label-column", help="optional 0/1 (normal/anomaly) column")
-    p.add_argument("--device", help="device id to take from a .jsonl recording")
+    p.add_argument("--device", help="device id to train on, from a recording or a CSV with a device_id column "
+                   "(needed when it holds several devices)")
     p.add_argument("--base", type=Path, help="base model directory (default: the bundled base)")
     p.add_argument("--out", required=True, type=Path, help="adapter output directory")
     p.add_argument("--name", default="site-adapter")

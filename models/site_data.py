@@ -8,23 +8,32 @@ counts as normal). Rows are sorted by time; empty or unparseable values become N
 (counted); duplicate timestamps are kept in file order. Every problem that makes the file
 unusable raises :class:`SiteDataError` with one line saying what and where.
 
-:func:`load_site_data` also accepts the gateway's own recordings (JSON lines, one reading
-per line: ``{"device_id", "ts", "values": {channel: value}}``), picking one device.
+A CSV may hold several devices in a ``device_id`` column (what ``lora-gateway record
+export`` writes): then one is picked with ``device_id`` (required when there are several),
+since windows must never run across two devices' series.
+
+:func:`load_site_data` also accepts the gateway's own recording (a recording directory, or
+a ``.jsonl`` file: the recorder's line format, ``gateway.recording_format``), picking one
+device; corrupt lines there (a torn last line after a crash...) are skipped and counted in
+``notes``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from gateway.recorder_config import normalise_device_id
+from gateway.recording_format import ReadStats, read_lines, recording_paths
+
 TRUE_LABELS = frozenset({"1", "true", "yes", "y", "anomaly", "anomalous", "fault", "abnormal", "alarm"})
+DEVICE_COLUMN = "device_id"
 FALSE_LABELS = frozenset({"", "0", "false", "no", "n", "normal", "ok", "none"})
 
 
@@ -74,7 +83,7 @@ def parse_timestamp(text: str) -> float:
         return value / 1000.0 if value > 1e11 else value
     dt = datetime.fromisoformat(s)  # Python 3.11: accepts "Z", offsets and a space separator
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -109,7 +118,8 @@ def sniff_delimiter(sample: str) -> str:
 
 
 def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
-                  label_column: str | None = None, min_rows: int = 2) -> SiteData:
+                  label_column: str | None = None, min_rows: int = 2, device_id: str | None = None,
+                  device_column: str = DEVICE_COLUMN) -> SiteData:
     """Read a site CSV; see the module docstring. Raises SiteDataError for an unusable file."""
     path = Path(path)
     try:
@@ -135,6 +145,11 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
                             f"(delimiter {delimiter!r}) has: {', '.join(header)}")
     if not channels:
         raise SiteDataError("pick at least one channel")
+    dev_i = header.index(device_column) if device_column in header else None
+    if device_id is not None and dev_i is None:
+        raise SiteDataError(f"{path}: a device was picked ({device_id!r}) but the file has no {device_column!r} column")
+    want_device = normalise_device_id(device_id) if device_id is not None else None
+    devices_seen: dict[str, int] = {}
     ts_i = header.index(timestamp_column)
     ch_i = [header.index(c) for c in channels]
     lb_i = header.index(label_column) if label_column else None
@@ -148,6 +163,11 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
             continue
         if len(row) < len(header):
             raise SiteDataError(f"{path}:{line_no}: {len(row)} fields, the header has {len(header)}")
+        if dev_i is not None:
+            dev = normalise_device_id(row[dev_i])
+            devices_seen[dev] = devices_seen.get(dev, 0) + 1
+            if want_device is not None and dev != want_device:
+                continue
         try:
             stamps.append(parse_timestamp(row[ts_i]))
         except ValueError:
@@ -163,6 +183,11 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
         rows.append(values)
         if lb_i is not None:
             labels.append(_parse_label(row[lb_i], f"{path}:{line_no}"))
+    if dev_i is not None and want_device is None and len(devices_seen) > 1:
+        raise SiteDataError(f"{path}: rows of {len(devices_seen)} devices in column {device_column!r}; pick one "
+                            f"with --device ({_device_list(devices_seen)})")
+    if want_device is not None and not rows:
+        raise SiteDataError(f"{path}: no rows of device {device_id!r} (the file has {_device_list(devices_seen)})")
     if len(rows) < min_rows:
         raise SiteDataError(f"{path}: {len(rows)} data rows; at least {min_rows} are needed")
     order = np.argsort(np.asarray(stamps), kind="stable")
@@ -175,53 +200,69 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
         notes.append(f"{bad_values} unparseable value(s) read as missing")
     if not np.all(np.diff(np.asarray(stamps)) >= 0):
         notes.append("rows were not in time order: sorted by timestamp")
+    if want_device is not None:
+        notes.append(f"device {want_device}: {len(rows)} of {sum(devices_seen.values())} rows")
     return SiteData(values=values_arr, timestamps=np.asarray(stamps)[order], channels=list(channels),
                     labels=np.asarray(labels)[order] if lb_i is not None else None,
-                    source=str(path), sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+                    source=f"{path}#{want_device}" if want_device else str(path),
+                    sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+
+
+def _device_list(counts: dict[str, int], limit: int = 10) -> str:
+    items = [f"{d} ({n} rows)" for d, n in sorted(counts.items(), key=lambda kv: -kv[1])[:limit]]
+    return ", ".join(items) + (", ..." if len(counts) > limit else "")
 
 
 def load_recording(path: Path, channels: list[str], device_id: str | None = None, min_rows: int = 2) -> SiteData:
-    """Read the gateway's JSON-lines recording of readings for one device (the only one if None)."""
+    """Read the gateway's recording (a recording directory or one ``.jsonl`` file) for one
+    device (the only one if None). Corrupt lines are skipped and counted in ``notes``."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        paths = recording_paths(path)
     except OSError as exc:
-        raise SiteDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        raise SiteDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not paths:
+        raise SiteDataError(f"{path}: no recording files (readings-*.jsonl) in this directory")
+    stats = ReadStats()
+    digest = hashlib.sha256()
     by_device: dict[str, list[tuple[float, list[float]]]] = {}
-    for line_no, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for file in paths:
         try:
-            rec = json.loads(line)
-            dev = str(rec["device_id"])
-            ts = rec["ts"] if "ts" in rec else rec["timestamp"]
-            stamp = parse_timestamp(str(ts))
-            vals = rec["values"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise SiteDataError(f"{path}:{line_no}: not a recorded reading ({type(exc).__name__}: {exc})") from None
-        row = [float(vals[c]) if isinstance(vals.get(c), (int, float)) else math.nan for c in channels]
-        by_device.setdefault(dev, []).append((stamp, row))
+            digest.update(file.read_bytes())
+            for rec in read_lines(file, stats):
+                row = [rec.values.get(c, math.nan) for c in channels]
+                by_device.setdefault(rec.device_id, []).append((rec.ts, row))
+        except OSError as exc:
+            raise SiteDataError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    if not by_device:
+        corrupt = stats.corrupt_summary()
+        raise SiteDataError(f"{path}: no readings" + (f" ({corrupt})" if corrupt else ""))
+    counts = {d: len(r) for d, r in by_device.items()}
     if device_id is None:
         if len(by_device) != 1:
             raise SiteDataError(f"{path}: readings of {len(by_device)} devices; pick one with --device "
-                                f"({', '.join(sorted(by_device)[:10])})")
+                                f"({_device_list(counts)})")
         device_id = next(iter(by_device))
-    readings = by_device.get(device_id)
+    readings = by_device.get(device_id) or by_device.get(normalise_device_id(device_id))
     if not readings or len(readings) < min_rows:
         raise SiteDataError(f"{path}: {len(readings or [])} readings of device {device_id!r}; "
-                            f"at least {min_rows} needed")
+                            f"at least {min_rows} needed (the recording has {_device_list(counts)})")
     readings.sort(key=lambda r: r[0])
-    values = np.asarray([r[1] for r in readings])
+    values = np.asarray([r[1] for r in readings], dtype=np.float64)
     missing = [channels[c] for c in range(len(channels)) if not np.isfinite(values[:, c]).any()]
     if missing:
         raise SiteDataError(f"{path}: device {device_id!r} has no readings of {', '.join(missing)}")
+    notes = [f"recording: {len(paths)} file(s), {stats.lines} line(s)"]
+    if stats.corrupt:
+        notes.append(stats.corrupt_summary())
     return SiteData(values=values, timestamps=np.asarray([r[0] for r in readings]), channels=list(channels),
-                    source=f"{path}#{device_id}", sha256=hashlib.sha256(raw).hexdigest())
+                    source=f"{path}#{device_id}", sha256=digest.hexdigest(), notes=notes)
 
 
 def load_site_data(path: Path, channels: list[str], timestamp_column: str = "timestamp",
                    label_column: str | None = None, device_id: str | None = None) -> SiteData:
-    """CSV or the gateway's JSON-lines recording (``.jsonl``/``.ndjson``), by file suffix."""
-    if Path(path).suffix.lower() in (".jsonl", ".ndjson"):
+    """A recording directory or ``.jsonl``/``.ndjson`` file (the gateway's recording), else a CSV."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in (".jsonl", ".ndjson"):
         return load_recording(path, channels, device_id)
-    return load_site_csv(path, channels, timestamp_column, label_column)
+    return load_site_csv(path, channels, timestamp_column, label_column, device_id=device_id)

@@ -73,5 +73,35 @@ def test_recording_jsonl(tmp_path: Path) -> None:
     with pytest.raises(SiteDataError, match="no readings of h"):
         load_recording(path, ["t", "h"], device_id="d2", min_rows=1)
     path.write_text("not json\n")
-    with pytest.raises(SiteDataError, match="rec.jsonl:1: not a recorded reading"):
+    with pytest.raises(SiteDataError, match=r"rec.jsonl: no readings \(1 corrupt line\(s\) skipped \(invalid_json 1\)\)"):
         load_recording(path, ["t"])
+
+
+def test_recording_skips_and_counts_corrupt_lines(tmp_path: Path) -> None:
+    """A torn last line (crash) and a line with a missing field are skipped and counted, not fatal."""
+    good = [json.dumps({"ts": 1700000000 + 60 * i, "device_id": "d1", "values": {"t": float(i)}}) for i in range(4)]
+    path = tmp_path / "rec.jsonl"
+    path.write_text("\n".join([good[0], '{"ts": 1, "values": {}}', *good[1:], '{"ts": 17000003']))
+    data = load_recording(path, ["t"])
+    np.testing.assert_allclose(data.values[:, 0], [0, 1, 2, 3])
+    assert "2 corrupt line(s) skipped (invalid_json 1, missing_field 1)" in data.notes
+
+
+def test_csv_with_device_column_picks_one_device(tmp_path: Path) -> None:
+    """What `record export` writes: timestamp, device_id, channels; several devices need --device."""
+    path = tmp_path / "export.csv"
+    rows = ["timestamp,device_id,t"]
+    for i in range(6):
+        rows.append(f"2024-05-01T00:{i:02d}:00Z,{'A84041000000000' + str(i % 2)},{i}")
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(SiteDataError, match="rows of 2 devices in column 'device_id'; pick one with --device"):
+        load_site_data(path, ["t"])
+    data = load_site_data(path, ["t"], device_id="a8:40:41:00:00:00:00:01")
+    np.testing.assert_allclose(data.values[:, 0], [1, 3, 5])
+    assert data.source.endswith("#a840410000000001")
+    with pytest.raises(SiteDataError, match="no rows of device 'ffff'"):
+        load_site_data(path, ["t"], device_id="ffff")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("timestamp,t\n1,2\n2,3\n")
+    with pytest.raises(SiteDataError, match="has no 'device_id' column"):
+        load_site_data(plain, ["t"], device_id="d1")
