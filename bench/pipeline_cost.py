@@ -2,18 +2,23 @@
 (model, policy, outbox, handlers), its pipeline driven from this thread so every
 microsecond is ours, on pre-warmed devices (inference on every reading).
 
-    .venv/bin/python bench/pipeline_cost.py [--devices 1000] [--readings 40000] [--profile]
+    .venv/bin/python bench/pipeline_cost.py [--devices 1000] [--readings 40000] [--profile] [--record]
 
 Prints microseconds per reading for: parse (ChirpStack v4 JSON -> RawUplink, what the MQTT
 source does on paho's thread), the pipeline (decode, window, calibration/standardise,
 policy, batch, ONNX Runtime, scoring, decisions), and of that the ONNX Runtime share.
-``--profile`` adds a cProfile table (tottime) of the pipeline part.
+``--profile`` adds a cProfile table (tottime) of the pipeline part. ``--record`` turns the
+reading recorder on ([record], default settings) and measures the pipeline in alternating
+chunks with and without it in the same run: the pipeline thread's time (the recorder's
+writer thread running beside it, as in the daemon), and that time plus waiting until the
+writer has written the chunk (an upper bound: all of the writer's work counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
 import tempfile
@@ -31,13 +36,17 @@ def main() -> None:
     ap.add_argument("--readings", type=int, default=40000)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--record", action="store_true", help="compare with and without the reading recorder")
     args = ap.parse_args()
     from gateway.uplink_shapes import parse_uplink
 
     print(machine())
     payloads = payload_variants()
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp:
-        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state", max_batch=args.max_batch))
+        config = gateway_config(broker.host, broker.port, Path(tmp) / "state", max_batch=args.max_batch)
+        if args.record:
+            config["record"] = {"enabled": True}
+        gw = make_gateway(config)
         gw.start()
         p = gw.pipeline
         p.stop()  # drive it from this thread
@@ -49,6 +58,7 @@ def main() -> None:
             bodies = [(TOPIC.format(eui=dev_eui(d)), uplink_body(dev_eui(d), t_start + k, k, payloads[payload_index(d, k)]))
                       for k in range(rounds) for d in range(args.devices)]
             n_warm = warm * args.devices
+            recorder, p.recorder = p.recorder, None  # warm-up is not recorded
             for topic, body in bodies[:n_warm]:
                 p._handle(parse_uplink(topic, body, "chirpstack_v4"))
             p._flush()
@@ -56,6 +66,9 @@ def main() -> None:
             t0 = time.perf_counter()
             ups = [parse_uplink(topic, body, "chirpstack_v4") for topic, body in live]
             t_parse = time.perf_counter() - t0
+            if recorder is not None:
+                compare_recording(p, recorder, gw.metrics, ups)
+                return
             m = gw.metrics
             w0, s0 = m.get("windows_scored_total"), m.get("inference_seconds_total")
             prof = cProfile.Profile() if args.profile else None
@@ -80,6 +93,38 @@ def main() -> None:
                 pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         finally:
             gw.stop()
+
+
+def compare_recording(p, recorder, m, ups: list) -> None:
+    """Chunks in the order off, on, on, off, ... (drift cancels); see the module docstring."""
+    chunk = max(500, len(ups) // 16)
+    t = {"off": 0.0, "on": 0.0, "on_drained": 0.0}
+    n = {"off": 0, "on": 0}
+    for i, start in enumerate(range(0, len(ups), chunk)):
+        part = ups[start:start + chunk]
+        on = i % 4 in (1, 2)
+        p.recorder = recorder if on else None
+        t0 = time.perf_counter()
+        for up in part:
+            p._handle(up)
+        p._flush()
+        t1 = time.perf_counter()
+        key = "on" if on else "off"
+        t[key] += t1 - t0
+        n[key] += len(part)
+        if on:
+            recorder.wake()
+            while m.get("recorder_readings_total") + m.get("recorder_dropped_total") < n["on"]:
+                time.sleep(0.0005)
+            t["on_drained"] += time.perf_counter() - t0
+    off, on, drained = (t["off"] / n["off"] * 1e6, t["on"] / n["on"] * 1e6, t["on_drained"] / n["on"] * 1e6)
+    print(f"{n['off']} readings without recording, {n['on']} with, in alternating chunks of {chunk}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"pipeline without recorder  {off:7.1f} us/reading")
+    print(f"pipeline with recorder     {on:7.1f} us/reading  (ratio {on / off:.3f})")
+    print(f"  + writer drained         {drained:7.1f} us/reading  (ratio {drained / off:.3f})")
+    print(f"recorded {m.get('recorder_readings_total'):.0f}, dropped {m.get('recorder_dropped_total'):.0f}, "
+          f"{m.get('recorder_bytes'):.0f} bytes ({m.get('recorder_bytes') / max(1, n['on']):.0f} per reading)")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,10 @@ class ReadingRecorder:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def wake(self) -> None:
+        """Have the writer write what is queued now instead of at its next interval."""
+        self._wake.set()
+
     # ---- the writer thread ------------------------------------------------------------
     def _run(self) -> None:
         next_age_check = time.monotonic() + AGE_CHECK_S
