@@ -6,8 +6,10 @@ the plain base graph; the LoRA-input graph with no adapter; the same graph with 
 interleaved rounds so a busy neighbour slows them alike.
 
     python bench/adapter_overhead.py BASE_WITH_LORA_GRAPH ADAPTER_DIR MERGED_DIR [ROUNDS]
+    # e.g. models/base models/site_adapters/example-site /tmp/example-merged
 
-(``docs/models.md`` says how to make the three directories.) Prints one JSON object.
+The bundled ``models/base`` carries its LoRA-input graph; ``docs/adapters.md`` says how to
+make a merged directory (``lora-gateway model export --merged``). Prints one JSON object.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 - ONNX Runtime vs PyTorch eager (the same bundled base model; needs the [train] extra);
 - int8 (onnxruntime.quantization.quantize_dynamic, made here in a temp dir) vs fp32;
 - merged vs multi-adapter: the example site adapter served as an ``.onnx_adapter`` on the
-  LoRA-input graph (models/base-lora) vs a merged model. A merged adapter has exactly the
+  LoRA-input graph (models/base/model_lora.onnx) vs a merged model. A merged adapter has exactly the
   base graph's shape and operators (only the weight values differ), so the base model
   stands in for it unless ``--merged DIR`` names a real merged export
-  (``lora-gateway model adapter export --merged``, see docs/models.md).
+  (``lora-gateway model export --merged``, see docs/adapters.md).
 
     .venv/bin/python bench/model_variants.py [--batches 1,64] [--channels 3] [--rounds 5]
 
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"int8: skipped ({type(exc).__name__}: {exc})")
         size = None
     adapter_dir = REPO / "models" / "site_adapters" / "example-site"
-    lora = ModelRuntime.load(REPO / "models" / "base-lora", ["CPUExecutionProvider"], intra_op_threads=1,
+    lora = ModelRuntime.load(base, ["CPUExecutionProvider"], intra_op_threads=1,
                              adapters={"example-site": adapter_dir})
     runners["multi-adapter (.onnx_adapter active)"] = lambda x: lora.run(x, adapter="example-site")
     merged = ModelRuntime.load(args.merged, ["CPUExecutionProvider"], intra_op_threads=1) if args.merged else fp32

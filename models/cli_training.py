@@ -81,17 +81,25 @@ def add_model_commands(model_sub: Any) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     try:
+        import peft  # noqa: F401 - the LoRA-input graph export needs it
+
+        from models.adapters import ExportError
         from models.training.pretrain import Recipe, pretrain
     except ModuleNotFoundError as exc:
         raise UserError(f"model pretrain needs the [train] extra ({exc.name} is missing)") from None
     recipe = Recipe(steps=200, train_windows=20_000) if args.quick else Recipe()
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be >= 1")
-    manifest = pretrain(args.out, steps=args.steps, seed=args.seed, recipe=recipe, threads=args.threads)
+    try:
+        manifest = pretrain(args.out, steps=args.steps, seed=args.seed, recipe=recipe, threads=args.threads)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
     tr, ex = manifest.training, manifest.export
+    lora = manifest.extra.get("lora_graph") or {}
     print(
         f"trained {manifest.name} {manifest.version} in {args.out}: {tr['recipe']['steps']} steps, seed {tr['recipe']['seed']}, "
-        f"loss {tr['loss_first_5pct']:.4f} -> {tr['loss_last_5pct']:.4f}, onnx parity {ex['parity_max_abs_diff']:.2g}"
+        f"loss {tr['loss_first_5pct']:.4f} -> {tr['loss_last_5pct']:.4f}, onnx parity {ex['parity_max_abs_diff']:.2g}, "
+        f"LoRA-input graph {lora.get('file')} (no-adapter parity {lora.get('parity_no_adapter_max_abs_diff', float('nan')):.2g})"
     )
     return 0
 

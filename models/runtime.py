@@ -14,8 +14,10 @@ Contract (what the daemon relies on):
   several threads at once, each with its own adapter: the session is shared and each
   adapter has its own read-only ``RunOptions``.
 * With adapters, the session is built on the base's LoRA-input graph (manifest key
-  ``lora_graph``): its LoRA weights are overridable initializers with empty defaults, so a
-  run with ``adapter=None`` is exactly the base model.
+  ``lora_graph``; the bundled base ships one, ``model pretrain`` writes it): its LoRA
+  weights are overridable initializers with empty defaults, so a run with
+  ``adapter=None`` is exactly the base model. Without adapters the plain graph
+  (``model.onnx``: the base, or a merged model) serves. ``graph_file`` says which.
 
 This module must never import torch: it is on the daemon's import path.
 """
@@ -112,8 +114,10 @@ class ModelRuntime:
     """One loaded model (one session) plus its adapters. Build with :meth:`load`."""
 
     def __init__(self, model_dir: Path, manifest: dict[str, Any], session: ort.InferenceSession,
-                 providers_in_use: list[str], provider_notes: list[str], adapters: dict[str, _Adapter]) -> None:
+                 providers_in_use: list[str], provider_notes: list[str], adapters: dict[str, _Adapter],
+                 graph_file: str = "model.onnx") -> None:
         self.model_dir = model_dir
+        self.graph_file = graph_file  # the graph the session runs: model.onnx, or the LoRA-input graph
         self.manifest = manifest
         self._session: ort.InferenceSession | None = session
         self.providers_in_use = providers_in_use
@@ -158,17 +162,17 @@ class ModelRuntime:
             raise ModelLoadError(f"{model_dir / rel}: ONNX Runtime could not load it: {_one_line(exc)}") from exc
         in_use = list(session.get_providers())
         notes = reasons + describe_session(chosen, in_use)
-        _check_io(session, manifest, T, model_dir / rel)
+        check_io(session, manifest, T, model_dir / rel)
         loaded: dict[str, _Adapter] = {}
         if adapters:
             base_id = weights_sha256(manifest)
             overridable = {i.name: i for i in session.get_overridable_initializers()}
             for name, path in adapters.items():
                 loaded[name] = _load_adapter(name, Path(path), overridable, base_id)
-        runtime = cls(model_dir, manifest, session, in_use, notes, loaded)
+        runtime = cls(model_dir, manifest, session, in_use, notes, loaded, graph_file=rel)
         runtime._warm_up(T, num_channels_hint(manifest))
-        log.debug("model %s loaded from %s on %s%s", manifest.get("name", "?"), model_dir, in_use[0],
-                 f" with adapters {sorted(loaded)}" if loaded else "")
+        log.debug("model %s loaded from %s (%s) on %s%s", manifest.get("name", "?"), model_dir, rel, in_use[0],
+                  f" with adapters {sorted(loaded)}" if loaded else "")
         for note in notes:
             log.debug("provider: %s", note)
         return runtime
@@ -311,7 +315,7 @@ def _load_adapter(name: str, path: Path, overridable: dict[str, Any], base_id: s
     return _Adapter(name=name, path=file, adapter=lora, options=options, parameters=described)
 
 
-def _check_io(session: ort.InferenceSession, manifest: dict[str, Any], T: int, path: Path) -> None:
+def check_io(session: ort.InferenceSession, manifest: dict[str, Any], T: int, path: Path) -> None:
     """The graph's inputs and outputs must match the manifest (names, rank, fixed dims)."""
     inputs = session.get_inputs()
     declared_in = io_spec(manifest, "inputs")

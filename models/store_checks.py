@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models import integrity
-from models.runtime import ModelLoadError, ModelRuntime, lora_graph_file
+from models.runtime import ModelLoadError, ModelRuntime, check_io, lora_graph_file
 
 
 class StoreError(Exception):
@@ -81,13 +81,21 @@ def _check_member(name: str) -> None:
 
 
 def check_lora_graph(model_dir: Path) -> None:
-    """A base's LoRA-input graph must load, take the window input, and run as the base with no adapter."""
+    """A base's LoRA-input graph must load, take the window input and give the outputs the
+    manifest declares (names, rank, T), expose exactly the LoRA weights the manifest lists
+    (``lora_graph.inputs``) as overridable initializers, and run as the base with no adapter.
+
+    Its sha256 is checked with every other listed file (``integrity.verify_dir``); a graph
+    the manifest names but does not list under ``files`` is refused here.
+    """
     import numpy as np
     import onnxruntime as ort
 
     manifest = integrity.load_manifest(model_dir)
     rel = lora_graph_file(manifest)
     assert rel is not None
+    if rel not in integrity.manifest_hashes(manifest):
+        raise ModelLoadError(f"{rel}: the LoRA-input graph is not listed with its sha256 under 'files'")
     plain = ModelRuntime.load(model_dir, ["CPUExecutionProvider"])
     try:
         opts = ort.SessionOptions()
@@ -95,8 +103,15 @@ def check_lora_graph(model_dir: Path) -> None:
         session = ort.InferenceSession(str(model_dir / rel), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"{rel}: ONNX Runtime could not load the LoRA-input graph: {exc}") from exc
-    if not session.get_overridable_initializers():
+    check_io(session, manifest, plain.window_length, model_dir / rel)
+    overridable = sorted(i.name for i in session.get_overridable_initializers())
+    if not overridable:
         raise ModelLoadError(f"{rel}: the LoRA-input graph has no overridable LoRA weights")
+    info = manifest.get("lora_graph")
+    listed = info.get("inputs") if isinstance(info, dict) else None
+    if listed is not None and sorted(listed) != overridable:
+        raise ModelLoadError(f"{rel}: the graph's LoRA weights {overridable} differ from the manifest's "
+                             f"lora_graph.inputs {sorted(listed)}")
     window = np.random.default_rng(0).standard_normal((2, plain.window_length, 2)).astype(np.float32)
     want = plain.run(window)
     got = dict(zip([o.name for o in session.get_outputs()],

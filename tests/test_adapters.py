@@ -168,9 +168,9 @@ def test_export_cli_and_store_round_trip(lora_base: Path, tmp_path: Path, capsys
 
 def test_shipped_example_adapter_matches_peft_on_the_bundled_base() -> None:
     repo = Path(__file__).resolve().parent.parent
-    base, lora_base = repo / "models" / "base", repo / "models" / "base-lora"
+    base = repo / "models" / "base"
     example = repo / "models" / "site_adapters" / "example-site"
-    rt = ModelRuntime.load(lora_base, ["cpu"], adapters={"example": example})
+    rt = ModelRuntime.load(base, ["cpu"], adapters={"example": example})
     reference = load_peft(base, example)
     window = np.random.default_rng(11).standard_normal((6, rt.window_length, 3)).astype(np.float32)
     want = _torch(reference, window)

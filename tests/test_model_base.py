@@ -38,9 +38,12 @@ def session():  # type: ignore[no-untyped-def]
 
 
 def test_manifest_lists_and_hashes_every_file(manifest: Manifest) -> None:
-    assert set(manifest.files) == {"model.safetensors", "config.json", "model.onnx"}
+    assert set(manifest.files) == {"model.safetensors", "config.json", "model.onnx", "model_lora.onnx"}
     assert verify_files(manifest, BASE) == []
     assert manifest.files["model.onnx"] == sha256_file(BASE / "model.onnx")
+    lora = manifest.extra["lora_graph"]
+    assert lora["file"] == "model_lora.onnx" and lora["targets"] == manifest.lora_targets
+    assert lora["parity_no_adapter_max_abs_diff"] < lora["parity_tolerance"]
     assert manifest.channel_independent is True and manifest.base_model is None
     assert manifest.window_length == json.loads((BASE / "config.json").read_text())["window_length"]
     assert manifest.lora_targets and manifest.export["parity_max_abs_diff"] < manifest.export["parity_tolerance"]
@@ -178,10 +181,39 @@ def test_quick_pretrain_lowers_loss_exports_with_parity_and_reproduces(tmp_path:
     assert m1.training["loss_last_5pct"] < 0.5 * m1.training["loss_first_5pct"]
     assert m1.export["parity_max_abs_diff"] < 1e-4
     assert verify_files(load_manifest(tmp_path / "a"), tmp_path / "a") == []
+    assert set(m1.files) == {"model.safetensors", "config.json", "model.onnx", "model_lora.onnx"}
+    assert m1.extra["lora_graph"]["parity_no_adapter_max_abs_diff"] < 1e-4
     m2 = pretrain(tmp_path / "b", recipe=recipe)
-    assert m2.files["model.safetensors"] == m1.files["model.safetensors"]
-    m3 = pretrain(tmp_path / "c", recipe=recipe, seed=5)
-    assert m3.files["model.safetensors"] != m1.files["model.safetensors"]
+    assert m2.files == m1.files  # every file, the LoRA-input graph included, byte for byte
+    m3 = pretrain(tmp_path / "c", recipe=recipe, seed=5, lora_graph=False)
+    assert m3.files["model.safetensors"] != m1.files["model.safetensors"] and "model_lora.onnx" not in m3.files
+
+
+@pytest.mark.train
+def test_shipped_lora_graph_is_derived_from_the_shipped_weights(tmp_path: Path, manifest: Manifest) -> None:
+    """`lora-gateway model export --lora-graph` on the shipped weights rewrites the shipped
+    model_lora.onnx byte for byte (the step `model pretrain` runs last), and the graph with
+    no adapter is the base model."""
+    pytest.importorskip("peft")
+    from models.adapters import export_lora_graph
+
+    copy = tmp_path / "base"
+    copy.mkdir()
+    for name in ("model.safetensors", "config.json", "model.onnx", "manifest.json"):
+        (copy / name).write_bytes((BASE / name).read_bytes())
+    data = json.loads((copy / "manifest.json").read_text())
+    data["files"].pop("model_lora.onnx")
+    data.pop("lora_graph")
+    (copy / "manifest.json").write_text(json.dumps(data))
+    again = export_lora_graph(copy)
+    assert again["files"] == manifest.files, "models/base/model_lora.onnx is stale: lora-gateway model export --base models/base --lora-graph"
+    plain = ort.InferenceSession(str(BASE / "model.onnx"), providers=["CPUExecutionProvider"])
+    lora = ort.InferenceSession(str(BASE / "model_lora.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in lora.get_inputs()] == ["window"]
+    assert sorted(i.name for i in lora.get_overridable_initializers()) == manifest.extra["lora_graph"]["inputs"]
+    x = np.random.default_rng(3).standard_normal((5, manifest.window_length, 4)).astype(np.float32)
+    for a, b in zip(plain.run(None, {"window": x}), lora.run(None, {"window": x})):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 @pytest.mark.train

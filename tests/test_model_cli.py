@@ -184,7 +184,9 @@ def test_pretrain_cli_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     from models.manifest import load_manifest, verify_files
 
     assert main(["model", "pretrain", "--out", str(tmp_path / "m"), "--quick", "--steps", "120"]) == 0
-    assert "onnx parity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "onnx parity" in out and "LoRA-input graph model_lora.onnx" in out
     m = load_manifest(tmp_path / "m")
     assert m.training["recipe"]["steps"] == 120 and verify_files(m, tmp_path / "m") == []
+    assert "model_lora.onnx" in m.files and m.extra["lora_graph"]["file"] == "model_lora.onnx"
     assert main(["model", "pretrain", "--out", str(tmp_path / "n"), "--steps", "0"]) == 1

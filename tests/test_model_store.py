@@ -312,21 +312,59 @@ def test_shipped_example_adapter_fits_shipped_base(store: ModelStore) -> None:
     manifest = integrity.load_manifest(adapter.path)
     assert manifest["evaluation"]["val_loss_after"] < manifest["evaluation"]["val_loss_before"]
     assert manifest["export"]["onnx_adapter"]["parity_max_abs_diff"] < 1e-4
-    # the bundled base with its LoRA-input graph: same weights, serves the adapter
-    lora_base = store.install(repo / "models" / "base-lora")
-    assert lora_base.version.endswith("+lora") and lora_base.base_sha256 == base.base_sha256
-    plain_m, lora_m = integrity.load_manifest(base.path), integrity.load_manifest(lora_base.path)
-    remake = ("models/base-lora is stale: rm -rf models/base-lora && lora-gateway model export "
-              "--base models/base --lora-graph --lora-graph-out models/base-lora")
-    assert {k: v for k, v in lora_m["files"].items() if k != "model_lora.onnx"} == plain_m["files"], remake
-    assert lora_m.get("thresholds") == plain_m.get("thresholds"), remake
+    # the bundled base carries its LoRA-input graph: it serves the adapter as installed
+    base_m = integrity.load_manifest(base.path)
+    assert base_m["lora_graph"]["file"] in base_m["files"]
     from models.runtime import ModelRuntime
 
-    rt = ModelRuntime.load(lora_base.path, ["cpu"], adapters={"example": adapter.path})
+    rt = ModelRuntime.load(base.path, ["cpu"], adapters={"example": adapter.path})
     plain = ModelRuntime.load(base.path, ["cpu"])
+    assert (rt.graph_file, plain.graph_file) == ("model_lora.onnx", "model.onnx")
     window = np.random.default_rng(0).standard_normal((4, rt.window_length, 2)).astype(np.float32)
     np.testing.assert_allclose(rt.run(window)["embedding"], plain.run(window)["embedding"], atol=1e-4)
     assert np.max(np.abs(rt.run(window, "example")["reconstruction"] - plain.run(window)["reconstruction"])) > 1e-3
+
+
+def _bundled_base_copy(dest: Path) -> Path:
+    repo = Path(__file__).resolve().parent.parent
+    dest.mkdir(parents=True)
+    for path in (repo / "models" / "base").iterdir():
+        (dest / path.name).write_bytes(path.read_bytes())
+    return dest
+
+
+def test_bundled_base_lora_graph_is_checked_on_install_and_verify(store: ModelStore, tmp_path: Path) -> None:
+    """The LoRA-input graph is covered like model.onnx: its sha256 on install and verify,
+    its inputs/outputs and LoRA weights against the manifest."""
+    import json
+
+    corrupt = _bundled_base_copy(tmp_path / "corrupt")
+    data = bytearray((corrupt / "model_lora.onnx").read_bytes())
+    data[-5] ^= 0x01
+    (corrupt / "model_lora.onnx").write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="model_lora.onnx: sha256 mismatch"):
+        store.install(corrupt)
+    renamed = _bundled_base_copy(tmp_path / "renamed")  # manifest.json is not hashed: its claims are checked
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    manifest["lora_graph"]["inputs"] = manifest["lora_graph"]["inputs"][:-1]
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="differ from the manifest's lora_graph.inputs"):
+        store.install(renamed)
+    other_output = _bundled_base_copy(tmp_path / "output")
+    manifest = json.loads((other_output / "manifest.json").read_text())
+    manifest["outputs"][1]["shape"] = ["N", "C", 8]
+    (other_output / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="embedding"):
+        store.install(other_output)
+    assert store.list() == []
+    good = store.install(_bundled_base_copy(tmp_path / "good"))
+    assert store.verify() == [(good.ref, None)]
+    path = good.path / "model_lora.onnx"
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0xFF
+    path.write_bytes(bytes(data))
+    [(_, problem)] = store.verify()
+    assert problem is not None and "model_lora.onnx: sha256 mismatch" in problem
 
 
 def test_cli_store_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,9 +6,14 @@ standardised over its own series (the per-device calibration the gateway applies
 the mean squared reconstruction error. It then exports ONNX, checks ONNX Runtime against
 PyTorch on held-out windows (raises ``ParityError`` beyond the tolerance), measures the
 held-out reconstruction error on normal vs faulty windows, and writes
-``model.safetensors``, ``config.json``, ``model.onnx`` and ``manifest.json``.
+``model.safetensors``, ``config.json``, ``model.onnx`` and ``manifest.json``. Last, it
+derives the LoRA-input graph ``model_lora.onnx`` from the saved weights
+(``models.adapters.export_lora_graph``, also runnable alone as ``lora-gateway model export
+--lora-graph``; manifest key ``lora_graph``, its sha256 under ``files``), so the base
+serves ``.onnx_adapter`` files as it comes out of training.
 
-Same seed, steps and settings give the same weights (single thread, deterministic ops).
+Same seed, steps and settings give the same files, byte for byte (single thread,
+deterministic ops; the LoRA graph is a pure function of the weights).
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from models.architecture import (
     save_model,
 )
 from models.export import DEFAULT_TOLERANCE, INPUT_NAME, check_parity, export_onnx
-from models.manifest import Manifest, TensorSpec, hash_files, write_manifest
+from models.manifest import (
+    Manifest,
+    TensorSpec,
+    hash_files,
+    load_manifest,
+    write_manifest,
+)
 from models.synthetic import (
     FAULT_KINDS,
     normal_windows,
@@ -159,8 +170,15 @@ def pretrain(
     recipe: Recipe | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     threads: int = 1,
+    lora_graph: bool = True,
 ) -> Manifest:
-    """Train, export, check parity and write the four model files into ``out_dir``."""
+    """Train, export, check parity and write the model files into ``out_dir``.
+
+    With ``lora_graph`` (the default, the shipped recipe) the LoRA-input graph is exported
+    from the saved weights too (needs peft, like the rest of the [train] extra) and the
+    returned manifest lists it; ``models.adapters.ExportError`` if its no-adapter parity
+    with the base exceeds ``tolerance``.
+    """
     torch.set_num_threads(threads)
     config = config or PatchAEConfig()
     recipe = recipe or Recipe()
@@ -168,6 +186,7 @@ def pretrain(
         recipe = Recipe(**{**asdict(recipe), **({"steps": steps} if steps else {}), **({"seed": seed} if seed is not None else {})})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "model_lora.onnx").unlink(missing_ok=True)  # derived from the old weights, if any
     started = time.perf_counter()
     model, losses = train(config, recipe)
     train_s = time.perf_counter() - started
@@ -224,5 +243,11 @@ def pretrain(
         },
     )
     write_manifest(manifest, out)
+    if lora_graph:
+        # imports peft: only when asked for
+        from models.adapters import export_lora_graph
+
+        export_lora_graph(out, targets=list(LORA_TARGETS), tolerance=tolerance)
+        manifest = load_manifest(out)
     log.info("wrote %s (loss %.4f -> %.4f, parity %.2g)", out, head, tail, worst)
     return manifest
