@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.alert_policy import AlertPolicyConfig
+from gateway.model_commands import CommandsSection
 from gateway.profiles import ProfileConfig
 from gateway.recorder_config import RecordConfig, record_config_errors
 
@@ -98,6 +99,7 @@ class GatewayConfig(Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
+    commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
     source_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)

@@ -27,6 +27,7 @@ from gateway.contracts import AlertHandler, PluginContext, Source
 from gateway.dispatcher import Dispatcher
 from gateway.inference import InferenceEngine
 from gateway.metrics import Metrics
+from gateway.model_commands import ModelCommandListener
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.profiles import ProfileSet
@@ -88,6 +89,8 @@ class Gateway:
         self._last_watchdog = 0.0
         self._watchdog_every = sdnotify.watchdog_interval_s()
         self._model_labels: dict[str, str] | None = None
+        self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
+        self.commands: ModelCommandListener | None = None
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
 
     # ---- model ------------------------------------------------------------------------
@@ -103,23 +106,45 @@ class Gateway:
 
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
-        model_dir = resolve_model_dir(self.config)
-        log.info("model reload requested: loading %s", model_dir)
-        try:
-            runtime = self.load_runtime(model_dir)
-        except ModelLoadError as exc:
-            self.metrics.inc("model_reload_failures_total")
-            log.error("model reload failed, the previous model keeps serving: %s", exc)
-            return False
-        assert self.pipeline is not None
-        self.pipeline.engine.swap_runtime(runtime)
-        # thresholds left unset in [alerts] follow the new model's manifest
-        self.pipeline.policy.config = self.config.alerts.resolved(runtime.manifest)
-        self.runtime = runtime
-        self._publish_model_info(runtime, model_dir)
-        self.metrics.inc("model_reloads_total")
-        log.info("model reloaded from %s", model_dir)
-        return True
+        return self.switch_model(resolve_model_dir(self.config)) is None
+
+    def switch_model(self, model_dir: Path, commit: Callable[[], None] | None = None) -> str | None:
+        """Load ``model_dir`` (warm-up included) and swap it in between two batches.
+
+        ``commit`` runs after a good load and before the swap (the command topic's store
+        activation); a ModelLoadError from the load or from ``commit`` keeps the previous
+        model serving, is counted (``model_reload_failures_total``) and its one-line reason
+        returned. None on a swap. One switch at a time.
+        """
+        with self._switch_lock:
+            log.info("model reload requested: loading %s", model_dir)
+            runtime: ModelRuntime | None = None
+            try:
+                runtime = self.load_runtime(model_dir)
+                if commit is not None:
+                    commit()
+            except ModelLoadError as exc:
+                if runtime is not None:
+                    runtime.close()
+                self.metrics.inc("model_reload_failures_total")
+                log.error("model reload failed, the previous model keeps serving: %s", exc)
+                return str(exc)
+            assert self.pipeline is not None
+            self.pipeline.engine.swap_runtime(runtime)
+            # thresholds left unset in [alerts] follow the new model's manifest
+            self.pipeline.policy.config = self.config.alerts.resolved(runtime.manifest)
+            self.runtime = runtime
+            self._publish_model_info(runtime, model_dir)
+            self.metrics.inc("model_reloads_total")
+            log.info("model reloaded from %s", model_dir)
+            return None
+
+    def serving_ref(self) -> str | None:
+        """``name@version`` of the model serving now (None before the first load)."""
+        runtime = self.runtime
+        if runtime is None:
+            return None
+        return f"{runtime.manifest.get('name', '?')}@{runtime.manifest.get('version', '?')}"
 
     def _publish_model_info(self, runtime: ModelRuntime, model_dir: Path) -> None:
         """``model_info{model,version,path}`` is 1 for the model serving now, 0 for the one before."""
@@ -202,6 +227,9 @@ class Gateway:
             from gateway.metrics_http import serve_metrics
 
             self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health)
+        if cfg.commands.enabled:
+            self.commands = ModelCommandListener(cfg.commands, cfg.gateway.id, self, self.metrics)
+            self.commands.start()
         self._wait_sources_up(timeout=5.0)
         self.ready.set()
         sdnotify.notify("READY=1")
@@ -249,6 +277,8 @@ class Gateway:
     def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
         steps: list[tuple[str, Callable[[], None]]] = []
+        if self.commands is not None:
+            steps.append(("model commands", self.commands.stop))
         steps += [(f"source {s.name}", s.stop) for s in self.sources]
         if self.pipeline is not None:
             steps.append(("pipeline", self.pipeline.stop))
