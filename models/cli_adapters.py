@@ -46,7 +46,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             channels=channels, timestamp_column=args.timestamp_column, label_column=args.label_column,
             rank=args.rank, alpha=args.alpha, epochs=args.epochs, patience=args.patience, lr=args.lr,
             batch_size=args.batch_size, val_fraction=args.val_fraction, stride=args.stride, seed=args.seed,
-            name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress)
+            name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
+            label_weight=args.label_weight, label_margin=args.label_margin)
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
@@ -104,13 +105,18 @@ def add_adapter_commands(model_sub: Any) -> None:
     """Add ``finetune`` and ``export`` to ``lora-gateway model``."""
     p = model_sub.add_parser("finetune", help="train a LoRA adapter on a site's data ([train] extra)",
                              description="Self-supervised LoRA fine-tuning on a site's normal readings; "
-                                         "with a label column, anomalous rows are left out of training "
+                                         "with a label column, anomalous rows of the training part are left "
+                                         "out of the reconstruction loss and feed a supervised margin term; "
                                          "and detection metrics are reported.")
     p.add_argument("--data", required=True, help="CSV (comma or semicolon; `lora-gateway record export` writes one), "
                    "or the gateway's recording: its directory or a .jsonl file")
     p.add_argument("--channels", required=True, help="comma-separated channel column names")
     p.add_argument("--timestamp-column", default="timestamp")
     p.add_argument("--label-column", help="optional 0/1 (normal/anomaly) column")
+    p.add_argument("--label-weight", type=float, default=0.1,
+                   help="weight of the supervised term on the training part's labelled windows (0: off)")
+    p.add_argument("--label-margin", type=float, default=2.0,
+                   help="labelled windows are pushed to this multiple of the normal windows' 99th percentile")
     p.add_argument("--device", help="device id to train on, from a recording or a CSV with a device_id column "
                    "(needed when it holds several devices)")
     p.add_argument("--base", type=Path, help="base model directory (default: the bundled base)")

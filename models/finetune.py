@@ -17,10 +17,18 @@ Recipe (:func:`finetune`):
    BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss, a
    tqdm progress bar per epoch, early stopping on the validation loss with ``patience``,
    and the best epoch's adapter kept.
+   When rows of the *training part* are labelled anomalous, a supervised term is added
+   (weight ``label_weight``, 0 turns it off): whole-device windows ending on a labelled
+   row must score at least ``label_margin`` x the high quantile of normal windows, in the
+   gateway's own statistics (:mod:`models.label_objective`). Labels of the validation
+   rows are never a training signal; they only keep anomalous windows out of the
+   validation loss and score the result.
 6. When labels exist, supervised validation metrics: the gateway's own scoring
-   (:func:`models.evaluate.score_recording`, calibrated on the training rows) is run with
-   the base and with the adapted model, and point-wise precision/recall/F1/false-alarm rate
-   on the validation rows are reported for both.
+   (:func:`models.evaluate.score_recording`) is run with the base, the adapted model and
+   the PCA baseline, and point-wise precision/recall/F1/false-alarm rate on the
+   validation rows are reported for each. The scorer calibrates on the training rows
+   before the first labelled anomaly when that is at least half of them (a calibration
+   stretch must be normal: faults inside it raise every threshold), else on all of them.
 
 Output directory: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT layout) and
 ``manifest.json`` (kind ``adapter``, base name and weights sha256, data file and its sha256,
@@ -45,6 +53,7 @@ from tqdm import tqdm
 from models import integrity
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing, point_metrics, score_recording
+from models.label_objective import DEFAULT_MARGIN, device_windows, label_margin_loss, recency_weights
 from models.runtime import window_length, weights_sha256
 from models.site_data import SiteData, SiteDataError, load_site_data
 
@@ -121,14 +130,29 @@ class _TorchSession:
         return [out[n] for n in names]
 
 
-def _supervised(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, split: int, T: int,
+def scorer_calibration_rows(labels: np.ndarray, split: int) -> int:
+    """Rows the scorer calibrates on for the supervised metrics: the training rows before
+    the first labelled anomaly when that is at least half of them, else all ``split``."""
+    first = np.flatnonzero(labels[:split])
+    return int(first[0]) if len(first) and first[0] >= split // 2 else split
+
+
+def _supervised(models: dict[str, torch.nn.Module], values: np.ndarray, labels: np.ndarray, split: int, T: int,
                 manifest: dict[str, Any]) -> dict[str, Any]:
+    """Point-wise metrics on the rows from ``split`` on, for each model and the PCA baseline."""
     from gateway.score_settings import settings_from
 
     settings = settings_from(manifest)
-    scores = score_recording(values, _TorchSession(model), T, calibration_rows=split, settings=settings,
-                             with_pca=False)
-    return point_metrics(labels, scores.alert, scores.evaluated).as_dict()
+    cal = scorer_calibration_rows(labels, split)
+    evaluated = np.arange(len(labels)) >= split
+    out: dict[str, Any] = {"calibration_rows": cal}
+    for i, (key, model) in enumerate(models.items()):
+        scores = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings,
+                                 with_pca=i == 0)
+        out[key] = point_metrics(labels, scores.alert, evaluated).as_dict()
+        if i == 0:
+            out["pca"] = point_metrics(labels, scores.pca_alert, evaluated).as_dict()
+    return out
 
 
 def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, channels: list[str] | None = None,
@@ -136,12 +160,14 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
              alpha: int = 16, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
              val_fraction: float = 0.25, stride: int = 1, max_windows: int = 20000,
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
-             device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True) -> FinetuneResult:
+             device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True,
+             label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
     ``timestamp_column``, ``label_column``, ``device_id``), or a time-ordered array
-    ``[rows, channels]`` (unlabelled). Raises SiteDataError for data it cannot use (too few
+    ``[rows, channels]`` (unlabelled). ``label_weight``/``label_margin``: the supervised
+    term, used only when the training part has labelled anomalous rows. Raises SiteDataError for data it cannot use (too few
     rows, unknown columns, nothing normal to learn from) and ValueError for bad settings.
     Writes ``out_dir`` (created; existing adapter files in it are replaced).
     """
@@ -149,6 +175,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     rng = np.random.default_rng(seed)
     if rank < 1 or alpha <= 0 or epochs < 1 or not 0.05 <= val_fraction <= 0.5 or stride < 1:
         raise ValueError("need rank >= 1, alpha > 0, epochs >= 1, 0.05 <= val_fraction <= 0.5, stride >= 1")
+    if label_weight < 0 or label_margin <= 1.0:
+        raise ValueError("need label_weight >= 0 and label_margin > 1")
     base_dir = Path(base_dir)
     base_manifest = integrity.load_manifest(base_dir)
     integrity.verify_dir(base_dir, base_manifest)
@@ -182,6 +210,14 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         raise SiteDataError(f"{data.source}: only {len(train)} training / {len(val)} validation windows of "
                             f"{T} clean normal rows; bring more data or fewer gaps")
 
+    # supervised term: whole-device windows of the training part only
+    empty = np.zeros((0, T, z.shape[1]), np.float32)
+    sup_anomalous, sup_normal = (device_windows(z[:split], anomalous[:split], missing[:split], T, max_windows, rng)
+                                 if label_weight > 0 and anomalous[:split].any() else (empty, empty))
+    supervised = label_weight > 0 and len(sup_anomalous) >= 4 and len(sup_normal) >= 64
+    weights = recency_weights(T, float(base_manifest.get("thresholds", {}).get("recency_halflife", 8.0)))
+    sup_batch, ref_batch = 32, 256
+
     base_model: PatchAutoencoder = load_model(base_dir)
     for p in base_model.parameters():
         p.requires_grad_(False)
@@ -201,18 +237,25 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     for epoch in bar:
         model.train()
         order = rng.permutation(len(train))
-        total = 0.0
+        total = sup_total = 0.0
         for i in range(0, len(order), batch_size):
             x = torch.from_numpy(train[order[i:i + batch_size]])
             rec, _ = model(x)
             loss = torch.mean((rec - x) ** 2)
+            total += float(loss.detach()) * len(x)
+            if supervised:
+                a = torch.from_numpy(sup_anomalous[rng.integers(0, len(sup_anomalous), sup_batch)])
+                n = torch.from_numpy(sup_normal[rng.integers(0, len(sup_normal), ref_batch)])
+                sup_loss = label_margin_loss(model, a, n, weights, label_margin)
+                sup_total += float(sup_loss.detach()) * len(x)
+                loss = loss + label_weight * sup_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(x)
         train_loss = total / len(train)
         val_loss = _loss(model, val)
-        history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6)})
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6)}
+                       | ({"label_loss": round(sup_total / len(train), 6)} if supervised else {}))
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best:.4f}")
         if val_loss < best - 1e-7:
             best, best_epoch, bad_epochs = val_loss, epoch, 0
@@ -230,9 +273,10 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     if data.labels is not None and supervised_metrics and data.labels[split:].any():
         try:
             evaluation["supervised"] = {
-                "split": "validation rows (after the training rows), scored as the gateway does",
-                "base": _supervised(load_model(base_dir), values, data.labels, split, T, base_manifest),
-                "adapter": _supervised(model, values, data.labels, split, T, base_manifest),
+                "split": "validation rows (after the training rows), scored as the gateway does; the scorer "
+                         "calibrates on the first calibration_rows rows",
+                **_supervised({"base": load_model(base_dir), "adapter": model}, values, data.labels, split, T,
+                              base_manifest),
             }
         except ValueError as exc:  # too few rows to calibrate the scorer
             evaluation["supervised"] = {"skipped": str(exc)}
@@ -254,7 +298,12 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         "thresholds": base_manifest.get("thresholds", {}),
         "training": {
             "method": "LoRA (peft), self-supervised reconstruction of normal windows"
-                      + ("; rows labelled anomalous excluded" if data.labels is not None else ""),
+                      + ("; rows labelled anomalous excluded" if data.labels is not None else "")
+                      + ("; supervised margin term on labelled training windows (models.label_objective)"
+                         if supervised else ""),
+            "label_objective": {"used": supervised, "weight": label_weight, "margin": label_margin,
+                                "anomalous_windows": int(len(sup_anomalous)), "normal_windows": int(len(sup_normal)),
+                                "labelled_training_rows": int(anomalous[:split].sum())},
             "data_file": data.source, "data_sha256": data.sha256, "rows": L, "channels": data.channels,
             "timestamp_column": timestamp_column, "label_column": label_column,
             "time_range": [float(data.timestamps[0]), float(data.timestamps[-1])],
