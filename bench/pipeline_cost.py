@@ -96,10 +96,20 @@ def main() -> None:
 
 
 def compare_recording(p, recorder, m, ups: list) -> None:
-    """Chunks in the order off, on, on, off, ... (drift cancels); see the module docstring."""
-    chunk = max(500, len(ups) // 16)
+    """Chunks in groups of four (off, on, on, off: a linear drift cancels); the ratio is taken
+    per group and the median reported, so load changes on a shared machine matter less.
+    Then the recorder's own costs, each timed alone: put() on the pipeline thread, and the
+    writer's formatting and writing per reading (a second recorder drained by stop())."""
+    import statistics
+
+    from gateway.decoding import decode_uplink
+    from gateway.recorder import ReadingRecorder
+    from gateway.recorder_config import RecordConfig
+
+    chunk = max(250, len(ups) // 32)
     t = {"off": 0.0, "on": 0.0, "on_drained": 0.0}
     n = {"off": 0, "on": 0}
+    groups: list[list[float]] = []
     for i, start in enumerate(range(0, len(ups), chunk)):
         part = ups[start:start + chunk]
         on = i % 4 in (1, 2)
@@ -112,19 +122,39 @@ def compare_recording(p, recorder, m, ups: list) -> None:
         key = "on" if on else "off"
         t[key] += t1 - t0
         n[key] += len(part)
+        if i % 4 == 0:
+            groups.append([0.0, 0.0])
+        groups[-1][1 if on else 0] += (t1 - t0) / len(part)
         if on:
             recorder.wake()
             while m.get("recorder_readings_total") + m.get("recorder_dropped_total") < n["on"]:
                 time.sleep(0.0005)
             t["on_drained"] += time.perf_counter() - t0
+    ratios = [on / off for off, on in groups if off and on]
     off, on, drained = (t["off"] / n["off"] * 1e6, t["on"] / n["on"] * 1e6, t["on_drained"] / n["on"] * 1e6)
     print(f"{n['off']} readings without recording, {n['on']} with, in alternating chunks of {chunk}; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"pipeline without recorder  {off:7.1f} us/reading")
-    print(f"pipeline with recorder     {on:7.1f} us/reading  (ratio {on / off:.3f})")
+    print(f"pipeline with recorder     {on:7.1f} us/reading  (ratio of totals {on / off:.3f}; per group of 4 chunks: "
+          f"median {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f})")
     print(f"  + writer drained         {drained:7.1f} us/reading  (ratio {drained / off:.3f})")
     print(f"recorded {m.get('recorder_readings_total'):.0f}, dropped {m.get('recorder_dropped_total'):.0f}, "
           f"{m.get('recorder_bytes'):.0f} bytes ({m.get('recorder_bytes') / max(1, n['on']):.0f} per reading)")
+    readings = [decode_uplink(p.pm, up, p.profiles) for up in ups]
+    alone = ReadingRecorder(RecordConfig(enabled=True, flush_interval_s=60, queue_size=2 * len(ups) + 2),  # never woken early
+                            Path(recorder.directory).parent / "alone", m)
+    alone.start()
+    t0 = time.perf_counter()
+    for reading, profile in readings:
+        alone.put(reading, profile, 2)
+    t_put = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone.stop(timeout=60)
+    t_write = time.perf_counter() - t0
+    k = len(readings)
+    print(f"recorder alone: put {t_put / k * 1e6:.2f} us/reading (pipeline thread), writer {t_write / k * 1e6:.2f} "
+          f"us/reading (its own thread); together {(t_put + t_write) / k * 1e6 / off:.1%} of the pipeline's "
+          f"{off:.1f} us")
 
 
 if __name__ == "__main__":

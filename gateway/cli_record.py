@@ -60,7 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     source = _directory(args)
     try:
         sel = Selection.of(_split(args.device), _split(args.channel), _time(args.since, "--since"),
-                           _time(args.until, "--until"))
+                           _time(args.until, "--until"), _split(args.profile))
         p = plan(source, sel)
         if args.out in (None, "-"):
             rows = write(p, sys.stdout, fmt, args.radio)
@@ -92,6 +92,8 @@ def add_commands(sub: Any) -> None:
     where.add_argument("--config", "-c", type=Path, help="gateway TOML config (its [record] dir)")
     e.add_argument("--device", "-d", action="append", metavar="ID",
                    help="device id (DevEUI, any case); repeat or comma-separate for several (default: all)")
+    e.add_argument("--profile", action="append", metavar="NAME",
+                   help="device profile the readings were decoded with; repeat or comma-separate (default: all)")
     e.add_argument("--channel", action="append", metavar="NAME",
                    help="channel to export; repeat or comma-separate (default: every channel seen)")
     e.add_argument("--since", help="first timestamp (ISO 8601, naive = UTC, or Unix seconds), inclusive")

@@ -1,7 +1,7 @@
 """Selecting readings from a recording and writing them as CSV or JSON lines.
 
 :func:`select` streams the recording (oldest file first, each file in line order, i.e. the
-order the gateway accepted the readings), keeps the readings of the chosen devices, inside
+order the gateway accepted the readings), keeps the readings of the chosen devices and profiles, inside
 the time range and holding at least one of the chosen channels, and skips corrupt lines
 (counted by reason in :class:`~gateway.recording_format.ReadStats`).
 
@@ -48,21 +48,25 @@ class Selection:
 
     devices: frozenset[str] | None = None
     channels: list[str] | None = None
+    profiles: frozenset[str] | None = None
     since: float | None = None
     until: float | None = None
 
     @classmethod
     def of(cls, devices: list[str] | None, channels: list[str] | None, since: float | None,
-           until: float | None) -> Selection:
+           until: float | None, profiles: list[str] | None = None) -> Selection:
         if since is not None and until is not None and until < since:
             raise ExportError("--until is before --since")
-        return cls(frozenset(normalise_device_id(d) for d in devices) if devices else None,
-                   list(dict.fromkeys(channels)) if channels else None, since, until)
+        return cls(devices=frozenset(normalise_device_id(d) for d in devices) if devices else None,
+                   channels=list(dict.fromkeys(channels)) if channels else None,
+                   profiles=frozenset(profiles) if profiles else None, since=since, until=until)
 
     def describe(self) -> str:
         parts = []
         if self.devices:
             parts.append(f"device(s) {', '.join(sorted(self.devices))}")
+        if self.profiles:
+            parts.append(f"profile(s) {', '.join(sorted(self.profiles))}")
         if self.channels:
             parts.append(f"channel(s) {', '.join(self.channels)}")
         if self.since is not None or self.until is not None:
@@ -116,6 +120,8 @@ def select(paths: list[Path], sel: Selection, stats: ReadStats) -> Iterator[Reco
             for r in read_lines(path, stats):
                 if sel.devices is not None and r.device_id not in sel.devices \
                         and r.device_id.lower() not in sel.devices:
+                    continue
+                if sel.profiles is not None and r.profile not in sel.profiles:
                     continue
                 if (sel.since is not None and r.ts < sel.since) or (sel.until is not None and r.ts > sel.until):
                     continue

@@ -1,9 +1,10 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
 Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> pipeline -> sources -> metrics endpoint -> READY=1. Stop order is
-the reverse: sources first (no new input), the pipeline drains its queue and flushes the
-last batch, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
+and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
+sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+input), the pipeline drains its queue and flushes the last batch, the recorder writes what
+it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
 
 SIGTERM/SIGINT stop the daemon; SIGHUP reloads the model (the store's active version) and

@@ -78,6 +78,10 @@ def test_jsonl_keeps_the_recording_format(tmp_path: Path, capsys: pytest.Capture
     assert len(lines) == 200 and lines[0]["values"] == {"pressure": 1013.0} and lines[0]["f_cnt"] == 0
     data = load_site_data(out, ["pressure"])  # model finetune reads it back
     assert data.rows == 200
+    rc, _, err = run(capsys, "--dir", str(tmp_path / "rec"), "--profile", "em300", "-o", str(out))
+    assert rc == 1 and err.startswith("error: no readings match profile(s) em300; the recording holds 400"), err
+    rc, _, err = run(capsys, "--dir", str(tmp_path / "rec"), "--profile", "em300,lpp", "-o", str(out))
+    assert rc == 0 and "wrote 400 reading(s) of 2 device(s)" in err, err
 
 
 def test_stdout_and_directory_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
