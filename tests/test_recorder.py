@@ -264,3 +264,16 @@ def test_gateway_records_what_its_pipeline_accepts(broker, tmp_path: Path) -> No
     assert first["profile"] == "lpp-nodes" and first["f_port"] == 2 and first["rssi"] == -80
     assert set(first["values"]) == {"temperature_1", "humidity_2", "voltage_3"}
     assert gw.metrics.get("recorder_dropped_total") == 0
+
+
+def test_unusable_recording_directory_stops_start_up(broker, tmp_path: Path) -> None:
+    from gateway.service import StartupError
+    from tests.test_e2e_mqtt import make_gateway
+
+    (tmp_path / "not-a-dir").write_text("")
+    gw = make_gateway(broker, tmp_path, {"record": {"enabled": True, "dir": str(tmp_path / "not-a-dir" / "rec")}})
+    try:
+        with pytest.raises(StartupError, match="record: directory .*not-a-dir/rec is not usable"):
+            gw.start()
+    finally:
+        gw.stop()

@@ -105,3 +105,24 @@ def test_csv_with_device_column_picks_one_device(tmp_path: Path) -> None:
     plain.write_text("timestamp,t\n1,2\n2,3\n")
     with pytest.raises(SiteDataError, match="has no 'device_id' column"):
         load_site_data(plain, ["t"], device_id="d1")
+
+
+def test_recording_directory_is_read_across_files(tmp_path: Path) -> None:
+    """`model finetune --data <recording dir> --device ID` reads the recorder's day files as they are."""
+    from gateway.recording_format import encode, file_name
+
+    directory = tmp_path / "recordings"
+    directory.mkdir()
+    for part, start in ((0, 0), (1, 5)):
+        (directory / file_name("2024-06-01", part)).write_text("".join(
+            encode(1717200000 + 60 * i, dev, {"t": float(i)}, "p", 2, i) for i in range(start, start + 5)
+            for dev in ("a840410000000001", "a840410000000002")))
+    (directory / "unrelated.txt").write_text("x")
+    with pytest.raises(SiteDataError, match="readings of 2 devices; pick one with --device"):
+        load_site_data(directory, ["t"])
+    data = load_site_data(directory, ["t"], device_id="A840410000000002")
+    np.testing.assert_allclose(data.values[:, 0], np.arange(10))
+    assert "recording: 2 file(s), 20 line(s)" in data.notes
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SiteDataError, match="no recording files"):
+        load_site_data(tmp_path / "empty", ["t"])
