@@ -111,7 +111,8 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--data", required=True, help="CSV (comma or semicolon; `lora-gateway record export` writes one), "
                    "or the gateway's recording: its directory or a .jsonl file")
     p.add_argument("--channels", required=True, help="comma-separated channel column names")
-    p.add_argument("--timestamp-column", default="timestamp")
+    p.add_argument("--timestamp-column", default=None,
+                   help="timestamp column (default: auto-detected by name; none: rows in file order)")
     p.add_argument("--label-column", help="optional 0/1 (normal/anomaly) column")
     p.add_argument("--label-weight", type=float, default=0.1,
                    help="weight of the supervised term on the training part's labelled windows (0: off)")

@@ -156,7 +156,7 @@ def _supervised(models: dict[str, torch.nn.Module], values: np.ndarray, labels: 
 
 
 def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, channels: list[str] | None = None,
-             timestamp_column: str = "timestamp", label_column: str | None = None, rank: int = 8,
+             timestamp_column: str | None = None, label_column: str | None = None, rank: int = 8,
              alpha: int = 16, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
              val_fraction: float = 0.25, stride: int = 1, max_windows: int = 20000,
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",

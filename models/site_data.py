@@ -2,7 +2,8 @@
 
 :func:`load_site_csv` reads a CSV with a header row: the delimiter is sniffed (comma or
 semicolon; with semicolons a decimal comma ``21,5`` is accepted), a timestamp column
-(ISO 8601 or Unix epoch seconds/milliseconds), the channels picked by name, and an
+(ISO 8601 or Unix epoch seconds/milliseconds; found by name when not given, and without one
+the rows are taken in file order), the channels picked by name, and an
 optional label column (``0``/``1``, ``true``/``false``, ``normal``/``anomaly``...; empty
 counts as normal). Rows are sorted by time; empty or unparseable values become NaN
 (counted); duplicate timestamps are kept in file order. Every problem that makes the file
@@ -31,6 +32,7 @@ import numpy as np
 
 from gateway.recorder_config import normalise_device_id
 from gateway.recording_format import ReadStats, read_lines, recording_paths
+from models.datasets import TIMESTAMP_NAMES
 
 TRUE_LABELS = frozenset({"1", "true", "yes", "y", "anomaly", "anomalous", "fault", "abnormal", "alarm"})
 DEVICE_COLUMN = "device_id"
@@ -117,10 +119,15 @@ def sniff_delimiter(sample: str) -> str:
         return ";" if header.count(";") > header.count(",") else ","
 
 
-def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
+def load_site_csv(path: Path, channels: list[str], timestamp_column: str | None,
                   label_column: str | None = None, min_rows: int = 2, device_id: str | None = None,
                   device_column: str = DEVICE_COLUMN) -> SiteData:
-    """Read a site CSV; see the module docstring. Raises SiteDataError for an unusable file."""
+    """Read a site CSV; see the module docstring. Raises SiteDataError for an unusable file.
+
+    ``timestamp_column=None`` picks the first column named like a time
+    (``models.datasets.TIMESTAMP_NAMES``, case-insensitive); a file without one is taken in
+    file order, one step per row (noted in ``notes``). A column named explicitly must exist.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -138,7 +145,10 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise SiteDataError(f"{path}: the file is empty") from None
-    wanted = [timestamp_column, *channels] + ([label_column] if label_column else [])
+    if timestamp_column is None:
+        timestamp_column = next((h for h in header if h.lower() in TIMESTAMP_NAMES
+                                 and h not in channels and h != label_column), None)
+    wanted = ([timestamp_column] if timestamp_column else []) + [*channels] + ([label_column] if label_column else [])
     missing = [c for c in wanted if c not in header]
     if missing:
         raise SiteDataError(f"{path}: no column(s) {', '.join(repr(m) for m in missing)}; the header "
@@ -150,7 +160,7 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
         raise SiteDataError(f"{path}: a device was picked ({device_id!r}) but the file has no {device_column!r} column")
     want_device = normalise_device_id(device_id) if device_id is not None else None
     devices_seen: dict[str, int] = {}
-    ts_i = header.index(timestamp_column)
+    ts_i = header.index(timestamp_column) if timestamp_column else None
     ch_i = [header.index(c) for c in channels]
     lb_i = header.index(label_column) if label_column else None
     decimal_comma = delimiter == ";"
@@ -168,11 +178,14 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
             devices_seen[dev] = devices_seen.get(dev, 0) + 1
             if want_device is not None and dev != want_device:
                 continue
-        try:
-            stamps.append(parse_timestamp(row[ts_i]))
-        except ValueError:
-            raise SiteDataError(f"{path}:{line_no}: timestamp {row[ts_i]!r} is neither ISO 8601 nor epoch "
-                                "seconds") from None
+        if ts_i is None:
+            stamps.append(float(len(stamps)))
+        else:
+            try:
+                stamps.append(parse_timestamp(row[ts_i]))
+            except ValueError:
+                raise SiteDataError(f"{path}:{line_no}: timestamp {row[ts_i]!r} is neither ISO 8601 nor "
+                                    "epoch seconds") from None
         values = []
         for i in ch_i:
             try:
@@ -196,6 +209,8 @@ def load_site_csv(path: Path, channels: list[str], timestamp_column: str,
     if all_nan:
         raise SiteDataError(f"{path}: channel(s) {', '.join(all_nan)} hold no numeric value")
     notes = [f"delimiter {delimiter!r}"]
+    if ts_i is None:
+        notes.append("no timestamp column: rows taken in file order, one step each")
     if bad_values:
         notes.append(f"{bad_values} unparseable value(s) read as missing")
     if not np.all(np.diff(np.asarray(stamps)) >= 0):
@@ -259,7 +274,7 @@ def load_recording(path: Path, channels: list[str], device_id: str | None = None
                     source=f"{path}#{device_id}", sha256=digest.hexdigest(), notes=notes)
 
 
-def load_site_data(path: Path, channels: list[str], timestamp_column: str = "timestamp",
+def load_site_data(path: Path, channels: list[str], timestamp_column: str | None = None,
                    label_column: str | None = None, device_id: str | None = None) -> SiteData:
     """A recording directory or ``.jsonl``/``.ndjson`` file (the gateway's recording), else a CSV."""
     path = Path(path)

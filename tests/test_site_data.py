@@ -126,3 +126,29 @@ def test_recording_directory_is_read_across_files(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SiteDataError, match="no recording files"):
         load_site_data(tmp_path / "empty", ["t"])
+
+
+def test_industrial_shape_without_timestamp_column_reads_in_file_order(tmp_path: Path) -> None:
+    """8 numeric channels, semicolons, decimal commas, a 0/1 label column and no time column:
+    usable through options alone (rows in file order), as ``model eval`` does."""
+    names = [f"s{i}" for i in range(8)]
+    lines = [";".join([*names, "label"])]
+    for r in range(30):
+        lines.append(";".join([f"{r},{c}" for c in range(8)] + ["1" if r == 7 else "0"]))
+    path = tmp_path / "plant.csv"
+    path.write_text("\n".join(lines) + "\n")
+    data = load_site_csv(path, names, None, label_column="label")
+    assert data.values.shape == (30, 8)
+    assert data.values[3, 2] == pytest.approx(3.2)
+    assert list(data.timestamps[:3]) == [0.0, 1.0, 2.0]
+    assert data.labels is not None and int(data.labels.sum()) == 1 and bool(data.labels[7])
+    assert any("file order" in n for n in data.notes)
+
+
+def test_timestamp_column_found_by_name_and_explicit_missing_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.csv"
+    path.write_text("Time,temp\n1700000600,2\n1700000000,1\n")
+    data = load_site_csv(path, ["temp"], None)
+    assert list(data.values[:, 0]) == [1.0, 2.0]  # sorted by the detected time column
+    with pytest.raises(SiteDataError, match="no column"):
+        load_site_csv(path, ["temp"], "stamp")
