@@ -8,7 +8,10 @@ it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then ha
 stop. Each part's cleanup runs even when another's fails.
 
 SIGTERM/SIGINT stop the daemon; SIGHUP reloads the model (the store's active version) and
-keeps the old one serving if the new one fails to load or to run its warm-up batch.
+keeps the old one serving if the new one fails to load or to run its warm-up batch. With
+``[commands]`` enabled, ``<prefix>/command/model/activate`` on MQTT does the same for a named
+store version (``gateway.model_commands``), moving the store's active pointer only after the
+new model has loaded and warmed up; every command gets a reply on ``.../model/result``.
 """
 
 from __future__ import annotations
