@@ -246,19 +246,23 @@ class PtySimulator:
                 was_present = False
                 continue
             # queue what is due, up to BURST_S of line time, so pacing does not hinge on
-            # sub-millisecond sleeps at high baud rates
+            # sub-millisecond sleeps at high baud rates; the next burst is handed to the pty
+            # up to BURST_S before the line drains (a UART's transmit FIFO), so a late wake-up
+            # does not leave the line idle. ``wire_free_at`` advances by every byte's line
+            # time, so the long-run rate never exceeds baud / 10 bytes/s (by at most one burst).
             budget = self.baud / 10 * BURST_S
-            while (not unplug_due and not finished and now >= wire_free_at and len(out) < budget
+            ahead = wire_free_at - BURST_S
+            while (not unplug_due and not finished and now >= ahead and len(out) < budget
                    and (self.full_speed or self.clock() >= nxt.time_s)):
                 out += self._render(nxt)
                 nxt = next(readings)
                 sent += 1
                 finished = self._hold.is_set() or (self.max_messages is not None and sent >= self.max_messages)
-            if out and now >= wire_free_at:
+            if out and now >= ahead:
                 written = self._write(out)
                 del out[:written]
                 wire_free_at = max(wire_free_at, now) + written * 10 / self.baud
-            line_busy = max(0.0, wire_free_at - time.monotonic())
+            line_busy = max(0.0, wire_free_at - BURST_S - time.monotonic())
             if out and not line_busy:
                 self._wait_io(True, 0.02)  # the reader is behind: wait until the pty takes more
             elif out or (due and not finished):
