@@ -8,8 +8,9 @@ the line rate (10 bits a byte) for ``--seconds``; the serial source (PortSupervi
 driver, the same code the daemon runs) emits RawUplinks that are only counted. Prints
 frames/s received, the line's capacity in frames/s for that record size, the ratio, and
 whether every good frame arrived in order (a correctness check, also in
-tests/test_simulator.py). A pty has no real baud rate: the simulator paces itself, and
-its sleeps make it send a little below the line rate (the ratio column). The last rows
+tests/test_simulator.py). A pty has no real baud rate: the simulator paces itself by
+each byte's line time, never faster than the line, keeping one burst queued ahead like a
+UART FIFO; a ratio below 1 is the simulator's thread or the reader falling behind. The last rows
 run the simulator unpaced, so the gateway side (reader thread + driver) is the limit.
 """
 
