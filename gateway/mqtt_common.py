@@ -83,10 +83,22 @@ def read_password(opts: BrokerOptions) -> str | None:
     return None
 
 
-def make_client(opts: BrokerOptions, client_id: str, persistent: bool) -> mqtt.Client:
-    """A paho 2.x client configured with protocol, credentials, TLS and back-off (not connected)."""
+def make_client(opts: BrokerOptions, client_id: str, persistent: bool, *,
+                batched_receive: bool = False) -> mqtt.Client:
+    """A paho 2.x client configured with protocol, credentials, TLS and back-off (not connected).
+
+    ``batched_receive`` picks ``gateway.mqtt_receive.BatchedReceiveClient`` (chunked reads,
+    one PUBACK write per chunk) for subscribers taking many messages, when the installed
+    paho supports it.
+    """
     v5 = opts.protocol == "5"
-    client = mqtt.Client(
+    cls: type[mqtt.Client] = mqtt.Client
+    if batched_receive:
+        from gateway.mqtt_receive import BatchedReceiveClient, batched_receive_supported
+
+        if batched_receive_supported():
+            cls = BatchedReceiveClient
+    client = cls(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

@@ -206,20 +206,32 @@ def parse_time(value: Any) -> float | None:
     return ts
 
 
+class _NotJsonNumber(ValueError):
+    """A number JSON does not allow (``NaN``, ``Infinity``) or one that overflows a float."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJsonNumber(f"{name} is not a number JSON allows")
+
+
+def _finite(s: str) -> float:
+    f = float(s)
+    if not math.isfinite(f):
+        raise _NotJsonNumber("number overflows a float")
+    return f
+
+
+# one decoder for every message (json.loads with hooks would build a new one per call)
+_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def _loads(text: str | bytes, reason: str) -> Any:
-    def no_constant(name: str) -> Any:
-        raise UplinkShapeError(reason, f"{name} is not a number JSON allows")
-
-    def finite(s: str) -> float:
-        f = float(s)
-        if not math.isfinite(f):
-            raise UplinkShapeError(reason, "number overflows a float")
-        return f
-
     try:
-        return json.loads(text, parse_constant=no_constant, parse_float=finite)
-    except UplinkShapeError:
-        raise
+        if not isinstance(text, str):
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        return _JSON.decode(text)
+    except _NotJsonNumber as exc:
+        raise UplinkShapeError(reason, str(exc)) from exc
     except (ValueError, RecursionError, TypeError) as exc:
         raise UplinkShapeError(reason, str(exc)[:80]) from exc
 

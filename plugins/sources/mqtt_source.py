@@ -5,6 +5,10 @@ while the gateway is down are delivered when it returns; subscriptions are renew
 every on_connect. Each message is parsed into a RawUplink (gateway.uplink_shapes) on
 paho's thread, which is cheap and never sleeps; bad messages are counted by reason
 (``uplinks_rejected_total{source,reason}``) and never raise.
+
+The client is ``gateway.mqtt_receive.BatchedReceiveClient``: one socket read serves many
+messages and their QoS 1 PUBACKs leave in one write per read (after each message was
+handed on), which cuts paho's per-message cost about 4x (bench/RESULTS.md, 1c).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.contracts import Emit, PluginContext
 from gateway.hookspecs import hookimpl
 from gateway.mqtt_common import AUTH_FAILURE_CODES, BrokerOptions, connect_properties, make_client
-from gateway.uplink_shapes import UplinkShapeError, parse_uplink
+from gateway.uplink_shapes import UplinkShapeError, parse_uplink, topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class MqttSource:
         self._connected = threading.Event()
         self._auth_failed = False
         self._client: mqtt.Client | None = None
+        self._shapes = [(t.topic, t.shape) for t in options.topics]
 
     def _filters(self) -> list[tuple[str, str, str]]:
         """(subscription filter, plain topic pattern, shape) per configured topic."""
@@ -68,7 +73,7 @@ class MqttSource:
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
-        client = make_client(self.options, self.client_id, self.options.persistent_session)
+        client = make_client(self.options, self.client_id, self.options.persistent_session, batched_receive=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -108,8 +113,8 @@ class MqttSource:
             client.loop_stop()
 
     def _shape_for(self, topic: str) -> str:
-        for _, pattern, shape in self._filters():
-            if mqtt.topic_matches_sub(pattern, topic):
+        for pattern, shape in self._shapes:
+            if topic_matches(pattern, topic):
                 return shape
         return "auto"
 
