@@ -27,8 +27,9 @@ import hashlib
 import math
 import statistics
 import threading
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from gateway.alert_policy_config import AlertPolicyConfig
@@ -39,6 +40,7 @@ __all__ = ["AlertPolicy", "AlertPolicyConfig", "alert_key"]
 
 Severity = Literal["info", "warning", "critical"]
 KINDS = ("anomaly", "battery_low", "link_quality", "frame_gap", "device_silent")
+_KIND_BIT = {kind: 1 << i for i, kind in enumerate(KINDS)}
 _HOUR = 3600.0
 _INTERVAL_HISTORY = 16
 
@@ -75,24 +77,48 @@ class _Track:
     last_raise: float | None = None
 
 
+def _push_bounded(values: array | None, value: float, limit: int) -> array:
+    """Append ``value`` to a flat float array holding at most ``limit`` values (oldest
+    dropped); creates the array on first use."""
+    if values is None:
+        return array("d", (value,))
+    if len(values) >= limit:
+        del values[: len(values) - limit + 1]
+    values.append(value)
+    return values
+
+
 @dataclass(slots=True)
 class _Device:
-    """Everything the policy remembers about one device (bounded)."""
+    """Everything the policy remembers about one device (bounded, and small: the policy
+    keeps up to ``max_devices`` of these). A kind's ``_Track`` is created the first time
+    its condition pushes (until then it would hold only defaults), ``seen`` remembers which
+    kinds had an input (``raised()`` lists them), and the recent-value windows are flat
+    float arrays created on first use (an empty deque alone is 760 bytes)."""
 
-    tracks: dict[str, _Track] = field(default_factory=dict)
-    raises: deque[float] = field(default_factory=deque)  # bounded by the hourly limit
+    tracks: dict[str, _Track] | None = None
+    seen: int = 0  # one _KIND_BIT per kind that had an input
+    raises: list[float] | None = None  # raise times within the last hour, at most the hourly limit
     last_seen: float | None = None
-    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=_INTERVAL_HISTORY))
+    intervals: array | None = None  # the last _INTERVAL_HISTORY reading intervals
     expected_interval_s: float | None = None
-    rssi: deque[float] = field(default_factory=deque)
-    snr: deque[float] = field(default_factory=deque)
+    rssi: array | None = None  # the last link_window values
+    snr: array | None = None
     last_fcnt: int | None = None
 
     def track(self, kind: str) -> _Track:
-        t = self.tracks.get(kind)
+        """The kind's track, created (with defaults) if it has none yet."""
+        tracks = self.tracks
+        if tracks is None:
+            tracks = self.tracks = {}
+        t = tracks.get(kind)
         if t is None:
-            t = self.tracks[kind] = _Track()
+            t = tracks[kind] = _Track()
+        self.seen |= _KIND_BIT[kind]
         return t
+
+    def existing_track(self, kind: str) -> _Track | None:
+        return self.tracks.get(kind) if self.tracks else None
 
 
 class AlertPolicy:
@@ -149,7 +175,7 @@ class AlertPolicy:
             ts = reading.timestamp
             out: list[Alert] = []
             self._learn_interval(dev, ts)
-            silent = dev.tracks.get("device_silent")
+            silent = dev.existing_track("device_silent")
             if silent is not None:
                 silent.held = False
             if silent is not None and silent.raised:
@@ -200,7 +226,14 @@ class AlertPolicy:
         """Which kinds are currently raised for a device (for status pages and tests)."""
         with self._lock:
             dev = self._devices.get(device_id)
-            return {k: t.raised for k, t in dev.tracks.items()} if dev else {}
+            if dev is None:
+                return {}
+            out: dict[str, bool] = {}
+            for kind in KINDS:
+                if dev.seen & _KIND_BIT[kind]:
+                    t = dev.existing_track(kind)
+                    out[kind] = t is not None and t.raised
+            return out
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -227,15 +260,11 @@ class AlertPolicy:
         c = self.config
         k = c.link_window
         if reading.radio.rssi is not None and c.rssi_floor is not None:
-            dev.rssi.append(reading.radio.rssi)
-            while len(dev.rssi) > k:
-                dev.rssi.popleft()
+            dev.rssi = _push_bounded(dev.rssi, reading.radio.rssi, k)
         if reading.radio.snr is not None and c.snr_floor is not None:
-            dev.snr.append(reading.radio.snr)
-            while len(dev.snr) > k:
-                dev.snr.popleft()
-        rssi = statistics.median(dev.rssi) if len(dev.rssi) >= k else None
-        snr = statistics.median(dev.snr) if len(dev.snr) >= k else None
+            dev.snr = _push_bounded(dev.snr, reading.radio.snr, k)
+        rssi = statistics.median(dev.rssi) if dev.rssi is not None and len(dev.rssi) >= k else None
+        snr = statistics.median(dev.snr) if dev.snr is not None and len(dev.snr) >= k else None
         if rssi is None and snr is None:
             return
         low_rssi = rssi is not None and c.rssi_floor is not None and rssi < c.rssi_floor
@@ -291,7 +320,12 @@ class AlertPolicy:
               raise_after: int, clear_after: int, severity: Severity, score: float | None,
               details: dict[str, Any], message: str) -> Alert | None:
         """Advance the (device, kind) lifecycle by one input; return the alert of a transition."""
-        t = dev.track(kind)
+        t = dev.existing_track(kind)
+        if t is None:
+            dev.seen |= _KIND_BIT[kind]
+            if not bad:  # a fresh track would stay as it is: create none
+                return None
+            t = dev.track(kind)
         pushing = good if t.raised else bad
         if not pushing:
             t.run, t.run_start = 0, None
@@ -318,9 +352,10 @@ class AlertPolicy:
         if t.last_raise is not None and ts - t.last_raise < c.min_interval_s:
             reason = "min_interval"
         else:
-            while dev.raises and ts - dev.raises[0] >= _HOUR:
-                dev.raises.popleft()
-            if len(dev.raises) >= c.max_alerts_per_device_per_hour:
+            raises = dev.raises
+            while raises and ts - raises[0] >= _HOUR:
+                raises.pop(0)
+            if raises and len(raises) >= c.max_alerts_per_device_per_hour:
                 reason = "hourly_limit"
         if reason is not None:
             if not t.held:
@@ -329,6 +364,8 @@ class AlertPolicy:
             return None
         t.held = False
         t.last_raise = ts
+        if dev.raises is None:
+            dev.raises = []
         dev.raises.append(ts)
         return self._emit(device_id, dev, kind, t, "raised", ts, severity, message, score, details)
 
@@ -361,14 +398,14 @@ class AlertPolicy:
 
     def _learn_interval(self, dev: _Device, ts: float) -> None:
         if dev.last_seen is not None and ts > dev.last_seen:
-            dev.intervals.append(ts - dev.last_seen)
+            dev.intervals = _push_bounded(dev.intervals, ts - dev.last_seen, _INTERVAL_HISTORY)
         if dev.last_seen is None or ts > dev.last_seen:
             dev.last_seen = ts
 
     def _usual_interval(self, dev: _Device) -> float | None:
         if dev.expected_interval_s:
             return dev.expected_interval_s
-        if len(dev.intervals) < self.config.silent_learn_intervals:
+        if dev.intervals is None or len(dev.intervals) < self.config.silent_learn_intervals:
             return None
         return float(statistics.median(dev.intervals))
 

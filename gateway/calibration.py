@@ -43,6 +43,9 @@ class SeriesCalibration:
     ``standardize`` uses the running values (the caller should not score such windows).
     """
 
+    __slots__ = ("n_channels", "calibration_steps", "min_std", "count", "_mean", "_m2", "frozen", "_readings",
+                 "_kept")
+
     def __init__(
         self,
         n_channels: int,

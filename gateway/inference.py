@@ -47,7 +47,9 @@ class DueWindow:
 
 @dataclass(slots=True)
 class _DeviceState:
-    calibration: SeriesCalibration
+    # the readings calibration until it froze and fitted the score profile (then None:
+    # only its mean and std below are needed from there on)
+    calibration: SeriesCalibration | None
     score_state: DeviceScoreState
     generation: int
     # the frozen calibration's mean and std (float64 [C]), taken once when it froze
@@ -101,12 +103,14 @@ class InferenceEngine:
             st = self._state(window)
         if st.std is None:
             cal = st.calibration
+            assert cal is not None  # dropped only once mean and std are set
             if not cal.frozen:
                 cal.update(window.latest())
                 if not cal.frozen:
                     return None
             st.mean, st.std = cal.mean, cal.std  # frozen: constant from here on
-            self._calibrate_scores(window, st)
+            self._calibrate_scores(window, st, cal)
+            st.calibration = None
         if window.count < window.length:
             return None
         return DueWindow(window, window.values(), window.last_timestamp, st)
@@ -117,10 +121,9 @@ class InferenceEngine:
             self.metrics.inc("adapter_fallbacks_total", adapter=str(window.adapter))
         return adapter
 
-    def _calibrate_scores(self, window: DeviceWindow, st: _DeviceState) -> None:
+    def _calibrate_scores(self, window: DeviceWindow, st: _DeviceState, cal: SeriesCalibration) -> None:
         """Fit the device's score profile from its calibration readings, then drop them.
         On failure the state stays uncalibrated and learns from its first scored windows."""
-        cal = st.calibration
         try:
             windows = cal.calibration_windows(window.length)
             if len(windows) >= 8:

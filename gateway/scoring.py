@@ -27,7 +27,9 @@ Per window, three statistics:
 - distance ``m``: the squared Mahalanobis distance (divided by its dimension) of the
   device's embedding vector (all channels' embeddings, ``C*D`` values) from its
   calibrated normal mean; covariance shrunk towards its scaled identity (``shrinkage``)
-  and kept as ``max_rank`` principal directions plus one variance for the rest.
+  and kept as ``max_rank`` principal directions plus one variance for the rest, or, where
+  that is smaller (``C*D + 1 <= 2 * max_rank``, e.g. the bundled model's 1-3 channel
+  devices), as the packed lower triangle of the same precision matrix.
 
 Each is divided by its calibrated threshold, ``quantile(score_quantile) * score_margin``
 over the calibration windows (flatness: at least 0.5). With ``holdout`` > 0 the distance
@@ -64,24 +66,31 @@ MAX_FALLBACK_WINDOWS = 256
 about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceScoreState:
     """Per-device scoring state: calibration buffer, then the fitted normal profile.
 
     Create one per device (``n_channels`` fixed; a device whose channel set changes needs
     a new state). ``calibrated`` turns True once fitted (``WindowScorer.calibrate_windows``
-    or after ``calibration_windows`` scored windows). Memory after calibration: about
-    ``4 * C * D * (rank + 1)`` bytes (the low-rank profile), e.g. 16 KB for C=8, D=16.
+    or after ``calibration_windows`` scored windows). The fallback buffers (``_emb``,
+    ``_res``, ``_flat``) exist only while such a state collects windows. The precision of
+    the profile is kept in whichever form is smaller, fixed by ``F = C*D`` and
+    ``K = min(F, max_rank)``: ``precision``, the packed lower triangle of the ``[F, F]``
+    matrix (``F(F+1)/2`` floats), when ``F + 1 <= 2K``, else ``basis [F, K]`` + ``inv_eig
+    [K]`` + ``inv_rest``. Memory after calibration, float32: ``4 * (F + min(F(F+1)/2,
+    F*K + K))`` bytes plus a few hundred of object headers, e.g. 2.2 KB for the bundled
+    model (D = 16) at C = 2, 17 KB at C = 8.
     """
 
     n_channels: int
     calibration_windows: int = int(DEFAULTS["calibration_windows"])
     calibrated: bool = False
     seen: int = 0
-    _emb: list[np.ndarray] = field(default_factory=list, repr=False)
-    _res: list[np.ndarray] = field(default_factory=list, repr=False)
-    _flat: list[np.ndarray] = field(default_factory=list, repr=False)
+    _emb: list[np.ndarray] | None = field(default=None, repr=False)
+    _res: list[np.ndarray] | None = field(default=None, repr=False)
+    _flat: list[np.ndarray] | None = field(default=None, repr=False)
     mu: np.ndarray | None = field(default=None, repr=False)  # [C*D] mean embedding
+    precision: np.ndarray | None = field(default=None, repr=False)  # [F(F+1)/2] packed lower triangle
     basis: np.ndarray | None = field(default=None, repr=False)  # [C*D, K] principal directions
     inv_eig: np.ndarray | None = field(default=None, repr=False)  # [K] 1/eigenvalue
     inv_rest: float = 0.0  # 1/variance of the remaining directions
@@ -92,9 +101,33 @@ class DeviceScoreState:
     def reset(self) -> None:
         """Forget the calibration (e.g. after a sensor was replaced)."""
         self.calibrated, self.seen = False, 0
-        self._emb, self._res, self._flat = [], [], []
-        self.mu = self.basis = self.inv_eig = self.residual_threshold = self.flat_threshold = None
+        self._emb = self._res = self._flat = None
+        self.mu = self.precision = self.basis = self.inv_eig = None
+        self.residual_threshold = self.flat_threshold = None
         self.inv_rest, self.distance_threshold = 0.0, math.nan
+
+
+_UNPACK: dict[int, np.ndarray] = {}
+
+
+def _unpack_index(f: int) -> np.ndarray:
+    """``[F, F]`` positions in a packed lower triangle (``np.tril_indices`` order) that
+    rebuild the symmetric matrix: ``packed[..., _unpack_index(F)]``."""
+    idx = _UNPACK.get(f)
+    if idx is None:
+        i, j = np.indices((f, f))
+        hi, lo = np.maximum(i, j), np.minimum(i, j)
+        idx = _UNPACK[f] = hi * (hi + 1) // 2 + lo
+    return idx
+
+
+def packed_precision(basis: np.ndarray, inv_eig: np.ndarray, inv_rest: float) -> np.ndarray:
+    """The packed lower triangle ``[F(F+1)/2]`` (float64) of the precision
+    ``basis diag(inv_eig - inv_rest) basis' + inv_rest I`` (what ``WindowScorer`` keeps
+    instead of the low-rank form where it is smaller)."""
+    f = basis.shape[0]
+    full = (basis * (inv_eig - inv_rest)) @ basis.T + inv_rest * np.eye(f)
+    return full[np.tril_indices(f)]
 
 
 @dataclass
@@ -212,8 +245,14 @@ class WindowScorer:
             dist = np.concatenate([dist, held])
         q, margin = self.settings["score_quantile"], self.settings["score_margin"]
         state.mu = mu.astype(np.float32)
-        state.basis = np.ascontiguousarray(basis, dtype=np.float32)
-        state.inv_eig = inv_eig.astype(np.float32)
+        f, k = basis.shape
+        if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
+            state.precision = packed_precision(basis, inv_eig, inv_rest).astype(np.float32)
+            state.basis = state.inv_eig = None
+        else:
+            state.basis = np.ascontiguousarray(basis, dtype=np.float32)
+            state.inv_eig = inv_eig.astype(np.float32)
+            state.precision = None
         state.inv_rest = inv_rest
         state.residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
         state.flat_threshold = (
@@ -223,7 +262,7 @@ class WindowScorer:
         )
         state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
-        state._emb, state._res, state._flat = [], [], []
+        state._emb = state._res = state._flat = None
 
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
@@ -269,28 +308,34 @@ class WindowScorer:
                 # keep every k-th window: at most MAX_FALLBACK_WINDOWS (bounded memory;
                 # neighbouring windows overlap in T-1 readings and add little)
                 if st.seen % max(1, -(-st.calibration_windows // MAX_FALLBACK_WINDOWS)) == 0:
+                    if st._emb is None or st._res is None or st._flat is None:
+                        st._emb, st._res, st._flat = [], [], []
                     st._emb.append(emb[i].copy())
                     st._res.append(residual[i].copy())
                     st._flat.append(flatline[i].copy())
                 st.seen += 1
-                if st.seen >= st.calibration_windows:
+                if st.seen >= st.calibration_windows and st._emb and st._res and st._flat:
                     self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
         idx = np.flatnonzero(ready)
         if idx.size:
             sts = [states[int(i)] for i in idx]
             flat = emb[idx].reshape(idx.size, c * d)
             mu = np.stack([s.mu for s in sts])  # type: ignore[misc]
-            basis = np.stack([s.basis for s in sts])  # type: ignore[misc]
-            inv_eig = np.stack([s.inv_eig for s in sts])  # type: ignore[misc]
-            inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
             rthr = np.stack([s.residual_threshold for s in sts])  # type: ignore[misc]
             dthr = np.array([s.distance_threshold for s in sts], dtype=np.float32)
             diff = flat - mu
-            dist = self._distance(diff, basis, inv_eig, inv_rest)
+            packed = [j for j, s in enumerate(sts) if s.precision is not None]
+            if not packed:
+                dist, p_diff = self._lowrank_terms(diff, sts)
+            elif len(packed) == len(sts):
+                dist, p_diff = self._packed_terms(diff, sts)
+            else:  # states fitted in both forms (scorers with different max_rank)
+                low = [j for j, s in enumerate(sts) if s.precision is None]
+                dist, p_diff = np.empty(len(sts), dtype=np.float32), np.empty_like(diff)
+                for sel, terms in ((packed, self._packed_terms), (low, self._lowrank_terms)):
+                    dist[sel], p_diff[sel] = terms(diff[sel], [sts[j] for j in sel])
             ratio = dist / dthr
-            # attribution: each channel's part of diff' P diff (precision P = low rank + rest)
-            proj = np.einsum("nf,nfk->nk", diff, basis)
-            p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
+            # attribution: each channel's part of diff' P diff
             part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
             share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
             res_ratio = residual[idx] / rthr
@@ -303,6 +348,25 @@ class WindowScorer:
             self._adapt(sts, flat, total)
         residual[~finite] = np.nan
         return ScoreResult(score, channel_scores, residual, distance, distance_ratio)
+
+    def _lowrank_terms(self, diff: np.ndarray, sts: list[DeviceScoreState]) -> tuple[np.ndarray, np.ndarray]:
+        """Distance ``[n]`` and precision times ``diff`` ``[n, F]`` for states kept in the
+        low-rank form (precision P = basis diag(inv_eig) basis' + inv_rest on the rest)."""
+        basis = np.stack([s.basis for s in sts])  # type: ignore[misc]
+        inv_eig = np.stack([s.inv_eig for s in sts])  # type: ignore[misc]
+        inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
+        dist = self._distance(diff, basis, inv_eig, inv_rest)
+        proj = np.einsum("nf,nfk->nk", diff, basis)
+        p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
+        return dist, p_diff
+
+    @staticmethod
+    def _packed_terms(diff: np.ndarray, sts: list[DeviceScoreState]) -> tuple[np.ndarray, np.ndarray]:
+        """The same for states that keep the packed precision: ``diff' P diff / F``, ``P diff``."""
+        f = diff.shape[1]
+        precision = np.stack([s.precision for s in sts])[:, _unpack_index(f)]  # type: ignore[misc]
+        p_diff = np.einsum("nfg,ng->nf", precision, diff)
+        return np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate

@@ -6,6 +6,10 @@ A missing channel repeats the last value with mask 0. Readings with channels out
 device's list are still used for the known channels; the extra ones are counted
 (``window_channels_ignored_total``). The store holds at most ``max_devices`` devices and
 evicts the least recently seen one (counted) beyond that.
+
+Memory per device (10,000 are tracked at once): the values ring ``[T, C]`` float32, the
+mask ring ``[T, C]`` bool, and a channel list + index shared by every device with the
+same channels (the store interns them).
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import numpy as np
 from gateway.metrics import Metrics
 from gateway.types import Reading
 
+MAX_SHARED_LAYOUTS = 1024
+"""Distinct channel lists the store interns (shared by devices); beyond it each new
+device gets its own copy (bounded memory whatever channel names arrive)."""
+
 
 class DeviceWindow:
     """A ring buffer ``[T, C]`` of one device's readings, oldest first when read."""
@@ -24,14 +32,17 @@ class DeviceWindow:
     __slots__ = ("device_id", "channels", "_index", "_values", "_mask", "_length", "_pos", "count", "last_timestamp",
                  "adapter", "state")
 
-    def __init__(self, device_id: str, channels: list[str], length: int, adapter: str | None = None) -> None:
+    def __init__(self, device_id: str, channels: list[str], length: int, adapter: str | None = None,
+                 index: dict[str, int] | None = None) -> None:
+        """``channels`` (and ``index``, channel -> column, built when None) may be shared
+        with other windows: neither is ever modified."""
         self.device_id = device_id
         self.channels = channels
-        self._index = {c: i for i, c in enumerate(channels)}
-        # each row is written twice (at pos and pos + T), so the window in time order is the
-        # contiguous slice [pos, pos + T): a read is one copy, no np.roll
-        self._values = np.zeros((2 * length, len(channels)), dtype=np.float32)
-        self._mask = np.zeros((2 * length, len(channels)), dtype=np.float32)
+        self._index = {c: i for i, c in enumerate(channels)} if index is None else index
+        # rings: row pos is the next one written; a read in time order joins the two
+        # slices [pos:] and [:pos] in one copy (np.concatenate)
+        self._values = np.zeros((length, len(channels)), dtype=np.float32)
+        self._mask = np.zeros((length, len(channels)), dtype=np.bool_)
         self._length = length
         self._pos = 0
         self.count = 0
@@ -54,10 +65,10 @@ class DeviceWindow:
         row = self._values[row_index]
         mask = self._mask[row_index]
         if self.count:
-            row[:] = self._values[row_index - 1 if row_index else length - 1]
+            row[:] = self._values[row_index - 1]  # -1: the last row, the newest one when pos is 0
         else:
             row[:] = 0.0
-        mask[:] = 0.0
+        mask[:] = False
         unknown = 0
         index = self._index
         for name, value in values.items():
@@ -66,9 +77,7 @@ class DeviceWindow:
                 unknown += 1
                 continue
             row[i] = value
-            mask[i] = 1.0
-        self._values[row_index + length] = row
-        self._mask[row_index + length] = mask
+            mask[i] = True
         self._pos = (row_index + 1) % length
         self.count += 1
         self.last_timestamp = timestamp
@@ -76,14 +85,17 @@ class DeviceWindow:
 
     def latest(self) -> np.ndarray:
         """The newest row ``[C]`` (a view; valid until the next push)."""
-        return self._values[self._pos - 1 if self._pos else self._length - 1]
+        return self._values[self._pos - 1]
 
     def values(self) -> np.ndarray:
         """The window ``[T, C]`` in time order (a copy)."""
-        return self._values[self._pos:self._pos + self._length].copy()
+        pos = self._pos
+        return np.concatenate((self._values[pos:], self._values[:pos])) if pos else self._values.copy()
 
     def mask(self) -> np.ndarray:
-        return self._mask[self._pos:self._pos + self._length].copy()
+        """``[T, C]`` float32 in time order, 1.0 where the reading had the channel (a copy)."""
+        pos = self._pos
+        return np.concatenate((self._mask[pos:], self._mask[:pos])).astype(np.float32)
 
 
 class WindowStore:
@@ -94,6 +106,7 @@ class WindowStore:
         self.max_devices = max_devices
         self.metrics = metrics
         self._windows: OrderedDict[str, DeviceWindow] = OrderedDict()
+        self._layouts: dict[tuple[str, ...], tuple[list[str], dict[str, int]]] = {}
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -109,7 +122,8 @@ class WindowStore:
         window = self._windows.get(reading.device_id)
         if window is None:
             chans = channels or sorted(c for c in reading.values if c != exclude)
-            window = DeviceWindow(reading.device_id, chans, self.length, adapter)
+            chans, index = self._layout(chans)
+            window = DeviceWindow(reading.device_id, chans, self.length, adapter, index)
             self._windows[reading.device_id] = window
             if len(self._windows) > self.max_devices:
                 evicted, _ = self._windows.popitem(last=False)
@@ -122,6 +136,18 @@ class WindowStore:
         if unknown:
             self.metrics.inc("window_channels_ignored_total", unknown)
         return window
+
+    def _layout(self, channels: list[str]) -> tuple[list[str], dict[str, int] | None]:
+        """The interned (channel list, index) for ``channels``, shared by every window with
+        the same list; ``channels`` and None (the window builds its own) once
+        ``MAX_SHARED_LAYOUTS`` lists are interned."""
+        key = tuple(channels)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= MAX_SHARED_LAYOUTS:
+                return channels, None
+            layout = self._layouts[key] = (list(channels), {c: i for i, c in enumerate(channels)})
+        return layout
 
     def devices(self) -> list[DeviceWindow]:
         return list(self._windows.values())

@@ -210,7 +210,7 @@ def test_fallback_calibration_memory_is_bounded(session, manifest) -> None:  # t
     assert np.isnan(scorer.score(x, run(session, x), [state] * 599)).all()
     assert len(state._emb) == 200 and state.seen == 599  # every 3rd window kept (<= 256)
     scorer.score(x[:2], run(session, x[:2]), [state] * 2)
-    assert state.calibrated and state._emb == []
+    assert state.calibrated and state._emb is None  # fallback buffers released
 
 
 def test_nonfinite_window_scores_nan_and_shape_errors(session, manifest) -> None:  # type: ignore[no-untyped-def]

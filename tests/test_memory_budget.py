@@ -1,0 +1,77 @@
+"""Per-device memory of the daemon's live state: window, readings calibration, score
+profile and alert-policy state, with the shipped model.
+
+The target is 10,000 devices in at most 150 MB RSS with the model loaded (about 84 MB),
+so at most about 6.5 KB of RSS per device (bench/memory.py measures the RSS; bench/RESULTS.md
+section 4). This test counts the Python allocations (tracemalloc) of devices fed the way
+the pipeline feeds them (policy, window store, inference engine, scores back into the
+policy), after a first group has warmed every cache, so only per-device state is counted.
+Measured when written: about 4.3 KB per device (2 channels); it was 14.6 KB before the
+per-device state was made compact.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from gateway.alert_policy import AlertPolicy, AlertPolicyConfig
+from gateway.inference import InferenceEngine
+from gateway.metrics import Metrics
+from gateway.types import RadioMeta, Reading
+from gateway.windows import WindowStore
+
+pytest.importorskip("onnxruntime")
+
+from models.manifest import base_model_dir  # noqa: E402
+from models.runtime import ModelRuntime  # noqa: E402
+
+STEPS = 48  # calibration readings per device (17 calibration windows at T = 32)
+READINGS = STEPS + 4  # then 4 scored windows each
+BUDGET_BYTES = 6 * 1024
+
+
+def _feed(devices: range, policy: AlertPolicy, store: WindowStore, engine: InferenceEngine) -> int:
+    rng = np.random.default_rng(devices.start)
+    scored = 0
+    for k in range(READINGS):
+        due = []
+        for d in devices:
+            r = Reading(f"a84041{d:010x}", 1_700_000_000.0 + 60 * k,
+                        {"temperature": float(20 + 0.25 * rng.normal()), "humidity": float(60 + rng.normal())},
+                        RadioMeta(rssi=float(-80 - k % 3), snr=7.5), f_cnt=k)
+            policy.on_reading(r, 3.6, "V")
+            item = engine.observe(store.add(r))
+            if item is not None:
+                due.append(item)
+        for i in range(0, len(due), 64):
+            for d, score, details in engine.score(due[i:i + 64]):
+                policy.on_score(d.window.device_id, d.timestamp, score, details)
+                scored += 1
+    return scored
+
+
+def test_live_state_per_device_within_budget() -> None:
+    runtime = ModelRuntime.load(base_model_dir(), ["cpu"])
+    metrics = Metrics()
+    n, warm = 300, 30
+    engine = InferenceEngine(runtime, metrics, calibration_steps=STEPS, calibration_windows=64)
+    store = WindowStore(runtime.window_length, n + warm, metrics)
+    policy = AlertPolicy(AlertPolicyConfig(max_devices=n + warm), metrics)
+    assert _feed(range(warm), policy, store, engine) == warm * (READINGS - STEPS + 1)
+    tracemalloc.start(1)
+    try:
+        before = tracemalloc.take_snapshot()
+        scored = _feed(range(warm, warm + n), policy, store, engine)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert scored == n * (READINGS - STEPS + 1)  # every device calibrated and scoring
+    assert len(store) == len(policy) == n + warm
+    stats = after.compare_to(before, "lineno")
+    per_device = sum(s.size_diff for s in stats) / n
+    top = "; ".join(f"{s.traceback[0].filename.rsplit('/', 1)[-1]}:{s.traceback[0].lineno} {s.size_diff / n:.0f} B"
+                    for s in stats[:6])
+    assert per_device <= BUDGET_BYTES, f"{per_device:.0f} B per device (budget {BUDGET_BYTES}): {top}"
