@@ -4,14 +4,17 @@ decode, windows, the bundled model on every reading, alert policy, outbox, mqtt 
 alert handlers) consumes them.
 
     .venv/bin/python bench/e2e_mqtt.py [--devices 1000] [--backlog 40000] [--rates 100,1000,5000]
-                                       [--seconds 10] [--repeat 2] [--json out.json]
+                                       [--seconds 10] [--repeat 2] [--receive batched] [--json out.json]
 
 Measured, all in one run (the 2 cores are shared, so compare ratios, not absolutes):
 
 1. Saturation: a backlog of ``--backlog`` uplinks is queued on the broker for two offline
    persistent sessions, then drained flat out, first by ``mosquitto_sub -q 1`` (the broker
    link's ceiling: a C client that only prints), then by the gateway (readings/s and
-   windows scored/s from its metrics). ``--repeat`` alternates the pair.
+   windows scored/s from its metrics). ``--repeat`` alternates the pair. ``--receive
+   paho,batched`` cycles the source's MQTT client per repeat (plain paho vs
+   gateway.mqtt_receive's batched client; bench-only switch) for a before/after in one run.
+   Each drain also reports the gateway process's CPU time per reading (all its threads).
 2. The model ceiling in the same process: the gateway's own ModelRuntime at the mean
    batch size seen during the drain (and at 64), same threads: pipeline-over-raw ratio.
 3. Latency at fixed rates: the generator publishes at each rate for ``--seconds``; the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -110,10 +114,20 @@ def wait_metric(gw, name: str, target: float, timeout: float = 300.0) -> None:  
         time.sleep(0.01)
 
 
+def use_receive_client(kind: str) -> None:
+    """Bench-only: make the next source start use plain paho ("paho") or the batched client."""
+    import gateway.mqtt_receive as receive
+
+    if not hasattr(receive, "_bench_supported"):
+        receive._bench_supported = receive.batched_receive_supported  # type: ignore[attr-defined]
+    receive.batched_receive_supported = (lambda: False) if kind == "paho" else receive._bench_supported  # type: ignore[attr-defined]
+
+
 def drain_gateway(gw, n: int) -> dict:  # noqa: ANN001
     m = gw.metrics
     r0, w0, b0 = m.get("readings_total"), m.get("windows_scored_total"), m.get("inference_batches_total")
     src = gw.sources[0]
+    cpu0 = time.process_time()
     src.start(gw.pipeline.ingest)
     # time from the first reading processed to the last
     while m.get("readings_total") == r0:
@@ -124,11 +138,14 @@ def drain_gateway(gw, n: int) -> dict:  # noqa: ANN001
         time.sleep(0.002)
     t1 = time.perf_counter()
     gw.pipeline.idle.wait(30)
+    cpu = time.process_time() - cpu0
     readings = m.get("readings_total") - r_start
     windows = m.get("windows_scored_total") - w0
     batches = m.get("inference_batches_total") - b0
     return {"readings_per_s": readings / (t1 - t0), "windows_per_s": windows * readings / n / (t1 - t0),
-            "windows_per_reading": windows / n, "mean_batch": windows / max(batches, 1)}
+            "windows_per_reading": windows / n, "mean_batch": windows / max(batches, 1),
+            "cpu_us_per_reading": cpu / n * 1e6, "client": type(src._client).__name__,
+            "load_average": os.getloadavg()[0]}
 
 
 def raw_ceiling(runtime, batch: int, seconds: float = 2.0) -> float:  # noqa: ANN001
@@ -171,6 +188,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--receive", default="batched", help="comma list cycled per repeat: paho, batched")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -191,7 +209,9 @@ def main() -> None:
             fcnt = per_device  # frame counters continue without gaps (no frame_gap alerts)
             backlog = -(-args.backlog // args.devices) * args.devices  # whole rounds over the devices
             sat = []
+            kinds = [k for k in args.receive.split(",") if k]
             for rep in range(args.repeat):
+                use_receive_client(kinds[rep % len(kinds)])
                 gw.sources[0].stop()
                 gen = loadgen(broker.port, args.devices, count=backlog, fcnt_start=fcnt)
                 if gen["acked"] < gen["published"]:
@@ -204,7 +224,8 @@ def main() -> None:
                 sat.append(row)
                 print(f"saturation #{rep + 1}: generator {gen['rate']:.0f}/s, mosquitto_sub drain {sub:.0f}/s, "
                       f"gateway {g['readings_per_s']:.0f} readings/s ({g['windows_per_reading']:.3f} windows/reading, "
-                      f"mean batch {g['mean_batch']:.1f}) = {g['readings_per_s'] / sub:.2f} x mosquitto_sub")
+                      f"mean batch {g['mean_batch']:.1f}) = {g['readings_per_s'] / sub:.2f} x mosquitto_sub; "
+                      f"client {g['client']}, {g['cpu_us_per_reading']:.0f} us CPU/reading, load {g['load_average']:.2f}")
             sub_session(broker.port, "bench-sub", keep=False)
             result["saturation"] = sat
             mean_batch = int(round(float(np.mean([s["mean_batch"] for s in sat]))))

@@ -8,7 +8,7 @@ paho's thread, which is cheap and never sleeps; bad messages are counted by reas
 
 The client is ``gateway.mqtt_receive.BatchedReceiveClient``: one socket read serves many
 messages and their QoS 1 PUBACKs leave in one write per read (after each message was
-handed on), which cuts paho's per-message cost about 4x (bench/RESULTS.md, 1c).
+handed on), which cuts paho's per-message cost about 4x (bench/RESULTS.md, 1d).
 """
 
 from __future__ import annotations
