@@ -2,10 +2,14 @@
 ``calibration_steps`` readings, frozen, then used to standardise every window (never per
 window, so a sustained level shift stays visible). Until the device's score profile is
 fitted (gateway.scoring.WindowScorer.calibrate_windows) the readings are kept in one
-preallocated block and cut into calibration windows. Numpy only.
+preallocated block and cut into calibration windows. The daemon takes these blocks from a
+``ReadingsPool`` (memory maps, unmapped once their devices calibrated), so the calibration
+of many devices at once leaves no holes in the malloc heap. Numpy only.
 """
 
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 
@@ -32,6 +36,71 @@ def fill_forward(values: np.ndarray) -> np.ndarray:
     return x
 
 
+class _Chunk:
+    __slots__ = ("blocks", "free")
+
+    def __init__(self, count: int, steps: int, n_channels: int) -> None:
+        flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+        size = count * steps * n_channels * 4
+        buffer = mmap.mmap(-1, size, flags=flags) if flags else mmap.mmap(-1, size)
+        # the array keeps the map alive; it is unmapped when the array and every block
+        # view handed out are gone
+        self.blocks = np.frombuffer(buffer, dtype=np.float32).reshape(count, steps, n_channels)
+        self.free = list(range(count - 1, -1, -1))
+
+
+class ReadingsPool:
+    """Calibration-reading blocks ``[steps, C]`` float32 for many devices, carved from
+    anonymous memory maps of about ``chunk_bytes`` each.
+
+    Why: a device's readings block lives only until it calibrates, while the state it
+    leaves behind (the score profile) is allocated at that moment; blocks from the malloc
+    heap would leave one hole per device between long-lived allocations (after a fresh
+    start all devices calibrate together). A chunk is unmapped as soon as all of its
+    blocks are given back, so that memory returns to the system. One thread at a time
+    (the pipeline's).
+    """
+
+    def __init__(self, steps: int, n_channels: int, chunk_bytes: int = 1 << 20) -> None:
+        self.shape = (steps, n_channels)
+        self.per_chunk = max(1, chunk_bytes // (steps * n_channels * 4))
+        self._open: list[_Chunk] = []  # chunks with a free block, newest last
+        self._in_use: dict[int, int] = {}  # id(chunk) -> blocks taken
+        self._chunks: dict[int, _Chunk] = {}
+
+    def take(self) -> tuple[np.ndarray, _Chunk, int]:
+        """A block ``[steps, C]`` (contents undefined) and the handle to give it back with."""
+        if not self._open:
+            chunk = _Chunk(self.per_chunk, *self.shape)
+            self._chunks[id(chunk)] = chunk
+            self._in_use[id(chunk)] = 0
+            self._open.append(chunk)
+        chunk = self._open[-1]
+        index = chunk.free.pop()
+        if not chunk.free:
+            self._open.pop()
+        self._in_use[id(chunk)] += 1
+        return chunk.blocks[index], chunk, index
+
+    def give_back(self, chunk: _Chunk, index: int) -> None:
+        """Return a block (its view must no longer be used); a chunk left empty is dropped."""
+        key = id(chunk)
+        if self._chunks.get(key) is not chunk:
+            return
+        if not chunk.free:
+            self._open.insert(0, chunk)
+        chunk.free.append(index)
+        self._in_use[key] -= 1
+        if self._in_use[key] == 0:
+            del self._chunks[key], self._in_use[key]
+            self._open.remove(chunk)
+
+    @property
+    def chunks(self) -> int:
+        """Memory maps currently held."""
+        return len(self._chunks)
+
+
 class SeriesCalibration:
     """Per-channel mean/std of a device's first ``calibration_steps`` readings (Welford).
 
@@ -44,7 +113,7 @@ class SeriesCalibration:
     """
 
     __slots__ = ("n_channels", "calibration_steps", "min_std", "count", "_mean", "_m2", "frozen", "_readings",
-                 "_kept")
+                 "_kept", "_pool", "_block")
 
     def __init__(
         self,
@@ -52,9 +121,14 @@ class SeriesCalibration:
         calibration_steps: int = int(DEFAULTS["calibration_steps"]),
         min_std: float = 1e-6,
         keep_readings: bool = True,
+        pool: ReadingsPool | None = None,
     ) -> None:
+        """``pool``: take the readings block from it (shape ``(calibration_steps, n_channels)``)
+        and give it back on ``release`` (or when this object is dropped before)."""
         if n_channels < 1 or calibration_steps < 2:
             raise ValueError("need n_channels >= 1 and calibration_steps >= 2")
+        if pool is not None and pool.shape != (calibration_steps, n_channels):
+            raise ValueError(f"pool blocks are {pool.shape}, need {(calibration_steps, n_channels)}")
         self.n_channels = n_channels
         self.calibration_steps = calibration_steps
         self.min_std = min_std
@@ -65,8 +139,14 @@ class SeriesCalibration:
         # the calibration readings, one preallocated float32 block (4*C*steps bytes, no
         # per-row objects) until release(); keep_readings=False when nothing will cut
         # calibration windows from them
-        self._readings: np.ndarray | None = (
-            np.empty((calibration_steps, n_channels), dtype=np.float32) if keep_readings else None)
+        self._pool = pool if keep_readings else None
+        self._block: tuple[_Chunk, int] | None = None  # the pool's handle of _readings
+        self._readings: np.ndarray | None = None
+        if self._pool is not None:
+            block, chunk, index = self._pool.take()
+            self._readings, self._block = block, (chunk, index)
+        elif keep_readings:
+            self._readings = np.empty((calibration_steps, n_channels), dtype=np.float32)
         self._kept = 0
 
     def update(self, values: np.ndarray) -> bool:
@@ -127,6 +207,15 @@ class SeriesCalibration:
     def release(self) -> None:
         """Drop the retained calibration readings (after the scorer was calibrated)."""
         self._readings = None
+        if self._block is not None and self._pool is not None:
+            chunk, index = self._block
+            self._block = None
+            self._pool.give_back(chunk, index)
+
+    def __del__(self) -> None:
+        # a device dropped while calibrating (evicted): its pooled block goes back
+        if getattr(self, "_block", None) is not None:
+            self.release()
 
     def standardize(self, window: np.ndarray) -> np.ndarray:
         """``window [T, C]`` (or ``[N, T, C]``) in physical units -> float32 z-values."""

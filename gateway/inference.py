@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.calibration import SeriesCalibration
+from gateway.calibration import ReadingsPool, SeriesCalibration
 from gateway.scoring import DeviceScoreState, WindowScorer
 from gateway.windows import DeviceWindow
 
@@ -52,9 +52,9 @@ class _DeviceState:
     calibration: SeriesCalibration | None
     score_state: DeviceScoreState
     generation: int
-    # the frozen calibration's mean and std (float64 [C]), taken once when it froze
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
+    # the frozen calibration's mean (row 0) and std (row 1), float64 [2, C], taken once
+    # when it froze (one array, not two: 10,000 devices)
+    norm: np.ndarray | None = None
 
 
 def standardize(due: list[DueWindow]) -> np.ndarray:
@@ -62,9 +62,8 @@ def standardize(due: list[DueWindow]) -> np.ndarray:
     arithmetic as ``SeriesCalibration.standardize`` (float64 ``(x - mean) / std``), done
     for the batch in one numpy expression with each device's frozen mean/std."""
     raw = np.stack([d.raw for d in due]).astype(np.float64)
-    mean = np.stack([d.state.mean for d in due])[:, None, :]  # type: ignore[misc]
-    std = np.stack([d.state.std for d in due])[:, None, :]  # type: ignore[misc]
-    return ((raw - mean) / std).astype(np.float32)
+    norm = np.stack([d.state.norm for d in due])  # type: ignore[misc]
+    return ((raw - norm[:, 0, None, :]) / norm[:, 1, None, :]).astype(np.float32)
 
 
 class InferenceEngine:
@@ -76,6 +75,8 @@ class InferenceEngine:
         self.scorer = WindowScorer(runtime.manifest, **self._overrides)
         self.generation = 0
         self.calibration_steps = int(self.scorer.settings["calibration_steps"])
+        # calibration-reading blocks per channel count (gateway.calibration.ReadingsPool)
+        self._pools: dict[int, ReadingsPool] = {}
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
 
@@ -89,7 +90,11 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps), self.scorer.new_state(c), self.generation)
+            pool = self._pools.get(c)
+            if pool is None:
+                pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=pool), self.scorer.new_state(c),
+                              self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
@@ -101,14 +106,14 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState) or st.generation != self.generation:
             st = self._state(window)
-        if st.std is None:
+        if st.norm is None:
             cal = st.calibration
             assert cal is not None  # dropped only once mean and std are set
             if not cal.frozen:
                 cal.update(window.latest())
                 if not cal.frozen:
                     return None
-            st.mean, st.std = cal.mean, cal.std  # frozen: constant from here on
+            st.norm = np.stack([cal.mean, cal.std])  # frozen: constant from here on
             self._calibrate_scores(window, st, cal)
             st.calibration = None
         if window.count < window.length:

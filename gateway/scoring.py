@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from gateway.score_settings import DEFAULTS, settings_from
+from gateway.score_trim import diagonal_distance, trim_mask
 
 _EPS = 1e-9
 MAX_FALLBACK_WINDOWS = 256
@@ -73,13 +74,18 @@ class DeviceScoreState:
     Create one per device (``n_channels`` fixed; a device whose channel set changes needs
     a new state). ``calibrated`` turns True once fitted (``WindowScorer.calibrate_windows``
     or after ``calibration_windows`` scored windows). The fallback buffers (``_emb``,
-    ``_res``, ``_flat``) exist only while such a state collects windows. The precision of
-    the profile is kept in whichever form is smaller, fixed by ``F = C*D`` and
-    ``K = min(F, max_rank)``: ``precision``, the packed lower triangle of the ``[F, F]``
-    matrix (``F(F+1)/2`` floats), when ``F + 1 <= 2K``, else ``basis [F, K]`` + ``inv_eig
-    [K]`` + ``inv_rest``. Memory after calibration, float32: ``4 * (F + min(F(F+1)/2,
-    F*K + K))`` bytes plus a few hundred of object headers, e.g. 2.2 KB for the bundled
-    model (D = 16) at C = 2, 17 KB at C = 8.
+    ``_res``, ``_flat``) exist only while such a state collects windows.
+
+    The fitted profile is one float32 array (``profile``; 10,000 devices are tracked at
+    once, so one array instead of five), read through the properties below:
+    ``[mu (F) | residual_threshold (C) | flat_threshold (C) | precision]`` with
+    ``F = C*D``. The precision is kept in whichever form is smaller, fixed by F and
+    ``K = min(F, max_rank)``: the packed lower triangle of the ``[F, F]`` matrix
+    (``F(F+1)/2`` floats, ``rank == 0``) when ``F + 1 <= 2K``, else ``basis [F, K]`` then
+    ``inv_eig [K]`` (``rank == K``) with ``inv_rest``. A state calibrated without flatness
+    keeps ``inf`` as its flat threshold (``flat_threshold`` is then None). Memory after
+    calibration: ``4 * (F + 2C + min(F(F+1)/2, F*K + K))`` bytes plus about 300 of object
+    headers, e.g. 2.4 KB for the bundled model (D = 16) at C = 2, 17 KB at C = 8.
     """
 
     n_channels: int
@@ -89,22 +95,59 @@ class DeviceScoreState:
     _emb: list[np.ndarray] | None = field(default=None, repr=False)
     _res: list[np.ndarray] | None = field(default=None, repr=False)
     _flat: list[np.ndarray] | None = field(default=None, repr=False)
-    mu: np.ndarray | None = field(default=None, repr=False)  # [C*D] mean embedding
-    precision: np.ndarray | None = field(default=None, repr=False)  # [F(F+1)/2] packed lower triangle
-    basis: np.ndarray | None = field(default=None, repr=False)  # [C*D, K] principal directions
-    inv_eig: np.ndarray | None = field(default=None, repr=False)  # [K] 1/eigenvalue
+    profile: np.ndarray | None = field(default=None, repr=False)  # the layout above
+    dim: int = 0  # F = C*D
+    rank: int = 0  # K of the low-rank form; 0: packed precision
     inv_rest: float = 0.0  # 1/variance of the remaining directions
-    residual_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
     distance_threshold: float = math.nan
-    flat_threshold: np.ndarray | None = field(default=None, repr=False)  # [C]
 
     def reset(self) -> None:
         """Forget the calibration (e.g. after a sensor was replaced)."""
         self.calibrated, self.seen = False, 0
         self._emb = self._res = self._flat = None
-        self.mu = self.precision = self.basis = self.inv_eig = None
-        self.residual_threshold = self.flat_threshold = None
+        self.profile, self.dim, self.rank = None, 0, 0
         self.inv_rest, self.distance_threshold = 0.0, math.nan
+
+    def _part(self, start: int, stop: int | None) -> np.ndarray | None:
+        return None if self.profile is None else self.profile[start:stop]
+
+    @property
+    def mu(self) -> np.ndarray | None:
+        """``[F]`` mean embedding (a view; assigning writes into the profile)."""
+        return self._part(0, self.dim)
+
+    @mu.setter
+    def mu(self, value: np.ndarray) -> None:
+        assert self.profile is not None
+        self.profile[: self.dim] = value
+
+    @property
+    def residual_threshold(self) -> np.ndarray | None:
+        """``[C]``."""
+        return self._part(self.dim, self.dim + self.n_channels)
+
+    @property
+    def flat_threshold(self) -> np.ndarray | None:
+        """``[C]``, None when calibrated without flatness (the check is off)."""
+        part = self._part(self.dim + self.n_channels, self.dim + 2 * self.n_channels)
+        return None if part is None or np.isinf(part).all() else part
+
+    @property
+    def precision(self) -> np.ndarray | None:
+        """``[F(F+1)/2]`` packed lower triangle of the precision (None in the low-rank form)."""
+        return self._part(self.dim + 2 * self.n_channels, None) if self.rank == 0 else None
+
+    @property
+    def basis(self) -> np.ndarray | None:
+        """``[F, K]`` principal directions (None in the packed form)."""
+        start = self.dim + 2 * self.n_channels
+        part = self._part(start, start + self.dim * self.rank) if self.rank else None
+        return None if part is None else part.reshape(self.dim, self.rank)
+
+    @property
+    def inv_eig(self) -> np.ndarray | None:
+        """``[K]`` inverse eigenvalues (None in the packed form)."""
+        return self._part(self.dim + 2 * self.n_channels + self.dim * self.rank, None) if self.rank else None
 
 
 _UNPACK: dict[int, np.ndarray] = {}
@@ -156,6 +199,10 @@ class WindowScorer:
     def __init__(self, manifest: Any = None, **overrides: float) -> None:
         self.settings = settings_from(manifest, **overrides)
         self._weights_cache: dict[int, np.ndarray] = {}
+        # calibration windows dropped as anomalous, and calibrations that dropped any
+        # (a metric for the daemon; not per device)
+        self.trimmed_windows = 0
+        self.trimmed_calibrations = 0
 
     def new_state(self, n_channels: int) -> DeviceScoreState:
         """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
@@ -217,9 +264,11 @@ class WindowScorer:
         embeddings: np.ndarray,
         residuals: np.ndarray,
         flatness: np.ndarray | None = None,
-    ) -> None:
+    ) -> int:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
-        ``flatness [M, C]`` (None: the flatline check is off for this state).
+        ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
+        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``);
+        the scorer also counts them in ``trimmed_windows`` / ``trimmed_calibrations``.
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -234,6 +283,13 @@ class WindowScorer:
         if c != state.n_channels:
             raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
         flat = emb.reshape(m, c * d)
+        keep = self._calibration_keep(flat, res)
+        trimmed = int(m - keep.sum())
+        if trimmed:
+            flat, res, m = flat[keep], res[keep], int(keep.sum())
+            flatness = None if flatness is None else np.asarray(flatness)[keep]
+            self.trimmed_windows += trimmed
+            self.trimmed_calibrations += 1
         mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
         dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
         hold = int(m * self.settings["holdout"])
@@ -244,34 +300,56 @@ class WindowScorer:
             held = self._profile_distance(flat[m - hold :], *part)
             dist = np.concatenate([dist, held])
         q, margin = self.settings["score_quantile"], self.settings["score_margin"]
-        state.mu = mu.astype(np.float32)
         f, k = basis.shape
-        if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
-            state.precision = packed_precision(basis, inv_eig, inv_rest).astype(np.float32)
-            state.basis = state.inv_eig = None
-        else:
-            state.basis = np.ascontiguousarray(basis, dtype=np.float32)
-            state.inv_eig = inv_eig.astype(np.float32)
-            state.precision = None
-        state.inv_rest = inv_rest
-        state.residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
-        state.flat_threshold = (
-            None
+        residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
+        flat_threshold = (
+            np.full(c, np.inf, dtype=np.float32)
             if flatness is None
             else np.maximum(np.quantile(np.asarray(flatness, dtype=np.float64), q, axis=0) * margin, 0.5).astype(np.float32)
         )
+        if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
+            tail = [packed_precision(basis, inv_eig, inv_rest).astype(np.float32)]
+            state.rank = 0
+        else:
+            tail = [basis.astype(np.float32).ravel(), inv_eig.astype(np.float32)]
+            state.rank = k
+        state.profile = np.concatenate([mu.astype(np.float32), residual_threshold, flat_threshold, *tail])
+        state.dim = f
+        state.inv_rest = inv_rest
         state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
         state._emb = state._res = state._flat = None
+        return trimmed
+
+    def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
+        """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
+        and residuals ``res [M, C]`` (gateway.score_trim; all True when ``calibration_trim``
+        is 0). Two passes: first the residuals, the coordinate-wise robust distance and the
+        distance to a profile fitted on every window; then the residuals and the distance to
+        a profile refitted on the windows the first pass kept (an outlying stretch can widen
+        the first fit's covariance enough to hide in it). At most ``calibration_trim`` of the
+        windows are dropped."""
+        frac, bound = self.settings["calibration_trim"], self.settings["calibration_trim_z"]
+        keep = np.ones(flat.shape[0], dtype=bool)
+        cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
+        if cap < 1 or flat.shape[0] - cap < 8:
+            return keep
+        first = self._profile_distance(flat, *self._fit_profile(flat))
+        keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
+        if keep.all():
+            return keep
+        refit = self._profile_distance(flat, *self._fit_profile(flat[keep]))
+        return trim_mask(np.column_stack([res, refit]), frac, bound)
 
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
-    ) -> None:
+    ) -> int:
         """Fit ``state`` at once from normal windows ``[M, T, C]`` (standardised) and the
-        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``."""
+        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``. Returns the
+        number of windows dropped as anomalous (``calibrate``)."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
+        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
@@ -320,27 +398,26 @@ class WindowScorer:
         if idx.size:
             sts = [states[int(i)] for i in idx]
             flat = emb[idx].reshape(idx.size, c * d)
-            mu = np.stack([s.mu for s in sts])  # type: ignore[misc]
-            rthr = np.stack([s.residual_threshold for s in sts])  # type: ignore[misc]
             dthr = np.array([s.distance_threshold for s in sts], dtype=np.float32)
-            diff = flat - mu
-            packed = [j for j, s in enumerate(sts) if s.precision is not None]
-            if not packed:
-                dist, p_diff = self._lowrank_terms(diff, sts)
-            elif len(packed) == len(sts):
-                dist, p_diff = self._packed_terms(diff, sts)
-            else:  # states fitted in both forms (scorers with different max_rank)
-                low = [j for j, s in enumerate(sts) if s.precision is None]
-                dist, p_diff = np.empty(len(sts), dtype=np.float32), np.empty_like(diff)
-                for sel, terms in ((packed, self._packed_terms), (low, self._lowrank_terms)):
-                    dist[sel], p_diff[sel] = terms(diff[sel], [sts[j] for j in sel])
+            forms: dict[int, list[int]] = {}
+            for j, s in enumerate(sts):
+                forms.setdefault(s.rank, []).append(j)
+            if len(forms) == 1:  # the usual case: one form, no gathering
+                rank = next(iter(forms))
+                diff, rthr, fthr, dist, p_diff = self._profile_terms(flat, sts, rank, c)
+            else:  # states fitted in different forms (scorers with different max_rank)
+                diff, p_diff = np.empty_like(flat), np.empty_like(flat)
+                rthr, fthr = np.empty((len(sts), c), np.float32), np.empty((len(sts), c), np.float32)
+                dist = np.empty(len(sts), dtype=np.float32)
+                for rank, sel in forms.items():
+                    diff[sel], rthr[sel], fthr[sel], dist[sel], p_diff[sel] = self._profile_terms(
+                        flat[sel], [sts[j] for j in sel], rank, c)
             ratio = dist / dthr
             # attribution: each channel's part of diff' P diff
             part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
             share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
             res_ratio = residual[idx] / rthr
             # flatline check (states calibrated without flatness: threshold inf, ratio 0)
-            fthr = np.stack([np.full(c, np.inf, np.float32) if s.flat_threshold is None else s.flat_threshold for s in sts])
             res_ratio = np.maximum(res_ratio, flatline[idx] / fthr)
             channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
             total = np.maximum(res_ratio.max(axis=1), ratio)
@@ -349,24 +426,29 @@ class WindowScorer:
         residual[~finite] = np.nan
         return ScoreResult(score, channel_scores, residual, distance, distance_ratio)
 
-    def _lowrank_terms(self, diff: np.ndarray, sts: list[DeviceScoreState]) -> tuple[np.ndarray, np.ndarray]:
-        """Distance ``[n]`` and precision times ``diff`` ``[n, F]`` for states kept in the
-        low-rank form (precision P = basis diag(inv_eig) basis' + inv_rest on the rest)."""
-        basis = np.stack([s.basis for s in sts])  # type: ignore[misc]
-        inv_eig = np.stack([s.inv_eig for s in sts])  # type: ignore[misc]
+    def _profile_terms(
+        self, flat: np.ndarray, sts: list[DeviceScoreState], rank: int, c: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For states whose profiles share one form (``rank``; 0 = packed precision):
+        ``diff = flat - mu [n, F]``, residual and flat thresholds ``[n, C]``, the distance
+        ``[n]`` and precision times diff ``[n, F]``."""
+        f = flat.shape[1]
+        if any(s.dim != f for s in sts):
+            raise ValueError(f"a state's profile has another embedding size than the batch ({f})")
+        prof = np.stack([s.profile for s in sts])  # type: ignore[misc]
+        diff = flat - prof[:, :f]
+        rthr, fthr, tail = prof[:, f : f + c], prof[:, f + c : f + 2 * c], prof[:, f + 2 * c :]
+        if rank == 0:
+            precision = tail[:, _unpack_index(f)]
+            p_diff = np.einsum("nfg,ng->nf", precision, diff)
+            return diff, rthr, fthr, np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
+        basis = np.ascontiguousarray(tail[:, : f * rank].reshape(len(sts), f, rank))
+        inv_eig = np.ascontiguousarray(tail[:, f * rank :])
         inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
         dist = self._distance(diff, basis, inv_eig, inv_rest)
         proj = np.einsum("nf,nfk->nk", diff, basis)
         p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
-        return dist, p_diff
-
-    @staticmethod
-    def _packed_terms(diff: np.ndarray, sts: list[DeviceScoreState]) -> tuple[np.ndarray, np.ndarray]:
-        """The same for states that keep the packed precision: ``diff' P diff / F``, ``P diff``."""
-        f = diff.shape[1]
-        precision = np.stack([s.precision for s in sts])[:, _unpack_index(f)]  # type: ignore[misc]
-        p_diff = np.einsum("nfg,ng->nf", precision, diff)
-        return np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
+        return diff, rthr, fthr, dist, p_diff
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate

@@ -8,8 +8,8 @@ device's list are still used for the known channels; the extra ones are counted
 evicts the least recently seen one (counted) beyond that.
 
 Memory per device (10,000 are tracked at once): the values ring ``[T, C]`` float32, the
-mask ring ``[T, C]`` bool, and a channel list + index shared by every device with the
-same channels (the store interns them).
+mask as the bits of one int (C bits per reading), and a channel list + index shared by
+every device with the same channels (the store interns them).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ device gets its own copy (bounded memory whatever channel names arrive)."""
 class DeviceWindow:
     """A ring buffer ``[T, C]`` of one device's readings, oldest first when read."""
 
-    __slots__ = ("device_id", "channels", "_index", "_values", "_mask", "_length", "_pos", "count", "last_timestamp",
-                 "adapter", "state")
+    __slots__ = ("device_id", "channels", "_index", "_values", "_mask_bits", "_length", "_pos", "count",
+                 "last_timestamp", "adapter", "state")
 
     def __init__(self, device_id: str, channels: list[str], length: int, adapter: str | None = None,
                  index: dict[str, int] | None = None) -> None:
@@ -39,10 +39,12 @@ class DeviceWindow:
         self.device_id = device_id
         self.channels = channels
         self._index = {c: i for i, c in enumerate(channels)} if index is None else index
-        # rings: row pos is the next one written; a read in time order joins the two
-        # slices [pos:] and [:pos] in one copy (np.concatenate)
+        # ring: row pos is the next one written; a read in time order joins the two slices
+        # [pos:] and [:pos] in one copy (np.concatenate)
         self._values = np.zeros((length, len(channels)), dtype=np.float32)
-        self._mask = np.zeros((length, len(channels)), dtype=np.bool_)
+        # presence of each channel in the last T readings: bit i of the lowest C bits is
+        # channel i of the newest reading, the next C bits the reading before, ...
+        self._mask_bits = 0
         self._length = length
         self._pos = 0
         self.count = 0
@@ -63,13 +65,12 @@ class DeviceWindow:
         row_index = self._pos
         length = self._length
         row = self._values[row_index]
-        mask = self._mask[row_index]
         if self.count:
             row[:] = self._values[row_index - 1]  # -1: the last row, the newest one when pos is 0
         else:
             row[:] = 0.0
-        mask[:] = False
         unknown = 0
+        present = 0
         index = self._index
         for name, value in values.items():
             i = index.get(name)
@@ -77,7 +78,9 @@ class DeviceWindow:
                 unknown += 1
                 continue
             row[i] = value
-            mask[i] = True
+            present |= 1 << i
+        c = len(row)
+        self._mask_bits = ((self._mask_bits << c) | present) & ((1 << (length * c)) - 1)
         self._pos = (row_index + 1) % length
         self.count += 1
         self.last_timestamp = timestamp
@@ -93,9 +96,10 @@ class DeviceWindow:
         return np.concatenate((self._values[pos:], self._values[:pos])) if pos else self._values.copy()
 
     def mask(self) -> np.ndarray:
-        """``[T, C]`` float32 in time order, 1.0 where the reading had the channel (a copy)."""
-        pos = self._pos
-        return np.concatenate((self._mask[pos:], self._mask[:pos])).astype(np.float32)
+        """``[T, C]`` float32 in time order, 1.0 where the reading had the channel."""
+        t, c, bits = self._length, len(self.channels), self._mask_bits
+        newest_first = np.array([(bits >> k) & 1 for k in range(t * c)], dtype=np.float32).reshape(t, c)
+        return np.ascontiguousarray(newest_first[::-1])
 
 
 class WindowStore:

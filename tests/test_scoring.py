@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from gateway.calibration import SeriesCalibration, fill_forward
+from gateway.calibration import ReadingsPool, SeriesCalibration, fill_forward
 from gateway.score_settings import DEFAULTS, settings_from
-from gateway.scoring import WindowScorer
+from gateway.scoring import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
 from models.manifest import base_model_dir, load_manifest
 from models.pca_baseline import PCABaseline
@@ -280,3 +280,60 @@ def test_pca_baseline_flags_shift_and_not_normal() -> None:
     assert (pca.score(shifted) > 1).mean() > 0.9
     with pytest.raises(RuntimeError):
         PCABaseline().score(normal)
+
+
+def test_readings_pool_reuses_blocks_and_unmaps_empty_chunks() -> None:
+    pool = ReadingsPool(10, 2, chunk_bytes=3 * 10 * 2 * 4)  # 3 blocks per chunk
+    x = np.random.default_rng(5).normal(size=(10, 2))
+    cals = [SeriesCalibration(2, 10, pool=pool) for _ in range(7)]
+    assert pool.per_chunk == 3 and pool.chunks == 3
+    for cal in cals:
+        cal.update(x)
+    plain = SeriesCalibration(2, 10)
+    plain.update(x)
+    assert all(np.array_equal(cal.calibration_windows(4), plain.calibration_windows(4)) for cal in cals)
+    for cal in cals[:3]:
+        cal.release()  # the first chunk is now empty: unmapped
+    assert pool.chunks == 2
+    del cals[3]  # dropped while still holding its block (an evicted device): given back
+    cals[3].release()
+    cals[4].release()
+    assert pool.chunks == 1  # the second chunk emptied too
+    again = SeriesCalibration(2, 10, pool=pool)  # takes a free block of the last chunk
+    assert pool.chunks == 1
+    for cal in (cals[5], again):
+        cal.release()
+        cal.release()  # twice is harmless
+    assert pool.chunks == 0
+    with pytest.raises(ValueError, match="pool blocks"):
+        SeriesCalibration(3, 10, pool=pool)
+
+
+def test_packed_and_low_rank_profiles_score_alike_and_mix_in_one_batch(session, manifest) -> None:  # type: ignore[no-untyped-def]
+    """Two channels (F = 32): the default max_rank (32) keeps the packed precision, max_rank
+    15 the low-rank form (basis [32, 15] + inv_eig + one rest variance). The same low-rank
+    precision stored packed scores alike to float noise, and states of both forms can
+    share one batch."""
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(300, 32, 2)).astype(np.float32)
+    out = run(session, w)
+    full, low = WindowScorer(manifest, adapt_rate=0.0), WindowScorer(manifest, adapt_rate=0.0, max_rank=15)
+    sp, sl = full.new_state(2), low.new_state(2)
+    full.calibrate_windows(sp, w, out)
+    low.calibrate_windows(sl, w, out)
+    assert sp.rank == 0 and sp.precision is not None and sp.basis is None and sp.precision.shape == (528,)
+    assert sl.rank == 15 and sl.basis is not None and sl.basis.shape == (32, 15) and sl.precision is None
+    assert np.array_equal(sp.mu, sl.mu) and np.array_equal(sp.residual_threshold, sl.residual_threshold)
+    # sl's own precision, stored packed
+    assert sl.profile is not None and sl.inv_eig is not None and sl.mu is not None
+    repacked = DeviceScoreState(2, calibrated=True, dim=32, rank=0, inv_rest=sl.inv_rest,
+                                distance_threshold=sl.distance_threshold)
+    repacked.profile = np.concatenate([sl.profile[:36], packed_precision(
+        sl.basis.astype(np.float64), sl.inv_eig.astype(np.float64), sl.inv_rest).astype(np.float32)])
+    x = (rng.normal(size=(8, 32, 2)) * 1.5).astype(np.float32)
+    ox = run(session, x)
+    a, b = low.score_details(x, ox, [sl] * 8), low.score_details(x, ox, [repacked] * 8)
+    assert np.allclose(a.distance, b.distance, rtol=1e-4) and np.allclose(a.channel_scores, b.channel_scores, rtol=1e-4)
+    mixed = full.score_details(x, ox, [sp, sl] * 4)
+    alone = full.score_details(x, ox, [sp] * 8)
+    assert np.array_equal(mixed.score[0::2], alone.score[0::2]) and np.array_equal(mixed.score[1::2], a.score[1::2])
