@@ -59,7 +59,6 @@ from typing import Any
 import numpy as np
 
 from gateway.score_settings import DEFAULTS, settings_from
-from gateway.score_trim import diagonal_distance, trim_mask
 
 _EPS = 1e-9
 MAX_FALLBACK_WINDOWS = 256
@@ -199,10 +198,6 @@ class WindowScorer:
     def __init__(self, manifest: Any = None, **overrides: float) -> None:
         self.settings = settings_from(manifest, **overrides)
         self._weights_cache: dict[int, np.ndarray] = {}
-        # calibration windows dropped as anomalous, and calibrations that dropped any
-        # (a metric for the daemon; not per device)
-        self.trimmed_windows = 0
-        self.trimmed_calibrations = 0
 
     def new_state(self, n_channels: int) -> DeviceScoreState:
         """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
@@ -264,11 +259,9 @@ class WindowScorer:
         embeddings: np.ndarray,
         residuals: np.ndarray,
         flatness: np.ndarray | None = None,
-    ) -> int:
+    ) -> None:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
-        ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
-        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``);
-        the scorer also counts them in ``trimmed_windows`` / ``trimmed_calibrations``.
+        ``flatness [M, C]`` (None: the flatline check is off for this state).
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -283,13 +276,6 @@ class WindowScorer:
         if c != state.n_channels:
             raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
         flat = emb.reshape(m, c * d)
-        keep = self._calibration_keep(flat, res)
-        trimmed = int(m - keep.sum())
-        if trimmed:
-            flat, res, m = flat[keep], res[keep], int(keep.sum())
-            flatness = None if flatness is None else np.asarray(flatness)[keep]
-            self.trimmed_windows += trimmed
-            self.trimmed_calibrations += 1
         mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
         dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
         hold = int(m * self.settings["holdout"])
@@ -319,37 +305,15 @@ class WindowScorer:
         state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
         state._emb = state._res = state._flat = None
-        return trimmed
-
-    def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
-        """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
-        and residuals ``res [M, C]`` (gateway.score_trim; all True when ``calibration_trim``
-        is 0). Two passes: first the residuals, the coordinate-wise robust distance and the
-        distance to a profile fitted on every window; then the residuals and the distance to
-        a profile refitted on the windows the first pass kept (an outlying stretch can widen
-        the first fit's covariance enough to hide in it). At most ``calibration_trim`` of the
-        windows are dropped."""
-        frac, bound = self.settings["calibration_trim"], self.settings["calibration_trim_z"]
-        keep = np.ones(flat.shape[0], dtype=bool)
-        cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
-        if cap < 1 or flat.shape[0] - cap < 8:
-            return keep
-        first = self._profile_distance(flat, *self._fit_profile(flat))
-        keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
-        if keep.all():
-            return keep
-        refit = self._profile_distance(flat, *self._fit_profile(flat[keep]))
-        return trim_mask(np.column_stack([res, refit]), frac, bound)
 
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
-    ) -> int:
+    ) -> None:
         """Fit ``state`` at once from normal windows ``[M, T, C]`` (standardised) and the
-        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``. Returns the
-        number of windows dropped as anomalous (``calibrate``)."""
+        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
+        self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
