@@ -135,7 +135,7 @@ class BatchedReceiveClient(mqtt.Client):
 
     # ---- acknowledging ----------------------------------------------------------------
     def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
-        if not self._collect_acks:
+        if not self._collect_acks or self._manual_ack:  # manual acks may come from any thread
             return super()._send_puback(mid)  # type: ignore[no-any-return]
         # remaining length 2: success without properties (MQTT v5 3.4.2.1; v3.1.1's only form)
         self._acks += struct.pack("!BBH", _PUBACK, 2, mid)
