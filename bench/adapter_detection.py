@@ -1,6 +1,7 @@
 """Does a site adapter detect better? Base vs self-supervised adapter vs supervised adapter vs PCA.
 
     .venv/bin/python bench/adapter_detection.py [--seeds 7,1,2,3] [--epochs 30] [--out DIR]
+        [--calibrate-on clean|training] [--base-only] [--set KEY=VALUE ...]
 
 Each site is ``models.example_site`` with another seed (seed 7 is the shipped example):
 a cold room (temperature, humidity, 5-minute readings, a compressor duty cycle the base
@@ -13,6 +14,13 @@ training part's labels. Reported: the point-wise metrics on the validation rows 
 scoring; base, adapter and PCA baseline calibrated on the same rows), and the
 component-wise separation (AUC, labelled vs normal validation rows) of the scorer's
 residual and distance statistics. Torch on 1 thread; about 1-2 minutes per site.
+
+``--calibrate-on training`` calibrates the scorer on all training rows instead, faults
+included (what a real site gives when nobody checked its first weeks); ``--base-only``
+skips the adapters (base and PCA only, seconds per site); ``--set`` overrides a scoring
+setting (e.g. ``--set calibration_trim=0`` for the scorer without calibration trimming).
+The metrics are then computed here with ``models.evaluate.score_recording`` (what
+finetune's report runs) on the chosen calibration rows.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from gateway.score_settings import settings_from  # noqa: E402
 from gateway.scoring import DeviceScoreState, WindowScorer  # noqa: E402
 from models import integrity  # noqa: E402
 from models.architecture import load_model  # noqa: E402
-from models.evaluate import run_model, sliding_windows  # noqa: E402
+from models.evaluate import point_metrics, run_model, score_recording, sliding_windows  # noqa: E402
 from models.example_site import write_example_site_csv  # noqa: E402
 from models.finetune import _TorchSession, finetune, load_peft, scorer_calibration_rows  # noqa: E402
 from models.manifest import base_model_dir  # noqa: E402
@@ -71,6 +79,15 @@ def separation(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, s
             "score_auc": auc(res.score[keep][y], res.score[keep][~y])}
 
 
+def site_metrics(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, split: int, cal: int, T: int,
+                 settings: dict[str, float], with_pca: bool) -> tuple[dict[str, float | int], dict[str, float | int]]:
+    """Point-wise metrics of the model and the PCA baseline on rows >= split, the scorer
+    calibrated on the first ``cal`` rows (what finetune's report runs)."""
+    s = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings, with_pca=with_pca)
+    evaluated = np.arange(len(labels)) >= split
+    return (point_metrics(labels, s.alert, evaluated).as_dict(), point_metrics(labels, s.pca_alert, evaluated).as_dict())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="7,1,2,3", help="example-site seeds (7 = the shipped example)")
@@ -78,12 +95,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep the CSVs and adapters here")
     ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     ap.add_argument("--label-weight", type=float, default=0.1, help="weight of the supervised term")
+    ap.add_argument("--calibrate-on", choices=("clean", "training"), default="clean",
+                    help="scorer calibration rows: the training rows before the first fault, or all of them")
+    ap.add_argument("--base-only", action="store_true", help="no adapters: the base model and PCA only")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = base_model_dir()
     manifest = integrity.load_manifest(Path(base))
     T = int(manifest["window_length"])
-    settings = settings_from(manifest)
+    settings = settings_from(manifest, **{k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    own_metrics = args.calibrate_on != "clean" or bool(args.set) or args.base_only
     root = args.out or Path(tempfile.mkdtemp(prefix="adapter-detection-"))
     results = []
     print(f"{'site':<8} {'detector':<16} {'precision':>9} {'recall':>7} {'F1':>6} {'false-alarm':>11} {'events':>7}"
@@ -93,14 +115,33 @@ def main() -> int:
         write_example_site_csv(csv_path, seed=seed)
         data = load_site_data(csv_path, CHANNELS, "time", "fault")
         row: dict[str, object] = {"seed": seed}
-        for variant, weight in (("self-supervised", 0.0), ("supervised", args.label_weight)):
+        assert data.labels is not None
+        split = round(len(data.labels) * 0.75)  # finetune's default time-ordered split
+        cal = split if args.calibrate_on == "training" else scorer_calibration_rows(data.labels, split)
+
+        labels = data.labels
+
+        def metrics(model: torch.nn.Module, with_pca: bool) -> tuple[dict[str, float | int], dict[str, float | int]]:
+            return site_metrics(model, data.values, labels, split, cal, T, settings, with_pca)  # noqa: B023
+
+        if args.base_only:
+            base_model = load_model(base)
+            mb, mp = metrics(base_model, True)
+            row.update(base={**mb, **separation(base_model, data.values, data.labels, split, cal, T, settings)},
+                       pca=mp, calibration_rows=cal)
+        for variant, weight in (() if args.base_only else
+                                (("self-supervised", 0.0), ("supervised", args.label_weight))):
             res = finetune(base, data, root / f"site-{seed}-{variant}", rank=8, alpha=16, epochs=args.epochs,
                            seed=0, name=f"site-{seed}", label_weight=weight, progress=False)
             sup = res.manifest["evaluation"]["supervised"]
-            split = res.manifest["training"]["split"]["train_rows"]
-            cal = scorer_calibration_rows(data.labels, split)
-            assert data.labels is not None and cal == sup["calibration_rows"]
+            assert split == res.manifest["training"]["split"]["train_rows"]
             adapted = load_peft(base, res.out_dir)
+            if own_metrics:
+                sup = {"adapter": metrics(adapted, False)[0], "base": None, "pca": None}
+                if variant == "self-supervised":
+                    sup["base"], sup["pca"] = metrics(load_model(base), True)
+            else:
+                assert cal == sup["calibration_rows"]
             row[variant] = {**sup["adapter"], **separation(adapted, data.values, data.labels, split, cal, T, settings),
                             "label_objective": res.manifest["training"]["label_objective"],
                             "val_loss": [res.val_loss_before, res.val_loss_after]}
@@ -110,15 +151,17 @@ def main() -> int:
                 row["pca"] = sup["pca"]
                 row["calibration_rows"] = cal
         results.append(row)
-        for name in ("base", "self-supervised", "supervised", "pca"):
+        for name in ("base", "pca") if args.base_only else ("base", "self-supervised", "supervised", "pca"):
             m = row[name]
             assert isinstance(m, dict)
             extra = (f" {m['residual_auc']:>9.3f} {m['distance_auc']:>8.3f} {m['score_auc']:>9.3f}"
                      if "residual_auc" in m else "")
             print(f"{seed:<8} {name:<16} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
                   f"{m['false_alarm_rate']:>11.4f} {m['events_detected']:>3}/{m['events']:<3}{extra}", flush=True)
-    print("validation rows only (last 25 %, never trained on); scorer calibrated on the training rows before the "
-          "first labelled fault; AUC = labelled vs normal validation rows")
+    print("validation rows only (last 25 %, never trained on); scorer calibrated on "
+          + ("all training rows (faults included)" if args.calibrate_on == "training"
+             else "the training rows before the first labelled fault")
+          + "; AUC = labelled vs normal validation rows" + (f"; settings {' '.join(args.set)}" if args.set else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

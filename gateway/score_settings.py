@@ -24,8 +24,15 @@ DEFAULTS: dict[str, float] = {
     "holdout": 0.0,
     "adapt_rate": 0.003,
     "adapt_below": 1.0,
+    "calibration_trim": 0.2,
+    "calibration_trim_z": 8.0,
 }
-"""Scoring settings used where the manifest's ``thresholds`` do not give one."""
+"""Scoring settings used where the manifest's ``thresholds`` do not give one.
+
+``calibration_trim``: the largest fraction of score-calibration windows that may be dropped
+as anomalous before the profile and thresholds are fitted (0 turns trimming off);
+``calibration_trim_z``: the robust log-z beyond which a window counts as anomalous
+(gateway.score_trim)."""
 
 
 def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:

@@ -32,7 +32,16 @@ Per window, three statistics:
   devices), as the packed lower triangle of the same precision matrix.
 
 Each is divided by its calibrated threshold, ``quantile(score_quantile) * score_margin``
-over the calibration windows (flatness: at least 0.5). With ``holdout`` > 0 the distance
+over the calibration windows (flatness: at least 0.5). Nobody guarantees that a real
+device's calibration stretch is fault-free, and one level shift or spike burst in it
+would set these quantiles (on the example site: residual threshold 6.36 instead of 0.10,
+F1 0.166 instead of 0.50). So ``calibrate`` first drops the windows whose residual or
+distance is far out on the high side of the stretch's own robust spread (robust z of the
+log-statistic above ``calibration_trim_z``, 8; gateway.score_trim), at most
+``calibration_trim`` (20 %) of them, then fits the profile and takes the quantiles on
+the rest; it returns the count (``WindowScorer.trimmed_windows`` sums it). A clean
+stretch loses nothing; a large normal event can lose its most extreme windows (measured
+in docs/models.md). ``calibration_trim = 0`` turns it off. With ``holdout`` > 0 the distance
 quantile also covers the last ``holdout`` fraction of the calibration windows measured
 against a profile fitted without them (off by default: it lowered false alarms on
 generated devices but cost recall on NAB). The window score is the largest ratio,
@@ -59,8 +68,11 @@ from typing import Any
 import numpy as np
 
 from gateway.score_settings import DEFAULTS, settings_from
+from gateway.score_trim import diagonal_distance, trim_mask
 
 _EPS = 1e-9
+TRIM_PASSES = 4
+"""At most this many fits when calibration windows are trimmed (``_calibration_keep``)."""
 MAX_FALLBACK_WINDOWS = 256
 """At most this many scored windows are kept by an uncalibrated state (every k-th):
 about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
@@ -198,6 +210,10 @@ class WindowScorer:
     def __init__(self, manifest: Any = None, **overrides: float) -> None:
         self.settings = settings_from(manifest, **overrides)
         self._weights_cache: dict[int, np.ndarray] = {}
+        # calibration windows dropped as anomalous, and calibrations that dropped any
+        # (a metric for the daemon; not per device)
+        self.trimmed_windows = 0
+        self.trimmed_calibrations = 0
 
     def new_state(self, n_channels: int) -> DeviceScoreState:
         """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
@@ -259,9 +275,11 @@ class WindowScorer:
         embeddings: np.ndarray,
         residuals: np.ndarray,
         flatness: np.ndarray | None = None,
-    ) -> None:
+    ) -> int:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
-        ``flatness [M, C]`` (None: the flatline check is off for this state).
+        ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
+        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``);
+        the scorer also counts them in ``trimmed_windows`` / ``trimmed_calibrations``.
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -276,6 +294,13 @@ class WindowScorer:
         if c != state.n_channels:
             raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
         flat = emb.reshape(m, c * d)
+        keep = self._calibration_keep(flat, res)
+        trimmed = int(m - keep.sum())
+        if trimmed:
+            flat, res, m = flat[keep], res[keep], int(keep.sum())
+            flatness = None if flatness is None else np.asarray(flatness)[keep]
+            self.trimmed_windows += trimmed
+            self.trimmed_calibrations += 1
         mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
         dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
         hold = int(m * self.settings["holdout"])
@@ -305,15 +330,42 @@ class WindowScorer:
         state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
         state.calibrated = True
         state._emb = state._res = state._flat = None
+        return trimmed
+
+    def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
+        """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
+        and residuals ``res [M, C]`` (gateway.score_trim; all True when ``calibration_trim``
+        is 0). First pass: the residuals, the coordinate-wise robust distance and the
+        distance to a profile fitted on every window; then, while the kept set changes (at
+        most ``TRIM_PASSES`` fits), the residuals and the distance to a profile refitted on
+        the windows kept so far (an outlying stretch can widen the first fit's covariance
+        enough to hide in it). At most ``calibration_trim`` of the windows are dropped."""
+        frac, bound = self.settings["calibration_trim"], self.settings["calibration_trim_z"]
+        keep = np.ones(flat.shape[0], dtype=bool)
+        cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
+        if cap < 1 or flat.shape[0] - cap < 8:
+            return keep
+        first = self._profile_distance(flat, *self._fit_profile(flat))
+        keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
+        if keep.all():
+            return keep
+        for _ in range(TRIM_PASSES - 1):
+            refit = self._profile_distance(flat, *self._fit_profile(flat[keep]))
+            again = trim_mask(np.column_stack([res, refit]), frac, bound)
+            if np.array_equal(again, keep):
+                break
+            keep = again
+        return keep
 
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
-    ) -> None:
+    ) -> int:
         """Fit ``state`` at once from normal windows ``[M, T, C]`` (standardised) and the
-        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``."""
+        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``. Returns the
+        number of windows dropped as anomalous (``calibrate``)."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
+        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
