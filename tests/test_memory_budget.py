@@ -6,8 +6,9 @@ so at most about 6.5 KB of RSS per device (bench/memory.py measures the RSS; ben
 section 4). This test counts the Python allocations (tracemalloc) of devices fed the way
 the pipeline feeds them (policy, window store, inference engine, scores back into the
 policy), after a first group has warmed every cache, so only per-device state is counted.
-Measured when written: about 4.3 KB per device (2 channels); it was 14.6 KB before the
-per-device state was made compact.
+Measured when written: about 5.0 KB per device (2 channels; some of these short-calibrated
+devices raise alerts, which adds their tracks); 14.2 KB before the per-device state was
+made compact (bench/RESULTS.md section 4).
 """
 
 from __future__ import annotations
