@@ -60,7 +60,7 @@ def add_model_commands(model_sub: Any) -> None:
             "--calibration-rows",
             type=int,
             default=None,
-            help=f"rows of the initial normal stretch (default: {DEFAULT_CALIBRATION_FRACTION:.0%} of the rows)",
+            help=f"rows of the initial normal stretch (default: {DEFAULT_CALIBRATION_FRACTION * 100:.0f} %% of the rows)",
         )
         q.add_argument("--raise-level", type=float, default=None, help="score at which an alert raises (default 1.0)")
         q.add_argument("--clear-level", type=float, default=None, help="score below which it clears")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def test_sigkill_under_load_loses_no_accepted_alert_and_the_session_keeps_the_up
     alert_broker = Broker(tmp_path / "alert-broker")  # configured, but down until after the kill
     config, port = write_config(tmp_path, broker, alert_broker=alert_broker)
     faulty = 1
-    uplinks = field_uplinks(devices=4, readings=1000, fault=Fault(device=faulty, start=440, end=560, shift=14.0))
-    before, after = uplinks[: 800 * 4], uplinks[800 * 4:]
+    uplinks = field_uplinks(devices=4, readings=3000, fault=Fault(device=faulty, start=440, end=560, shift=14.0))
+    # before: until an alert is raised; burst: published right before the kill, so the gateway is
+    # still busy with it when killed (it drains a few thousand uplinks/s: without the burst it
+    # could finish `before` first); after: published while it is dead
+    before, burst, after = uplinks[: 800 * 4], uplinks[800 * 4: 2400 * 4], uplinks[2400 * 4:]
     sub: Subscriber | None = None
     gw = GatewayProcess(config, port, tmp_path / "gateway-1.log")
     gw2: GatewayProcess | None = None
@@ -50,10 +54,16 @@ def test_sigkill_under_load_loses_no_accepted_alert_and_the_session_keeps_the_up
         raised = lambda: [a for a in file_alerts(alerts_file)
                           if a["kind"] == "anomaly" and a["state"] == "raised" and a["device_id"] == dev_eui(faulty)]
         assert wait_for(lambda: bool(raised()), 60), gw.log()[-3000:]
-        readings_at_kill = gw.metric("readings_total")
+        # kill it in the middle of the burst, while uplinks are still being published to it
+        publisher = threading.Thread(target=publish_all, args=(broker.host, broker.port, burst), daemon=True)
+        publisher.start()
+        assert wait_for(lambda: gw.metric("readings_total") >= len(before) + 1000, 60), gw.log()[-3000:]
+        readings_at_kill = gw.metric("readings_total")  # a lower bound: it keeps going until the kill
         gw.signal(signal.SIGKILL)
         assert gw.wait(10) == -signal.SIGKILL
-        assert readings_at_kill < len(before)  # killed under load: uplinks were still coming in
+        assert readings_at_kill < len(before) + len(burst)  # killed under load: uplinks were still coming in
+        publisher.join(60)  # the rest of the burst waits in the gateway's persistent session
+        assert not publisher.is_alive()
 
         accepted = outbox_alert_keys(tmp_path / "state" / "outbox.sqlite") | {a["key"] for a in file_alerts(alerts_file)}
         assert {a["key"] for a in raised()} <= accepted

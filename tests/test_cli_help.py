@@ -1,0 +1,27 @@
+"""Every ``lora-gateway`` command and sub-command renders its --help (argparse formats help
+strings with %-interpolation, so a stray ``%`` only fails when someone asks for help)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.cli import build_parser
+
+
+def _walk(parser: argparse.ArgumentParser, path: str = "lora-gateway"):  # type: ignore[no-untyped-def]
+    yield path, parser
+    for action in parser._actions:  # argparse keeps sub-parsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, f"{path} {name}")
+
+
+def test_every_command_renders_its_help() -> None:
+    seen = []
+    for path, parser in _walk(build_parser()):
+        text = parser.format_help()
+        assert "usage:" in text, path
+        seen.append(path)
+    for expected in ("lora-gateway model score", "lora-gateway record export", "lora-gateway model finetune",
+                     "lora-gateway run", "lora-gateway demo"):
+        assert expected in seen
