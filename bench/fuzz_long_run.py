@@ -204,6 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in got.items():
             counts.setdefault(target, Counter())[k] += v
 
+    def run_one(target: str, call: Callable[[], Any], reject: type[Exception], shown: str) -> None:
+        """One whole input: accepted, a typed reject (counted by its reason), or a crash."""
+        try:
+            call()
+            outcome(target, "accepted")
+        except reject as exc:
+            outcome(target, f"reject:{getattr(exc, 'reason', 'unknown')}")
+        except Exception as exc:  # noqa: BLE001 - the point of the run: any other exception is a crash
+            outcome(target, "CRASH")
+            crashes.append(f"{target}: {type(exc).__name__}: {exc} on {shown}")
+
     targets = ["frame"] + [f"line:{p}" for p in PROTOCOLS] + [f"payload:{c}" for c in payloads] + [f"uplink:{s}" for s in shapes]
     started = time.monotonic()
     for i in range(args.inputs):
@@ -222,14 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "payload":
             fn, seeds = payloads[name]
             data = mutate_bytes(rng, rng.choice(seeds)) if rng.random() < 0.8 else random_bytes(rng, 40)
-            try:
-                fn(data)
-                outcome(target, "accepted")
-            except DecodeError as exc:
-                outcome(target, f"reject:{exc.reason}")
-            except Exception as exc:  # noqa: BLE001
-                outcome(target, "CRASH")
-                crashes.append(f"{target}: {type(exc).__name__}: {exc} on {data.hex()}")
+            run_one(target, lambda: fn(data), DecodeError, data.hex())
         else:
             topic, doc = rng.choice(docs)
             r = rng.random()
@@ -239,14 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 body = mutate_bytes(rng, json.dumps(doc).encode())
             else:
                 body = random_bytes(rng, 200)
-            try:
-                parse_uplink(topic, body, name)
-                outcome(target, "accepted")
-            except UplinkShapeError as exc:
-                outcome(target, f"reject:{exc.reason}")
-            except Exception as exc:  # noqa: BLE001
-                outcome(target, "CRASH")
-                crashes.append(f"{target}: {type(exc).__name__}: {exc} on {body[:120]!r}")
+            run_one(target, lambda: parse_uplink(topic, body, name), UplinkShapeError, repr(body[:120]))
     elapsed = time.monotonic() - started
 
     total_crashes = sum(c["CRASH"] for c in counts.values())
