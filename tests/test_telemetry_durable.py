@@ -98,6 +98,6 @@ def test_best_effort_telemetry_counts_drops_and_skips_the_outbox(broker: Broker,
 
 def test_outbox_refusal_of_a_telemetry_batch_is_counted_per_reading(tmp_path: Path) -> None:
     metrics = Metrics()
-    with Outbox(tmp_path / "o.sqlite", ["mqtt"], 300, metrics) as outbox:  # room for no reading at all
+    with Outbox(tmp_path / "o.sqlite", ["mqtt"], 300, metrics) as outbox:  # 7 readings need ~1.2 KB: the batch cannot fit
         assert outbox.append_telemetry_many([Reading("d", float(i), {"t": 1.0}) for i in range(7)]) == []
         assert metrics.get("outbox_dropped_total", reason="telemetry_refused_budget") == 7
