@@ -98,3 +98,22 @@ def formats_dir() -> Path:
     if not FORMATS.is_dir():
         pytest.fail(f"shared wire formats not found at {FORMATS}")
     return FORMATS
+
+
+@pytest.fixture(scope="session")
+def manifest():  # type: ignore[no-untyped-def]
+    """The bundled base model's manifest (models/base)."""
+    from models.manifest import base_model_dir, load_manifest
+
+    return load_manifest(base_model_dir())
+
+
+@pytest.fixture(scope="session")
+def session():  # type: ignore[no-untyped-def]
+    """A real ONNX Runtime session of the bundled base model: CPU, one intra-op thread."""
+    from models.manifest import base_model_dir
+
+    ort = pytest.importorskip("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(base_model_dir() / "model.onnx"), opts, providers=["CPUExecutionProvider"])

@@ -10,27 +10,14 @@ from gateway.calibration import SeriesCalibration
 from gateway.score_settings import DEFAULTS
 from gateway.score_trim import robust_log_z, trim_mask
 from gateway.scoring import WindowScorer
-from models.manifest import base_model_dir, load_manifest
 from models.synthetic import Fault, generate_device
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
 STEPS = 2016  # two weeks of 10-minute readings
 KINDS = ("temperature", "humidity")
 SPIKES = Fault("spikes", (1,), 1400, 1420, 8.0)  # a spike burst: 8 std, 20 readings
 SHIFT = Fault("level_shift", (0,), 300, 340, 4.0)  # a level shift: 4 std, 40 readings
-
-
-@pytest.fixture(scope="module")
-def manifest():  # type: ignore[no-untyped-def]
-    return load_manifest(base_model_dir())
-
-
-@pytest.fixture(scope="module")
-def session():  # type: ignore[no-untyped-def]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(base_model_dir() / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
 
 def calibrated(session, manifest, values: np.ndarray, **settings: float):  # type: ignore[no-untyped-def]

@@ -15,26 +15,13 @@ from gateway.calibration import ReadingsPool, SeriesCalibration, fill_forward
 from gateway.score_settings import DEFAULTS, settings_from
 from gateway.scoring import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
-from models.manifest import base_model_dir, load_manifest
 from models.pca_baseline import PCABaseline
 from models.synthetic import Fault, generate_device
 
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
 CAL = 2016  # 14 days of 10-minute readings
 KINDS = ("temperature", "humidity", "current", "vibration")
-
-
-@pytest.fixture(scope="module")
-def manifest():  # type: ignore[no-untyped-def]
-    return load_manifest(base_model_dir())
-
-
-@pytest.fixture(scope="module")
-def session():  # type: ignore[no-untyped-def]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(base_model_dir() / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
 
 def run(session, x: np.ndarray) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
