@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.metrics import Metrics
 from gateway.calibration import ReadingsPool, SeriesCalibration
+from gateway.metrics import Metrics
 from gateway.scoring import DeviceScoreState, WindowScorer
 from gateway.windows import DeviceWindow
 
@@ -42,7 +42,7 @@ class DueWindow:
     window: DeviceWindow
     raw: np.ndarray
     timestamp: float
-    state: "_DeviceState"
+    state: _DeviceState
 
 
 @dataclass(slots=True)
@@ -79,6 +79,8 @@ class InferenceEngine:
         self._pools: dict[int, ReadingsPool] = {}
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
+        metrics.describe("score_trim_windows_total",
+                         "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
     def swap_runtime(self, runtime: Any) -> None:
         """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
@@ -134,8 +136,10 @@ class InferenceEngine:
             if len(windows) >= 8:
                 runtime = self.runtime
                 outputs = runtime.run(windows, adapter=self._adapter_for(window, runtime))
-                self.scorer.calibrate_windows(st.score_state, windows, outputs)
+                trimmed = self.scorer.calibrate_windows(st.score_state, windows, outputs)
                 self.metrics.inc("devices_calibrated_total")
+                if trimmed:
+                    self.metrics.inc("score_trim_windows_total", trimmed)
             else:
                 self.metrics.inc("score_calibration_deferred_total", reason="too_few_readings")
         except Exception as exc:  # noqa: BLE001 - counted; the scored-window fallback takes over
@@ -169,6 +173,8 @@ class InferenceEngine:
             m.inc("windows_scored_total", len(group))
             m.set("inference_last_batch_size", len(group))
             m.set("inference_last_batch_seconds", elapsed)
+            if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
+                m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()
             ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
             if not ok:

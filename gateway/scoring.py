@@ -39,7 +39,7 @@ F1 0.166 instead of 0.50). So ``calibrate`` first drops the windows whose residu
 distance is far out on the high side of the stretch's own robust spread (robust z of the
 log-statistic above ``calibration_trim_z``, 8; gateway.score_trim), at most
 ``calibration_trim`` (20 %) of them, then fits the profile and takes the quantiles on
-the rest; it returns the count (``WindowScorer.trimmed_windows`` sums it). A clean
+the rest; it returns the count (the daemon exports it as ``score_trim_windows_total``). A clean
 stretch loses nothing; a large normal event can lose its most extreme windows (measured
 in docs/models.md). ``calibration_trim = 0`` turns it off. With ``holdout`` > 0 the distance
 quantile also covers the last ``holdout`` fraction of the calibration windows measured
@@ -191,13 +191,15 @@ class ScoreResult:
     residual ratio or its share of the distance ratio, whichever is larger (its argmax
     names the channel to blame; ``score == max(channel_scores.max(1), distance_ratio)``).
     ``residual [N, C]`` and ``distance [N]`` are the raw statistics, ``distance_ratio [N]``
-    the distance over its threshold."""
+    the distance over its threshold. ``trimmed``: calibration windows dropped as anomalous
+    by the states whose fallback calibration this batch completed (``calibrate``)."""
 
     score: np.ndarray
     channel_scores: np.ndarray
     residual: np.ndarray
     distance: np.ndarray
     distance_ratio: np.ndarray
+    trimmed: int = 0
 
 
 class WindowScorer:
@@ -210,10 +212,6 @@ class WindowScorer:
     def __init__(self, manifest: Any = None, **overrides: float) -> None:
         self.settings = settings_from(manifest, **overrides)
         self._weights_cache: dict[int, np.ndarray] = {}
-        # calibration windows dropped as anomalous, and calibrations that dropped any
-        # (a metric for the daemon; not per device)
-        self.trimmed_windows = 0
-        self.trimmed_calibrations = 0
 
     def new_state(self, n_channels: int) -> DeviceScoreState:
         """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
@@ -278,8 +276,7 @@ class WindowScorer:
     ) -> int:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
         ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
-        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``);
-        the scorer also counts them in ``trimmed_windows`` / ``trimmed_calibrations``.
+        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``).
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -299,8 +296,6 @@ class WindowScorer:
         if trimmed:
             flat, res, m = flat[keep], res[keep], int(keep.sum())
             flatness = None if flatness is None else np.asarray(flatness)[keep]
-            self.trimmed_windows += trimmed
-            self.trimmed_calibrations += 1
         mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
         dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
         hold = int(m * self.settings["holdout"])
@@ -393,6 +388,7 @@ class WindowScorer:
         channel_scores = np.full((n, c), np.nan, dtype=np.float32)
         score = np.full(n, np.nan, dtype=np.float32)
         ready = np.zeros(n, dtype=bool)
+        trimmed = 0
         for i, st in enumerate(states):
             if st.n_channels != c:
                 raise ValueError(f"state has {st.n_channels} channels, window has {c}")
@@ -409,7 +405,7 @@ class WindowScorer:
                     st._flat.append(flatline[i].copy())
                 st.seen += 1
                 if st.seen >= st.calibration_windows and st._emb and st._res and st._flat:
-                    self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
+                    trimmed += self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
         idx = np.flatnonzero(ready)
         if idx.size:
             sts = [states[int(i)] for i in idx]
@@ -440,7 +436,7 @@ class WindowScorer:
             distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
             self._adapt(sts, flat, total)
         residual[~finite] = np.nan
-        return ScoreResult(score, channel_scores, residual, distance, distance_ratio)
+        return ScoreResult(score, channel_scores, residual, distance, distance_ratio, trimmed)
 
     def _profile_terms(
         self, flat: np.ndarray, sts: list[DeviceScoreState], rank: int, c: int

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 from gateway.calibration import SeriesCalibration
+from gateway.inference import InferenceEngine
+from gateway.metrics import Metrics
 from gateway.score_settings import DEFAULTS
 from gateway.score_trim import robust_log_z, trim_mask
 from gateway.scoring import WindowScorer
+from gateway.types import Reading
+from gateway.windows import WindowStore
+from models.manifest import base_model_dir
+from models.runtime import ModelRuntime
 from models.synthetic import Fault, generate_device
 
 pytest.importorskip("onnxruntime")
@@ -47,7 +53,7 @@ def test_faults_in_calibration_stretch_give_thresholds_close_to_clean(session, m
         dirty = generate_device(seed, STEPS, kinds=KINDS, events=False, faults=[fault]).values
         assert (np.abs(clean - dirty) > 1e-9).any(axis=1).sum() >= 4
         _, off, n_off, _ = calibrated(session, manifest, dirty, calibration_trim=0.0)
-        scorer, on, n_on, m = calibrated(session, manifest, dirty)
+        _, on, n_on, m = calibrated(session, manifest, dirty)
         # without trimming the fault sets the thresholds (what the issue measured)
         assert n_off == 0
         assert off.residual_threshold.max() > 20 * ref.residual_threshold.max()
@@ -56,7 +62,6 @@ def test_faults_in_calibration_stretch_give_thresholds_close_to_clean(session, m
         # fraction) and the residual thresholds are back near the clean stretch's (the
         # readings calibration is still widened by the fault, so not equal)
         assert 30 <= n_on <= int(DEFAULTS["calibration_trim"] * m)
-        assert scorer.trimmed_windows == n_on and scorer.trimmed_calibrations == 1
         ratio = on.residual_threshold / ref.residual_threshold
         assert np.all((ratio > 0.6) & (ratio < 1.6)), (fault.kind, ratio)
         if fault is SPIKES:
@@ -73,8 +78,8 @@ def test_clean_calibration_stretch_is_unchanged(session, manifest) -> None:  # t
     for seed in (3, 4, 5):
         clean = generate_device(seed, STEPS, kinds=kinds, events=False).values
         _, off, _, _ = calibrated(session, manifest, clean, calibration_trim=0.0)
-        scorer, on, trimmed, _ = calibrated(session, manifest, clean)
-        assert trimmed == 0 and scorer.trimmed_windows == 0 and scorer.trimmed_calibrations == 0
+        _, on, trimmed, _ = calibrated(session, manifest, clean)
+        assert trimmed == 0
         assert np.array_equal(on.profile, off.profile) and on.distance_threshold == off.distance_threshold
     # normal events (motor starts, irrigation) are rare and large: a few of their windows
     # can be dropped too, which lowers that channel's threshold (the measured cost of
@@ -101,3 +106,36 @@ def test_trim_mask_bounds_the_dropped_fraction_and_ignores_the_low_side() -> Non
     assert trim_mask(stats, 0.0, 6.0).all()  # off
     z = robust_log_z(np.full((10, 1), 3.0))  # constant: the scale floor keeps z finite
     assert np.all(z == 0.0)
+
+
+def test_daemon_counts_trimmed_windows_of_both_calibration_paths() -> None:
+    """``score_trim_windows_total`` adds what each calibration dropped: the readings
+    calibration when a device's first readings freeze, and, after a model swap, the
+    fallback calibration from its first scored windows (after which it scores again)."""
+    steps, fallback = 600, 300
+    spikes = [Fault("spikes", (1,), 300, 320, 8.0), Fault("spikes", (1,), steps + 150, steps + 170, 8.0)]
+    values = generate_device(5, steps + 2 * fallback, kinds=KINDS, events=False, faults=spikes).values
+    runtime = ModelRuntime.load(base_model_dir(), ["cpu"])
+    metrics = Metrics()
+    engine = InferenceEngine(runtime, metrics, calibration_steps=steps, calibration_windows=fallback)
+    store = WindowStore(runtime.window_length, 4, metrics)
+
+    def feed(rows: range) -> int:
+        """Feed readings, score due windows in batches of 16 in time order; finite scores."""
+        due, scored = [], 0
+        for k in rows:
+            item = engine.observe(store.add(Reading("dev", 600.0 * k, dict(zip(KINDS, map(float, values[k]))))))
+            if item is not None:
+                due.append(item)
+        for i in range(0, len(due), 16):
+            scored += len(engine.score(due[i:i + 16]))
+        return scored
+
+    assert feed(range(steps + 40)) == 41  # calibrated from its readings, then scoring
+    assert metrics.get("devices_calibrated_total") == 1
+    from_readings = metrics.get("score_trim_windows_total")
+    assert from_readings >= 20
+    engine.swap_runtime(runtime)
+    assert feed(range(steps + 40, steps + 40 + fallback)) == 0  # re-learning from scored windows
+    assert metrics.get("score_trim_windows_total") - from_readings >= 10
+    assert feed(range(steps + 40 + fallback, len(values))) == len(values) - steps - 40 - fallback
