@@ -29,8 +29,9 @@ import statistics
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from gateway.alert_policy_config import AlertPolicyConfig
 from gateway.metrics import Metrics
@@ -75,6 +76,13 @@ class _Track:
     episode_start: float = 0.0
     held: bool = False  # a raise is being held back by a rate limit (counted once)
     last_raise: float | None = None
+
+
+def _link_message(rssi: float | None, snr: float | None) -> str:
+    """``link quality low: median RSSI -121 dBm, SNR -7.5 dB``: the medians with ``%g``
+    (they are floats); one not taken (its rule disabled, no values) is left out."""
+    medians = ([] if rssi is None else [f"RSSI {rssi:g} dBm"]) + ([] if snr is None else [f"SNR {snr:g} dB"])
+    return "link quality low: median " + ", ".join(medians)
 
 
 def _push_bounded(values: array | None, value: float, limit: int) -> array:
@@ -276,7 +284,7 @@ class AlertPolicy:
                            clear_after=1, severity="warning", score=None,
                            details={"median_rssi": rssi, "median_snr": snr, "rssi_floor": c.rssi_floor,
                                     "snr_floor": c.snr_floor, "window": k},
-                           message=f"link quality low: median RSSI {rssi} dBm, SNR {snr} dB")
+                           message=_link_message(rssi, snr))
         if alert:
             out.append(alert)
 

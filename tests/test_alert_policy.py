@@ -148,6 +148,7 @@ def test_link_quality_median_window() -> None:
         out += p.on_reading(link(i, rssi, 0))
     assert [(a.kind, a.state) for a in out] == [("link_quality", "raised")]
     assert out[0].details["median_rssi"] == -120
+    assert out[0].message == "link quality low: median RSSI -120 dBm, SNR 0 dB"
     # Back above the floor but within the hysteresis margin: still raised.
     out = []
     for i, rssi in enumerate([-113, -113, -113], start=20):
@@ -165,6 +166,7 @@ def test_link_quality_snr_alone() -> None:
         out += p.on_reading(link(i, None, -18))
     assert [a.state for a in out] == ["raised"]
     assert out[0].details["median_snr"] == -18
+    assert out[0].message == "link quality low: median SNR -18 dB"
 
 
 def gap(p: AlertPolicy, counters: list[int], t0: float = 0.0):
