@@ -89,7 +89,11 @@ class BatchedReceiveClient(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         """Handle every complete packet of one received chunk (one ``recv`` serves many),
-        then queue the collected PUBACKs as one write."""
+        then queue the collected PUBACKs as one write.
+
+        The PUBACKs go out however the chunk ends, also when ``on_message`` raised (then for
+        the messages before that one, as paho would have sent them); a connection that failed
+        took its collected PUBACKs with it (``_sock_close``)."""
         if self._sock is None:
             return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
         self._collect_acks = True
@@ -100,15 +104,13 @@ class BatchedReceiveClient(mqtt.Client):
                     return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
                 rc = self._packet_read()
                 if rc > 0:
-                    self._acks.clear()
-                    return self._loop_rc_handle(rc)
+                    return self._loop_rc_handle(rc)  # closes the socket
                 if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or self._rpos >= len(self._rbuf):
-                    break
+                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         finally:
             self._collect_acks = False
             self._fresh_reads = -1
-        self._flush_acks()
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            self._flush_acks()
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         """paho's PUBLISH handling, minus the per-message ``Properties`` for v5 QoS 1 without

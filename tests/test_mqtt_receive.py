@@ -155,6 +155,48 @@ def test_backlog_arrives_intact_in_order_and_acked(broker, protocol: str) -> Non
         again.loop_stop()
 
 
+class AckRecordingClient(BatchedReceiveClient):
+    """Records the packet ids of the PUBACKs written to the socket."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acked: list[int] = []
+
+    def _sock_send(self, buf: bytes) -> int:
+        n: int = super()._sock_send(buf)
+        data = bytes(buf[:n])
+        if data[:1] == b"\x40":  # a write of this client's PUBACKs: 4 bytes each
+            self.acked += [(data[i + 2] << 8) | data[i + 3] for i in range(0, n, 4)]
+        return n
+
+
+def test_acks_of_handed_on_messages_leave_when_on_message_raises(broker) -> None:
+    """An exception from ``on_message`` stops the chunk (as in paho); the messages handed on
+    before it in that chunk are still acknowledged, the one that raised is not."""
+    cid = "batched-raise"
+    _register_session(broker, cid, "5")
+    _publish(broker, _messages(200))
+    client = _connect(broker, cid, "5", AckRecordingClient)
+    assert isinstance(client, AckRecordingClient)
+    handed: list[int] = []
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if len(handed) == 50:
+            assert c._acks, "the messages before this one came in an earlier chunk: nothing to test"
+            raise RuntimeError("handler failed")
+        handed.append(msg.mid)
+
+    client.on_message = on_message
+    try:
+        with pytest.raises(RuntimeError, match="handler failed"):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                client.loop(0.1)  # no network thread: acks are written as soon as queued
+        assert client.acked == handed
+    finally:
+        client.disconnect()
+
+
 def test_connection_closed_mid_chunk_loses_nothing(broker) -> None:
     """Acks collected for a chunk are dropped with the connection; the broker sends those
     messages again, so every message arrives at least once."""
