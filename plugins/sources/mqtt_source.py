@@ -63,13 +63,10 @@ class MqttSource:
         self._client: mqtt.Client | None = None
         self._shapes = [(t.topic, t.shape) for t in options.topics]
 
-    def _filters(self) -> list[tuple[str, str, str]]:
-        """(subscription filter, plain topic pattern, shape) per configured topic."""
-        out = []
-        for t in self.options.topics:
-            sub = f"$share/{self.options.shared_group}/{t.topic}" if self.options.shared_group else t.topic
-            out.append((sub, t.topic, t.shape))
-        return out
+    def _filters(self) -> list[str]:
+        """The subscription filter per configured topic (shared when ``shared_group`` is set)."""
+        group = self.options.shared_group
+        return [f"$share/{group}/{t.topic}" if group else t.topic for t in self.options.topics]
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
@@ -98,7 +95,7 @@ class MqttSource:
         self._connected.set()
         self.metrics.inc("mqtt_connects_total", source=self.name)
         self.metrics.set("source_connected", 1, source=self.name)
-        subs = [(f, self.options.qos) for f, _, _ in self._filters()]
+        subs = [(f, self.options.qos) for f in self._filters()]
         client.subscribe(subs)
         log.info("mqtt source %s connected (session present: %s), subscribed to %s",
                  self.name, getattr(flags, "session_present", None), [s for s, _ in subs])
