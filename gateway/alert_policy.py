@@ -161,11 +161,12 @@ class AlertPolicy:
             severity: Severity = "critical" if score >= c.raise_threshold * c.critical_factor else "warning"
             extra = {"score": score, "raise_threshold": c.raise_threshold,
                      "clear_threshold": c.clear_threshold, **(details or {})}
+            bad = score >= c.raise_threshold
             alert = self._step(device_id, dev, "anomaly", timestamp,
-                               bad=score >= c.raise_threshold, good=score < c.clear_threshold,
+                               bad=bad, good=score < c.clear_threshold,
                                raise_after=c.raise_after, clear_after=c.clear_after,
                                severity=severity, score=score, details=extra,
-                               message=f"anomaly score {score:.3g} (threshold {c.raise_threshold:g})")
+                               message=f"anomaly score {score:.3g} (threshold {c.raise_threshold:g})" if bad else "")
             return [alert] if alert else []
 
     def on_reading(self, reading: Reading, battery_value: float | None = None,
@@ -256,11 +257,12 @@ class AlertPolicy:
         else:
             low, critical, margin = c.battery_low, c.battery_critical, c.battery_hysteresis
         severity: Severity = "critical" if value < critical else "warning"
-        alert = self._step(device_id, dev, "battery_low", ts, bad=value < low,
+        bad = value < low
+        alert = self._step(device_id, dev, "battery_low", ts, bad=bad,
                            good=value >= low + margin, raise_after=1,
                            clear_after=1, severity=severity, score=None,
                            details={"battery": value, "unit": unit, "threshold": low},
-                           message=f"battery {value:g} {unit} below {low:g} {unit}")
+                           message=f"battery {value:g} {unit} below {low:g} {unit}" if bad else "")
         if alert:
             out.append(alert)
 
@@ -279,12 +281,13 @@ class AlertPolicy:
         low_snr = snr is not None and c.snr_floor is not None and snr < c.snr_floor
         ok_rssi = rssi is None or c.rssi_floor is None or rssi >= c.rssi_floor + c.link_hysteresis_db
         ok_snr = snr is None or c.snr_floor is None or snr >= c.snr_floor + c.link_hysteresis_db
+        bad = low_rssi or low_snr
         alert = self._step(reading.device_id, dev, "link_quality", reading.timestamp,
-                           bad=low_rssi or low_snr, good=ok_rssi and ok_snr, raise_after=1,
+                           bad=bad, good=ok_rssi and ok_snr, raise_after=1,
                            clear_after=1, severity="warning", score=None,
                            details={"median_rssi": rssi, "median_snr": snr, "rssi_floor": c.rssi_floor,
                                     "snr_floor": c.snr_floor, "window": k},
-                           message=_link_message(rssi, snr))
+                           message=_link_message(rssi, snr) if bad else "")
         if alert:
             out.append(alert)
 
@@ -327,7 +330,9 @@ class AlertPolicy:
     def _step(self, device_id: str, dev: _Device, kind: str, ts: float, *, bad: bool, good: bool,
               raise_after: int, clear_after: int, severity: Severity, score: float | None,
               details: dict[str, Any], message: str) -> Alert | None:
-        """Advance the (device, kind) lifecycle by one input; return the alert of a transition."""
+        """Advance the (device, kind) lifecycle by one input; return the alert of a transition.
+        ``message`` is read only when this input raises, which needs ``bad``: callers pass ""
+        otherwise and format nothing per reading."""
         t = dev.existing_track(kind)
         if t is None:
             dev.seen |= _KIND_BIT[kind]
