@@ -110,8 +110,8 @@ class AlertPolicyConfig(BaseModel):
         """A copy whose unset anomaly thresholds/debounce come from ``manifest``'s ``thresholds``
         (the same values ``lora-gateway model score`` uses), else the scoring defaults.
 
-        Raises ValueError when the result would put clear_threshold above raise_threshold
-        (e.g. a configured raise below the manifest's clear).
+        Where the result would put clear_threshold above raise_threshold (a configured raise
+        below the manifest's clear), clear_threshold is lowered to raise_threshold.
         """
         settings = settings_from(manifest)
         update: dict[str, Any] = {}
