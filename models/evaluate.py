@@ -23,6 +23,7 @@ from gateway.calibration import SeriesCalibration, fill_forward
 from gateway.scoring import DeviceScoreState, WindowScorer
 from models.pca_baseline import PCABaseline
 
+
 def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
     """Per-row alert state ``[L]`` from the daemon's AlertPolicy with the model's raise/clear
     settings; its rate limits are off, since they shape delivery, not detection."""
