@@ -5,7 +5,8 @@ and outputs ``reconstruction [N, T, C]`` and ``embedding [N, C, D]`` with
 ``torch.onnx.export(dynamo=True)``. ``check_parity`` runs ONNX Runtime and PyTorch on the
 same held-out windows and raises ``ParityError`` when the max absolute difference of any
 output exceeds the tolerance. Both work for any ``nn.Module`` with that forward signature
-(the base model, or a LoRA-merged one).
+(the base model, or a LoRA-merged one). The saved graph carries no per-node metadata
+(``strip_node_metadata``), so the same weights export to the same bytes in any checkout.
 """
 
 from __future__ import annotations
@@ -65,11 +66,25 @@ def export_onnx(
                 external_data=False,
             )
             assert program is not None
+            strip_node_metadata(program.model)
             program.save(str(path), external_data=False)
         finally:
             for lg, lvl in zip(noisy, levels):
                 lg.setLevel(lvl)
     return {"exporter": f"torch.onnx.export(dynamo=True, optimize={optimize})", "opset": opset, "torch": torch.__version__}
+
+
+def strip_node_metadata(model: Any) -> None:
+    """Drop every node's ``metadata_props`` from an exported ``onnx_ir`` model, in place.
+
+    They are torch's debug records (``pkg.torch.onnx.stack_trace``, ``fx_node``, name scopes);
+    the stack traces hold the absolute path of the checkout that exported, so without this the
+    same weights give different bytes in another checkout. The graph itself is unchanged."""
+    for node in model.graph.all_nodes():
+        node.metadata_props.clear()
+    for function in model.functions.values():
+        for node in function.all_nodes():
+            node.metadata_props.clear()
 
 
 def onnx_session(path: str | Path) -> Any:

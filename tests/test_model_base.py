@@ -21,7 +21,6 @@ from models.manifest import (
 from models.synthetic import Fault, generate_device, normal_windows, standardize_series
 
 ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
 
 BASE = base_model_dir()
 
@@ -191,6 +190,20 @@ def test_quick_pretrain_lowers_loss_exports_with_parity_and_reproduces(tmp_path:
 
 
 @pytest.mark.train
+def test_shipped_graph_is_exported_from_the_shipped_weights(tmp_path: Path, manifest: Manifest) -> None:
+    """Exporting the shipped weights again (the export step of `model pretrain`) rewrites the
+    shipped model.onnx byte for byte, in any checkout: no node carries torch's stack traces."""
+    pytest.importorskip("torch")
+    from models.architecture import load_model
+    from models.export import export_onnx
+
+    export_onnx(load_model(BASE), tmp_path / "model.onnx", manifest.window_length)
+    assert b"/models/architecture.py" not in (tmp_path / "model.onnx").read_bytes()
+    assert sha256_file(tmp_path / "model.onnx") == manifest.files["model.onnx"], (
+        "models/base/model.onnx is stale or was exported with node metadata")
+
+
+@pytest.mark.train
 def test_shipped_lora_graph_is_derived_from_the_shipped_weights(tmp_path: Path, manifest: Manifest) -> None:
     """`lora-gateway model export --lora-graph` on the shipped weights rewrites the shipped
     model_lora.onnx byte for byte (the step `model pretrain` runs last), and the graph with
@@ -207,17 +220,11 @@ def test_shipped_lora_graph_is_derived_from_the_shipped_weights(tmp_path: Path, 
     data.pop("lora_graph")
     (copy / "manifest.json").write_text(json.dumps(data))
     again = export_lora_graph(copy)
-    assert set(again["files"]) == set(manifest.files)
-    # torch.onnx records each node's Python stack trace (with the checkout's absolute path) in
-    # node metadata, so bytes match only in the same checkout path: compare without it
-    def semantic(path: Path) -> bytes:
-        model = onnx.load(str(path))
-        for node in model.graph.node:
-            del node.metadata_props[:]
-        return model.graph.SerializeToString()
-
-    assert semantic(copy / "model_lora.onnx") == semantic(BASE / "model_lora.onnx"), (
+    # byte for byte in any checkout: the exporter drops torch's per-node stack traces (they
+    # hold the checkout's absolute path; models.export.strip_node_metadata)
+    assert (copy / "model_lora.onnx").read_bytes() == (BASE / "model_lora.onnx").read_bytes(), (
         "models/base/model_lora.onnx is stale: lora-gateway model export --base models/base --lora-graph")
+    assert again["files"] == manifest.files
     plain = ort.InferenceSession(str(BASE / "model.onnx"), providers=["CPUExecutionProvider"])
     lora = ort.InferenceSession(str(BASE / "model_lora.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in lora.get_inputs()] == ["window"]
