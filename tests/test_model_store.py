@@ -44,6 +44,13 @@ def _dir_members(directory: Path, prefix: str = "") -> dict[str, bytes]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def _flip_byte(path: Path, index: int) -> None:
+    """Corrupt one byte of ``path`` in place (the size stays the same)."""
+    data = bytearray(path.read_bytes())
+    data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 # ---- install ---------------------------------------------------------------------------------
 def test_install_directory_and_list(store: ModelStore, tmp_path: Path) -> None:
     model = store.install(make_base(tmp_path / "src"))
@@ -75,9 +82,7 @@ def test_same_version_other_content_refused(store: ModelStore, tmp_path: Path) -
 
 def test_corrupt_byte_refused(store: ModelStore, tmp_path: Path) -> None:
     src = make_base(tmp_path / "src")
-    data = bytearray((src / "model.safetensors").read_bytes())
-    data[-3] ^= 0x10
-    (src / "model.safetensors").write_bytes(bytes(data))
+    _flip_byte(src / "model.safetensors", -3)
     with pytest.raises(StoreError, match="model.safetensors: sha256 mismatch"):
         store.install(src)
     assert store.list() == []
@@ -181,10 +186,7 @@ def test_adapter_of_another_base_refused(store: ModelStore, tmp_path: Path) -> N
 def test_verify_detects_a_corrupt_byte(store: ModelStore, tmp_path: Path) -> None:
     store.install(make_base(tmp_path / "src"))
     assert store.verify() == [("tiny@1", None)]
-    path = store.get("tiny@1").path / "model.onnx"
-    data = bytearray(path.read_bytes())
-    data[100] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _flip_byte(store.get("tiny@1").path / "model.onnx", 100)
     [(ref, problem)] = store.verify("tiny@1")
     assert ref == "tiny@1" and problem is not None and "model.onnx: sha256 mismatch" in problem
 
@@ -339,9 +341,7 @@ def test_bundled_base_lora_graph_is_checked_on_install_and_verify(store: ModelSt
     import json
 
     corrupt = _bundled_base_copy(tmp_path / "corrupt")
-    data = bytearray((corrupt / "model_lora.onnx").read_bytes())
-    data[-5] ^= 0x01
-    (corrupt / "model_lora.onnx").write_bytes(bytes(data))
+    _flip_byte(corrupt / "model_lora.onnx", -5)
     with pytest.raises(StoreError, match="model_lora.onnx: sha256 mismatch"):
         store.install(corrupt)
     renamed = _bundled_base_copy(tmp_path / "renamed")  # manifest.json is not hashed: its claims are checked
@@ -359,10 +359,7 @@ def test_bundled_base_lora_graph_is_checked_on_install_and_verify(store: ModelSt
     assert store.list() == []
     good = store.install(_bundled_base_copy(tmp_path / "good"))
     assert store.verify() == [(good.ref, None)]
-    path = good.path / "model_lora.onnx"
-    data = bytearray(path.read_bytes())
-    data[200] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _flip_byte(good.path / "model_lora.onnx", 200)
     [(_, problem)] = store.verify()
     assert problem is not None and "model_lora.onnx: sha256 mismatch" in problem
 
