@@ -37,7 +37,7 @@ from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.recorder_config import RecordConfig
-from gateway.recording_format import LineEncoder, RecordingFile, file_name, list_files
+from gateway.recording_format import RecordingFile, encode, file_name, list_files
 from gateway.types import Reading
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ class ReadingRecorder:
         self._cur: RecordingFile | None = None
         self._cur_size = 0
         self._failing = False
-        self._encode = LineEncoder()
         for name, text in (
             ("recorder_readings_total", "Readings written to the recording"),
             ("recorder_dropped_total", "Readings not recorded, by reason (queue_full, write_error, unencodable)"),
@@ -159,7 +158,6 @@ class ReadingRecorder:
 
     def _write(self, batch: list[tuple[Reading, str | None, int | None]]) -> None:
         lines: list[bytes] = []
-        encode = self._encode
         for reading, profile, f_port in batch:
             radio = reading.radio
             try:
