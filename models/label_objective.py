@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gateway.scoring import WindowScorer
+
 DEFAULT_MARGIN = 2.0
 """Anomalous windows are pushed to ``margin`` x the normal windows' ``quantile``; the
 daemon alerts at about 1.5 x its calibration's 99.5 % quantile."""
@@ -63,17 +65,13 @@ def device_windows(z: np.ndarray, anomalous: np.ndarray, missing: np.ndarray, T:
     return anomalous_windows, normal_windows
 
 
-def flatness(windows: np.ndarray) -> np.ndarray:
-    """The scorer's flatline statistic ``[M, C]``: fraction of exactly repeated consecutive readings."""
-    return np.mean(np.diff(windows, axis=1) == 0.0, axis=1)
-
-
 def flagged_by_flatness(anomalous: np.ndarray, normal: np.ndarray, quantile: float = 0.995,
                         margin: float = 1.5) -> np.ndarray:
     """``[Na]`` True where a window already exceeds the scorer's flatline threshold
     (``max(quantile x margin, 0.5)`` of the normal windows) in some channel: a stuck
     sensor is caught by that statistic, which the model cannot change, and pushing its
     reconstruction error up would fight the reconstruction of normal flat stretches."""
+    flatness = WindowScorer.flatness
     threshold = np.maximum(np.quantile(flatness(normal), quantile, axis=0) * margin, 0.5)
     return np.asarray((flatness(anomalous) > threshold).any(axis=1))
 
