@@ -50,6 +50,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
 
+from gateway.score_settings import settings_from
 from models import integrity
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing, point_metrics, score_recording
@@ -140,8 +141,6 @@ def scorer_calibration_rows(labels: np.ndarray, split: int) -> int:
 def _supervised(models: dict[str, torch.nn.Module], values: np.ndarray, labels: np.ndarray, split: int, T: int,
                 manifest: dict[str, Any]) -> dict[str, Any]:
     """Point-wise metrics on the rows from ``split`` on, for each model and the PCA baseline."""
-    from gateway.score_settings import settings_from
-
     settings = settings_from(manifest)
     cal = scorer_calibration_rows(labels, split)
     evaluated = np.arange(len(labels)) >= split
@@ -215,7 +214,7 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     sup_anomalous, sup_normal = (device_windows(z[:split], anomalous[:split], missing[:split], T, max_windows, rng)
                                  if label_weight > 0 and anomalous[:split].any() else (empty, empty))
     supervised = label_weight > 0 and len(sup_anomalous) >= 4 and len(sup_normal) >= 64
-    weights = recency_weights(T, float(base_manifest.get("thresholds", {}).get("recency_halflife", 8.0)))
+    weights = recency_weights(T, settings_from(base_manifest)["recency_halflife"])
     sup_batch, ref_batch = 32, 256
 
     base_model: PatchAutoencoder = load_model(base_dir)
