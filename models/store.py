@@ -262,9 +262,11 @@ class ModelStore:
         if kind in ACTIVATABLE:
             try:
                 runtime = ModelRuntime.load(model_dir, ["CPUExecutionProvider"])
-                runtime.close()
-                if kind == "base" and lora_graph_file(manifest):
-                    check_lora_graph(model_dir)
+                try:
+                    if kind == "base" and lora_graph_file(manifest):
+                        check_lora_graph(model_dir, runtime)
+                finally:
+                    runtime.close()
             except ModelLoadError as exc:
                 raise StoreError(str(exc)) from exc
         else:

@@ -80,10 +80,11 @@ def _check_member(name: str) -> None:
         raise StoreError(integrity.pickle_refusal(name))
 
 
-def check_lora_graph(model_dir: Path) -> None:
+def check_lora_graph(model_dir: Path, plain: ModelRuntime) -> None:
     """A base's LoRA-input graph must load, take the window input and give the outputs the
     manifest declares (names, rank, T), expose exactly the LoRA weights the manifest lists
-    (``lora_graph.inputs``) as overridable initializers, and run as the base with no adapter.
+    (``lora_graph.inputs``) as overridable initializers, and run as the base (``plain``, the
+    base's plain graph already loaded) with no adapter.
 
     Its sha256 is checked with every other listed file (``integrity.verify_dir``); a graph
     the manifest names but does not list under ``files`` is refused here.
@@ -96,7 +97,6 @@ def check_lora_graph(model_dir: Path) -> None:
     assert rel is not None
     if rel not in integrity.manifest_hashes(manifest):
         raise ModelLoadError(f"{rel}: the LoRA-input graph is not listed with its sha256 under 'files'")
-    plain = ModelRuntime.load(model_dir, ["CPUExecutionProvider"])
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # LoRA weights as graph inputs are intended: no const-folding warning
