@@ -25,16 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 BASE = base_model_dir()
 
 
-@pytest.fixture(scope="module")
-def manifest() -> Manifest:
-    return load_manifest(BASE)
-
-
-@pytest.fixture(scope="module")
-def session():  # type: ignore[no-untyped-def]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(BASE / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+# `manifest` and `session` (the bundled base) come from tests/conftest.py
 
 
 def test_manifest_lists_and_hashes_every_file(manifest: Manifest) -> None:
