@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from gateway.calibration import SeriesCalibration, fill_forward  # noqa: E402
-from gateway.score_settings import settings_from  # noqa: E402
-from gateway.scoring import DeviceScoreState, WindowScorer  # noqa: E402
+from models.scoring.calibration import SeriesCalibration, fill_forward  # noqa: E402
+from models.scoring.settings import settings_from  # noqa: E402
+from models.scoring.scorer import DeviceScoreState, WindowScorer  # noqa: E402
 from models import integrity  # noqa: E402
 from models.architecture import load_model  # noqa: E402
 from models.evaluate import point_metrics, run_model, score_recording, sliding_windows  # noqa: E402

@@ -13,7 +13,7 @@ Measured, all in one run (the 2 cores are shared, so compare ratios, not absolut
    link's ceiling: a C client that only prints), then by the gateway (readings/s and
    windows scored/s from its metrics). ``--repeat`` alternates the pair. ``--receive
    paho,batched`` cycles the source's MQTT client per repeat (plain paho vs
-   gateway.mqtt_receive's batched client; bench-only switch) for a before/after in one run.
+   plugins.sources.mqtt.receive's batched client; bench-only switch) for a before/after in one run.
    Each drain also reports the gateway process's CPU time per reading (all its threads).
 2. The model ceiling in the same process: the gateway's own ModelRuntime at the mean
    batch size seen during the drain (and at 64), same threads: pipeline-over-raw ratio.
@@ -116,7 +116,7 @@ def wait_metric(gw, name: str, target: float, timeout: float = 300.0) -> None:  
 
 def use_receive_client(kind: str) -> None:
     """Bench-only: make the next source start use plain paho ("paho") or the batched client."""
-    import gateway.mqtt_receive as receive
+    import plugins.sources.mqtt.receive as receive
 
     if not hasattr(receive, "_bench_supported"):
         receive._bench_supported = receive.batched_receive_supported  # type: ignore[attr-defined]
@@ -160,7 +160,7 @@ def raw_ceiling(runtime, batch: int, seconds: float = 2.0) -> float:  # noqa: AN
 
 
 def warm_up(gw, devices: int, per_device: int) -> None:  # noqa: ANN001
-    from gateway.uplink_shapes import parse_uplink
+    from plugins.sources.mqtt.shapes import parse_uplink
 
     payloads = payload_variants()
     start = time.time() - per_device - 5

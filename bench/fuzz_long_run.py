@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from firmware_bridge.drivers import PROTOCOLS, make_driver  # noqa: E402
 from firmware_bridge.frame_codec import FrameDecoder  # noqa: E402
 from gateway.types import DecodeError  # noqa: E402
-from gateway.uplink_shapes import UplinkShapeError, parse_uplink  # noqa: E402
+from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink  # noqa: E402
 from plugins.decoders.cayenne_lpp import decode_lpp  # noqa: E402
 from plugins.decoders.dragino_lht65 import decode_lht65  # noqa: E402
 from plugins.decoders.dragino_lse01 import decode_lse01  # noqa: E402

@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
 
-    from gateway.uplink_shapes import parse_uplink
+    from plugins.sources.mqtt.shapes import parse_uplink
 
     print(machine())
     rng = np.random.default_rng(7)

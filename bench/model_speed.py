@@ -1,4 +1,4 @@
-"""Throughput of the shipped base model (ONNX Runtime, 1 thread) and of gateway.scoring.
+"""Throughput of the shipped base model (ONNX Runtime, 1 thread) and of models.scoring.scorer.
 
     .venv/bin/python bench/model_speed.py
 
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.scoring import WindowScorer
+from models.scoring.scorer import WindowScorer
 from models.export import onnx_session
 from models.manifest import base_model_dir, load_manifest
 

@@ -1,6 +1,6 @@
 """The MQTT receive path alone: the mqtt source draining a backlog of ChirpStack v4 uplinks
 from a private Mosquitto into a counter (no pipeline), plain paho vs the batched client
-(gateway.mqtt_receive), alternating in one run (RESULTS.md section 1d).
+(plugins.sources.mqtt.receive), alternating in one run (RESULTS.md section 1d).
 
     .venv/bin/python bench/mqtt_receive.py [--count 20000] [--repeat 2]
 
@@ -40,7 +40,7 @@ def busy(stop: threading.Event) -> None:
 
 
 def drain(opts, ctx, mode: str, n: int) -> dict:  # noqa: ANN001
-    from plugins.sources.mqtt_source import MqttSource
+    from plugins.sources.mqtt.source import MqttSource
 
     count = [0]
     t = [0.0, 0.0]
@@ -85,7 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     from gateway.contracts import PluginContext
     from gateway.metrics import Metrics
-    from plugins.sources.mqtt_source import MqttSource, MqttSourceOptions, TopicOptions
+    from plugins.sources.mqtt.source import MqttSource, MqttSourceOptions, TopicOptions
 
     print(machine())
     rows = []

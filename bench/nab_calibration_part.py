@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.cli_training import DEFAULT_CALIBRATION_FRACTION  # noqa: E402
+from models.cli.training import DEFAULT_CALIBRATION_FRACTION  # noqa: E402
 from models.datasets import labels_from_windows, load_csv, load_label_windows  # noqa: E402
 
 

@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--record", action="store_true", help="compare with and without the reading recorder")
     args = ap.parse_args()
-    from gateway.uplink_shapes import parse_uplink
+    from plugins.sources.mqtt.shapes import parse_uplink
 
     print(machine())
     payloads = payload_variants()
@@ -102,9 +102,9 @@ def compare_recording(p, recorder, m, ups: list) -> None:
     writer's formatting and writing per reading (a second recorder drained by stop())."""
     import statistics
 
-    from gateway.decoding import decode_uplink
-    from gateway.recorder import ReadingRecorder
-    from gateway.recorder_config import RecordConfig
+    from gateway.ingest.decoding import decode_uplink
+    from gateway.recording.recorder import ReadingRecorder
+    from gateway.recording.config import RecordConfig
 
     chunk = max(250, len(ups) // 32)
     t = {"off": 0.0, "on": 0.0, "on_drained": 0.0}

@@ -20,14 +20,33 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import serial
 
-from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 0.05
 STABLE_AFTER_S = 2.0
+
+
+
+class PortMetrics(Protocol):
+    """Where the supervisor reports its counters and gauges (the gateway's Metrics fits)."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None: ...
+
+    def set(self, name: str, value: float, **labels: str) -> None: ...
+
+
+class _NoMetrics:
+    """Discards every figure: for tools that run a port without a metrics registry."""
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        return None
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        return None
 
 
 class PortNotOpen(Exception):
@@ -48,7 +67,7 @@ class PortSupervisor:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 30.0,
         lock: bool = True,
-        metrics: Metrics | None = None,
+        metrics: PortMetrics | None = None,
         name: str = "serial",
     ) -> None:
         self.port = port
@@ -60,7 +79,7 @@ class PortSupervisor:
         self._on_close = on_close
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._lock = lock
-        self._metrics = metrics or Metrics()
+        self._metrics: PortMetrics = metrics if metrics is not None else _NoMetrics()
         self._serial: serial.Serial | None = None
         self._write_lock = threading.Lock()
         self._stop = threading.Event()

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.alert_policy import AlertPolicyConfig
-from gateway.model_commands import CommandsSection
-from gateway.profiles import ProfileConfig
-from gateway.recorder_config import RecordConfig, record_config_errors
+from gateway.alerts.policy import AlertPolicyConfig
+from gateway.control.command_topic import CommandsSection
+from gateway.ingest.profiles import ProfileConfig
+from gateway.recording.config import RecordConfig, record_config_errors
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
 SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
@@ -160,17 +160,32 @@ def validate_config(data: dict[str, Any], registry: Any, source: str = "config")
     return cfg
 
 
-def load_config(path: Path | None, registry: Any) -> GatewayConfig:
-    """Read and validate a TOML file (None: the embedded defaults). Raises ConfigError."""
+def read_config_data(path: Path | None) -> dict[str, Any]:
+    """The parsed TOML of ``path`` (None: the embedded defaults, ``{}``); not yet validated.
+    Raises ConfigError for a missing or unreadable file."""
     if path is None:
-        return validate_config({}, registry, "defaults")
+        return {}
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(str(path), ["file not found"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
-    return validate_config(data, registry, str(path))
+
+
+def plugin_allow_list(data: dict[str, Any], source: str = "config") -> list[str] | None:
+    """``plugins.allow`` of a parsed config, validated alone: read before any third-party
+    plugin is imported, so a plugin that is not allowed never runs its import-time code."""
+    section = data.get("plugins", {})
+    try:
+        return PluginsSection.model_validate(section if isinstance(section, dict) else {}).allow
+    except ValidationError as exc:
+        raise ConfigError(source, _errors(exc, ("plugins",))) from exc
+
+
+def load_config(path: Path | None, registry: Any) -> GatewayConfig:
+    """Read and validate a TOML file (None: the embedded defaults). Raises ConfigError."""
+    return validate_config(read_config_data(path), registry, "defaults" if path is None else str(path))
 
 
 def redacted(value: Any) -> Any:

@@ -25,7 +25,7 @@ def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
     for prefix in ("<class '", "'>"):
         text = text.replace(prefix, "")
-    for mod in ("gateway.alert_policy_config.", "gateway.profiles.", "gateway.config.", "gateway.mqtt_common.", "plugins.sources.mqtt_source."):
+    for mod in ("gateway.alerts.policy_config.", "gateway.ingest.profiles.", "gateway.config.", "gateway.broker.options.", "plugins.sources.mqtt.source."):
         text = text.replace(mod, "")
     return text.replace(" | ", " or ")
 

@@ -3,15 +3,23 @@
 A source receives uplinks on its own thread(s) and hands each one to ``emit``; it never
 blocks the caller of ``start``. An alert handler delivers one alert at a time and raises
 on failure (the outbox keeps the alert and retries later); it must not swallow errors.
+
+Optional handler capabilities are Protocols too, checked with ``isinstance`` where the core
+uses them: ``DurableTelemetry`` (readings through the outbox), ``ReconnectNotifier`` (the
+dispatcher retries at once when a connection comes back). ``ReadingObserver`` is what the
+pipeline calls for every accepted reading (telemetry fan-out, recorder, test probes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from gateway.metrics import Metrics
 from gateway.types import Alert, RawUplink, Reading
+
+if TYPE_CHECKING:
+    from gateway.ingest.profiles import ProfileConfig
 
 Emit = Callable[[RawUplink], None]
 
@@ -67,3 +75,32 @@ class AlertHandler(Protocol):
 
     def stop(self) -> None:
         """Flush and close; idempotent."""
+
+
+@runtime_checkable
+class DurableTelemetry(Protocol):
+    """A handler that wants readings through the durable outbox (at-least-once telemetry)."""
+
+    @property
+    def durable_telemetry(self) -> bool:
+        """True when readings should go through the outbox to ``deliver_reading``."""
+
+    def deliver_reading(self, reading: Reading) -> None:
+        """Deliver one reading taken from the outbox, or raise DeliveryError."""
+
+
+@runtime_checkable
+class ReconnectNotifier(Protocol):
+    """A handler whose connection reports (re)connects, so a backlog can go out at once."""
+
+    def add_reconnect_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (on the connection's thread) each time the connection comes up."""
+
+
+@runtime_checkable
+class ReadingObserver(Protocol):
+    """Sees every reading the pipeline accepted, on the pipeline thread; must not block
+    (queue the work and count what it has to drop)."""
+
+    def observe_reading(self, reading: Reading, profile: "ProfileConfig", uplink: RawUplink) -> None:
+        """Take note of one accepted reading and the uplink it came from."""

@@ -23,7 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.decoders.dragino_lht65",
     "plugins.decoders.dragino_lse01",
     "plugins.decoders.milesight_em300",
-    "plugins.sources.mqtt_source",
+    "plugins.sources.mqtt.source",
     "plugins.sources.serial_source",
     "plugins.handlers.log_handler",
     "plugins.handlers.file_handler",
@@ -37,6 +37,12 @@ ENTRY_POINT_GROUP = "lora_gateway"
 
 class PluginError(Exception):
     """A plugin could not be imported or registered."""
+
+
+def short_name(module_name: str) -> str:
+    """A built-in's name for ``LORA_GATEWAY_PLUGINS``: the module path below its kind folder,
+    dots as underscores (``plugins.sources.mqtt.source`` -> ``mqtt_source``)."""
+    return "_".join(module_name.split(".")[2:])
 
 
 def _wanted(name: str) -> bool:
@@ -57,7 +63,7 @@ def make_plugin_manager(
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
-        if not _wanted(module_name.rsplit(".", 1)[-1]):
+        if not _wanted(short_name(module_name)):
             continue
         try:
             module = importlib.import_module(module_name)

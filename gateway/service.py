@@ -10,7 +10,7 @@ stop. Each part's cleanup runs even when another's fails.
 SIGTERM/SIGINT stop the daemon; SIGHUP reloads the model (the store's active version) and
 keeps the old one serving if the new one fails to load or to run its warm-up batch. With
 ``[commands]`` enabled, ``<prefix>/command/model/activate`` on MQTT does the same for a named
-store version (``gateway.model_commands``), moving the store's active pointer only after the
+store version (``gateway.control.command_topic``), moving the store's active pointer only after the
 new model has loaded and warmed up; every command gets a reply on ``.../model/result``.
 """
 
@@ -25,27 +25,38 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gateway import sdnotify
-from gateway.alert_policy import AlertPolicy
+from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, Source
-from gateway.dispatcher import Dispatcher
-from gateway.inference import InferenceEngine
+from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
+from gateway.alerts.dispatcher import Dispatcher
+from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
-from gateway.model_commands import ModelCommandListener
-from gateway.outbox import Outbox
-from gateway.pipeline import Pipeline
-from gateway.profiles import ProfileSet
-from gateway.quarantine import Quarantine
-from gateway.recorder import ReadingRecorder
-from gateway.recorder_config import recording_dir
-from gateway.telemetry import TelemetryFanout
-from gateway.types import Alert, Reading
-from gateway.windows import WindowStore
+from gateway.control.command_topic import ModelCommandListener
+from gateway.alerts.outbox import Outbox
+from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.ingest.decoding import UplinkDecoder
+from gateway.ingest.profiles import ProfileConfig, ProfileSet
+from gateway.ingest.quarantine import Quarantine
+from gateway.recording.recorder import ReadingRecorder
+from gateway.recording.config import recording_dir
+from gateway.alerts.telemetry import TelemetryFanout
+from gateway.types import Alert, RawUplink, Reading
+from gateway.pipeline.windows import WindowStore
 from models.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
 
 SIGNAL_POLL_S = 0.2  # the main thread wakes this often so signal handlers run promptly
+
+
+class CallbackObserver:
+    """A ``ReadingObserver`` calling a plain function with each reading (embedding, tests)."""
+
+    def __init__(self, callback: Callable[[Reading], None]) -> None:
+        self.callback = callback
+
+    def observe_reading(self, reading: Reading, profile: ProfileConfig, uplink: RawUplink) -> None:
+        self.callback(reading)
 
 
 class StartupError(Exception):
@@ -203,24 +214,26 @@ class Gateway:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
+        observers: list[ReadingObserver] = [self.telemetry]
+        if self.recorder is not None:
+            observers.append(self.recorder)
+        if self.on_reading is not None:
+            observers.append(CallbackObserver(self.on_reading))
         self.pipeline = Pipeline(
-            plugin_manager=self.pm,
-            profiles=ProfileSet(cfg.profiles),
+            decoder=UplinkDecoder(self.pm, ProfileSet(cfg.profiles),
+                                  Quarantine(state_dir / "quarantine.jsonl", self.metrics)),
             engine=engine,
+            windows=WindowStore(self.runtime.window_length, cfg.gateway.max_devices, self.metrics),
             policy=AlertPolicy(cfg.alerts.resolved(self.runtime.manifest), self.metrics),
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
-            quarantine=Quarantine(state_dir / "quarantine.jsonl", self.metrics),
-            telemetry=self.telemetry,
-            window_store=WindowStore(self.runtime.window_length, cfg.gateway.max_devices, self.metrics),
-            max_batch=cfg.batcher.max_batch,
-            max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
-            queue_size=cfg.gateway.ingest_queue_size,
-            block_s=cfg.gateway.ingest_block_s,
-            on_reading=self.on_reading,
-            recorder=self.recorder,
-            watchdog=self._watchdog,
+            observers=observers,
+            settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
+                                      max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+                                      queue_size=cfg.gateway.ingest_queue_size,
+                                      block_s=cfg.gateway.ingest_block_s),
         )
+        self.pipeline.add_periodic(self._watchdog)
         self.pipeline.start()
         for kind, name, options in cfg.source_options:
             factory = self.registry.sources[kind][0]
@@ -240,12 +253,11 @@ class Gateway:
         log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
 
     def _wire_reconnect_retries(self, dispatcher: Dispatcher) -> None:
-        """Handlers with a connection that reports (re)connects (``conn.on_connect_hooks``, the
-        MQTT-based ones) end their back-off when it comes back, so a backlog goes out at once."""
+        """Handlers that report reconnects (``ReconnectNotifier``, the MQTT-based ones) end
+        their back-off when the connection comes back, so a backlog goes out at once."""
         for handler in self.handlers:
-            hooks = getattr(getattr(handler, "conn", None), "on_connect_hooks", None)
-            if isinstance(hooks, list):
-                hooks.append(lambda name=handler.name: dispatcher.retry_now(name))
+            if isinstance(handler, ReconnectNotifier):
+                handler.add_reconnect_callback(lambda name=handler.name: dispatcher.retry_now(name))
 
     def _wait_sources_up(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -315,8 +327,8 @@ class Gateway:
             signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
             signal.signal(signal.SIGINT, lambda *_: self.request_stop())
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        self.start()
         try:
+            self.start()  # a failed start still runs stop(): threads end, the pid file goes
             self._serve_until_stopped(duration)
         finally:
             self.stop()

@@ -17,22 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from gateway.alert_policy import anomaly_flags
-from gateway.alert_policy_config import AlertPolicyConfig
-from gateway.calibration import SeriesCalibration, fill_forward
-from gateway.scoring import DeviceScoreState, WindowScorer
+from models.scoring.calibration import SeriesCalibration, fill_forward
+from models.scoring.decision import Hysteresis, debounced_flags
+from models.scoring.scorer import DeviceScoreState, WindowScorer
 from models.pca_baseline import PCABaseline
 
 
 def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
-    """Per-row alert state ``[L]`` from the daemon's AlertPolicy with the model's raise/clear
-    settings; its rate limits are off, since they shape delivery, not detection."""
-    config = AlertPolicyConfig(
-        raise_threshold=settings["raise"], clear_threshold=settings["clear"],
-        raise_after=int(settings["raise_after"]), clear_after=int(settings["clear_after"]),
-        min_interval_s=0.0, max_alerts_per_device_per_hour=2**31 - 1,
-    )
-    return np.array(anomaly_flags(np.asarray(scores, dtype=np.float64).tolist(), config), dtype=bool)
+    """Per-row alert state ``[L]`` under the model's raise/clear settings: the daemon's
+    anomaly lifecycle (``models.scoring.decision``) without its delivery rate limits,
+    which shape delivery, not detection."""
+    rule = Hysteresis(raise_at=settings["raise"], clear_at=settings["clear"],
+                      raise_after=int(settings["raise_after"]), clear_after=int(settings["clear_after"]))
+    return debounced_flags(np.asarray(scores, dtype=np.float64), rule)
 
 
 STREAM_BATCH = 64
@@ -54,7 +51,7 @@ class RecordingScores:
 
 
 def fill_missing(values: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN per channel (``gateway.calibration.fill_forward``)."""
+    """Forward-fill NaN per channel (``models.scoring.calibration.fill_forward``)."""
     return fill_forward(values)
 
 

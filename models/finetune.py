@@ -50,7 +50,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm
 
-from gateway.score_settings import settings_from
+from models.scoring.settings import settings_from
 from models import integrity
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing, point_metrics, score_recording

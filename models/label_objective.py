@@ -2,7 +2,7 @@
 
 Used by :func:`models.finetune.finetune` when the training part of a site's data has
 labelled anomalous rows (torch; ``[train]`` extra). The term mirrors the gateway's window
-score (``gateway.scoring``) so that what it teaches the adapter is what the daemon
+score (``models.scoring.scorer``) so that what it teaches the adapter is what the daemon
 thresholds, and the daemon needs no new code or file to use it (the adapter stays plain
 LoRA weights):
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gateway.scoring import WindowScorer
+from models.scoring.scorer import WindowScorer
 
 DEFAULT_MARGIN = 2.0
 """Anomalous windows are pushed to ``margin`` x the normal windows' ``quantile``; the

@@ -48,7 +48,7 @@ class Manifest:
     ``files`` maps a file name (relative to the manifest's directory) to its sha256.
     ``window_length`` is T, fixed in the ONNX graph. ``channel_independent``: each channel
     is processed alone, so C is free. ``thresholds`` holds default scoring settings (see
-    gateway.scoring). ``lora_targets`` names the nn.Linear modules a LoRA adapter may
+    models.scoring.scorer). ``lora_targets`` names the nn.Linear modules a LoRA adapter may
     target. ``base_model`` is None for a base model, else ``name@version`` of its base.
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.score_settings import DEFAULTS
+from models.scoring.settings import DEFAULTS
 
 _EPS = 1e-9
 

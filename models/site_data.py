@@ -14,7 +14,7 @@ export`` writes): then one is picked with ``device_id`` (required when there are
 since windows must never run across two devices' series.
 
 :func:`load_site_data` also accepts the gateway's own recording (a recording directory, or
-a ``.jsonl`` file: the recorder's line format, ``gateway.recording_format``), picking one
+a ``.jsonl`` file: the recorder's line format, ``models.recordings``), picking one
 device; corrupt lines there (a torn last line after a crash...) are skipped and counted in
 ``notes``.
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.recorder_config import normalise_device_id
-from gateway.recording_format import ReadStats, read_lines, recording_paths
+from models.recordings import normalise_device_id
+from models.recordings import ReadStats, read_lines, recording_paths
 from models.datasets import TIMESTAMP_NAMES
 
 TRUE_LABELS = frozenset({"1", "true", "yes", "y", "anomaly", "anomalous", "fault", "abnormal", "alarm"})

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.alert_policy import AlertPolicy, AlertPolicyConfig, alert_key
+from gateway.alerts.policy import AlertPolicy, AlertPolicyConfig, alert_key
 from gateway.metrics import Metrics
 from gateway.types import RadioMeta, Reading
 

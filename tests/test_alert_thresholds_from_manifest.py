@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alert_policy import AlertPolicy, anomaly_flags
-from gateway.alert_policy_config import AlertPolicyConfig
-from gateway.score_settings import DEFAULTS
+from gateway.alerts.policy import AlertPolicy, anomaly_flags
+from gateway.alerts.policy_config import AlertPolicyConfig
+from models.scoring.settings import DEFAULTS
 
 BASE_MANIFEST = Path(__file__).resolve().parents[1] / "models" / "base" / "manifest.json"
 

@@ -10,9 +10,9 @@ from typing import Callable
 import pytest
 
 from gateway.contracts import DeliveryError, PermanentDeliveryError
-from gateway.dispatcher import Dispatcher, TokenBucket
+from gateway.alerts.dispatcher import Dispatcher, TokenBucket
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.alerts.outbox import Outbox
 from gateway.types import Alert, Reading
 
 

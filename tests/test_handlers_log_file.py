@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.contracts import AlertHandler, DeliveryError, PluginContext
-from gateway.dispatcher import Dispatcher
+from gateway.alerts.dispatcher import Dispatcher
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.alerts.outbox import Outbox
 from gateway.plugin_manager import Registry, make_plugin_manager
 from gateway.types import Alert
 from plugins.handlers.file_handler import FileHandlerOptions, make_file_handler

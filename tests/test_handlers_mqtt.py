@@ -18,9 +18,9 @@ from paho.mqtt import client as mqtt
 
 from conftest import Broker, free_port
 from gateway.contracts import DeliveryError, PluginContext
-from gateway.dispatcher import Dispatcher
+from gateway.alerts.dispatcher import Dispatcher
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.alerts.outbox import Outbox
 from gateway.types import Alert, RadioMeta, Reading
 from mqtt_probe import Probe
 from plugins.handlers.mqtt_handler import MqttHandler, MqttHandlerOptions

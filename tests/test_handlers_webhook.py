@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from conftest import free_port
 from gateway.contracts import DeliveryError, PermanentDeliveryError, PluginContext
-from gateway.dispatcher import Dispatcher
+from gateway.alerts.dispatcher import Dispatcher
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.alerts.outbox import Outbox
 from gateway.types import Alert
 from plugins.handlers.webhook_handler import WebhookHandler, WebhookOptions, make_webhook_handler
 

@@ -18,11 +18,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gateway.alert_policy import AlertPolicy, AlertPolicyConfig
-from gateway.inference import InferenceEngine
+from gateway.alerts.policy import AlertPolicy, AlertPolicyConfig
+from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
 from gateway.types import RadioMeta, Reading
-from gateway.windows import WindowStore
+from gateway.pipeline.windows import WindowStore
 
 pytest.importorskip("onnxruntime")
 

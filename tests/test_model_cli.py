@@ -149,7 +149,7 @@ def test_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.skipif(not NAB.exists(), reason="NAB subset not present")
 def test_nab_windows_label_rows_ends_included() -> None:
-    data = NAB / "data" / "machine_temperature_system_failure.csv"
+    data = NAB / "data" / "realKnownCause" / "machine_temperature_system_failure.csv"
     t = load_csv(data)
     windows = load_label_windows(NAB / "labels" / "combined_windows.json", data)
     assert len(windows) == 4 and len(t) == 22695 and t.channels == ["value"]

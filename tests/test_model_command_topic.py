@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt import client as mqtt
 
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.model_commands import CommandRejected, parse_activate
+from gateway.control.command_topic import CommandRejected, parse_activate
 from models.store import ModelStore
 from tests.gateway_process import GatewayProcess, write_config
 from tests.mqtt_probe import Probe

@@ -1,4 +1,4 @@
-"""The batched paho client (gateway.mqtt_receive) against a real Mosquitto: every message
+"""The batched paho client (plugins.sources.mqtt.receive) against a real Mosquitto: every message
 arrives intact and in order, QoS 1 acks reach the broker, one recv serves many messages,
 and a connection that closes mid-chunk loses nothing (unacked messages come again)."""
 
@@ -15,9 +15,14 @@ from paho.mqtt.properties import Properties
 
 from gateway.contracts import PluginContext
 from gateway.metrics import Metrics
-from gateway.mqtt_common import BrokerOptions, connect_properties, make_client
-from gateway.mqtt_receive import READ_CHUNK, BatchedReceiveClient, batched_receive_supported
-from plugins.sources.mqtt_source import MqttSource, MqttSourceOptions
+from gateway.broker.options import BrokerOptions, connect_properties, make_client
+from plugins.sources.mqtt.receive import (
+    READ_CHUNK,
+    BatchedReceiveClient,
+    batched_receive_supported,
+    receive_client_class,
+)
+from plugins.sources.mqtt.source import MqttSource, MqttSourceOptions
 
 TOPIC = "bench/batched/{}"
 
@@ -115,7 +120,7 @@ def _stop_once_broker_has_the_acks(client: mqtt.Client) -> None:
 
 def test_installed_paho_has_what_the_batched_client_needs_and_the_source_uses_it() -> None:
     assert batched_receive_supported()
-    client = make_client(BrokerOptions(), "x", True, batched_receive=True)
+    client = make_client(BrokerOptions(), "x", True, client_class=receive_client_class())
     assert type(client) is BatchedReceiveClient
     assert type(make_client(BrokerOptions(), "y", True)) is mqtt.Client  # handlers keep the plain one
     source = MqttSource("s", MqttSourceOptions(port=1), PluginContext(metrics=Metrics(), gateway_id="g", state_dir="/tmp"))

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.contracts import PluginContext
 from gateway.metrics import Metrics
-from plugins.sources.mqtt_source import MqttSource, MqttSourceOptions
+from plugins.sources.mqtt.source import MqttSource, MqttSourceOptions
 from tests.conftest import Broker
 from tests.uplink_factory import field_uplinks
 

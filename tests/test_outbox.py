@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
+from gateway.alerts.outbox import Outbox
 from gateway.types import Alert, RadioMeta, Reading
 
 
@@ -79,7 +79,7 @@ def test_survives_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     code = textwrap.dedent(f"""
         import os
-        from gateway.outbox import Outbox
+        from gateway.alerts.outbox import Outbox
         from gateway.types import Alert
         ob = Outbox({str(path)!r}, ["a"], 1 << 20)
         for i in range(5):

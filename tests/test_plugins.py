@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway import hookspecs
-from gateway.decoding import decode_uplink
+from gateway.ingest.decoding import decode_uplink
 from gateway.plugin_manager import DEFAULT_PLUGINS, PluginError, Registry, make_plugin_manager
-from gateway.profiles import ProfileConfig, ProfileSet
+from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.types import RawUplink
 
 

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.decoding import decode_uplink, reason_of
+from gateway.ingest.decoding import decode_uplink, reason_of
 from gateway.plugin_manager import make_plugin_manager
-from gateway.profiles import DEFAULT_PROFILE, ProfileConfig, ProfileSet, flatten, to_reading
+from gateway.ingest.profiles import DEFAULT_PROFILE, ProfileConfig, ProfileSet, flatten, to_reading
 from gateway.types import DecodeError, RawUplink
-from gateway.uplink_shapes import parse_uplink
+from plugins.sources.mqtt.shapes import parse_uplink
 
 PM = make_plugin_manager(load_entry_points=False)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.recording_format import encode, file_name
+from models.recordings import encode, file_name
 from models.site_data import load_site_data
 
 T0 = 1_717_200_000.0  # 2024-06-01 00:00:00 UTC

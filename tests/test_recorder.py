@@ -15,10 +15,10 @@ import pytest
 from gateway.config import ConfigError, validate_config
 from gateway.metrics import Metrics
 from gateway.plugin_manager import Registry, make_plugin_manager
-from gateway.profiles import ProfileConfig
-from gateway.recorder import ReadingRecorder, utc_day
-from gateway.recorder_config import RecordConfig
-from gateway.recording_format import (
+from gateway.ingest.profiles import ProfileConfig
+from gateway.recording.recorder import ReadingRecorder, utc_day
+from gateway.recording.config import RecordConfig
+from models.recordings import (
     ReadStats,
     decode,
     encode,

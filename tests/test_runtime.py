@@ -183,7 +183,7 @@ def test_corrupt_adapter_file_is_refused(tmp_path: Path) -> None:
 
 def test_daemon_modules_do_not_import_torch() -> None:
     code = ("import sys, models.runtime, models.store, models.providers, models.integrity, models.site_data, "
-            "models.cli_store, models.cli_adapters; "
+            "models.cli.store, models.cli.adapters; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'peft', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

@@ -1,4 +1,4 @@
-"""Score calibration that drops a minority of anomalous calibration windows (gateway.score_trim,
+"""Score calibration that drops a minority of anomalous calibration windows (models.scoring.trim,
 ``WindowScorer.calibrate``), with the bundled base model on a real ONNX Runtime session."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.calibration import SeriesCalibration
-from gateway.inference import InferenceEngine
+from models.scoring.calibration import SeriesCalibration
+from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
-from gateway.score_settings import DEFAULTS
-from gateway.score_trim import robust_log_z, trim_mask
-from gateway.scoring import WindowScorer
+from models.scoring.settings import DEFAULTS
+from models.scoring.trim import robust_log_z, trim_mask
+from models.scoring.scorer import WindowScorer
 from gateway.types import Reading
-from gateway.windows import WindowStore
+from gateway.pipeline.windows import WindowStore
 from models.manifest import base_model_dir
 from models.runtime import ModelRuntime
 from models.synthetic import Fault, generate_device

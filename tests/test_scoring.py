@@ -1,4 +1,4 @@
-"""gateway.scoring with the shipped model: calibration, scores, alerts, PCA baseline.
+"""models.scoring.scorer with the shipped model: calibration, scores, alerts, PCA baseline.
 
 Numbers asserted here were measured on these seeded scenarios (see docs/models.md);
 margins leave room for float differences across machines, not for a broken scorer.
@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from gateway.calibration import ReadingsPool, SeriesCalibration, fill_forward
-from gateway.score_settings import DEFAULTS, settings_from
-from gateway.scoring import DeviceScoreState, WindowScorer, packed_precision
+from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
+from models.scoring.settings import DEFAULTS, settings_from
+from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
 from models.pca_baseline import PCABaseline
 from models.synthetic import Fault, generate_device

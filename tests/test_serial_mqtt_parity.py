@@ -14,7 +14,7 @@ import time
 from firmware_bridge.mqtt_sim import MqttSimulator
 from firmware_bridge.simulator import PtySimulator
 from gateway.contracts import PluginContext
-from gateway.decoding import decode_uplink
+from gateway.ingest.decoding import decode_uplink
 from gateway.metrics import Metrics
 from gateway.plugin_manager import Registry, make_plugin_manager
 from gateway.types import RawUplink

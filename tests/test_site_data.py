@@ -109,7 +109,7 @@ def test_csv_with_device_column_picks_one_device(tmp_path: Path) -> None:
 
 def test_recording_directory_is_read_across_files(tmp_path: Path) -> None:
     """`model finetune --data <recording dir> --device ID` reads the recorder's day files as they are."""
-    from gateway.recording_format import encode, file_name
+    from models.recordings import encode, file_name
 
     directory = tmp_path / "recordings"
     directory.mkdir()

@@ -116,8 +116,8 @@ def test_daemon_side_modules_do_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, models.synthetic, models.datasets, models.manifest, models.evaluate, models.cli_training, "
-        "gateway.scoring, gateway.calibration, models.pca_baseline, gateway.cli; gateway.cli.build_parser(); print('torch' in sys.modules)"
+        "import sys, models.synthetic, models.datasets, models.manifest, models.evaluate, models.cli.training, "
+        "models.scoring.scorer, models.scoring.calibration, models.pca_baseline, gateway.cli; gateway.cli.build_parser(); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

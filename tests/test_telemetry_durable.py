@@ -12,10 +12,10 @@ from paho.mqtt import client as mqtt
 
 from conftest import Broker
 from gateway.contracts import PluginContext
-from gateway.dispatcher import Dispatcher
+from gateway.alerts.dispatcher import Dispatcher
 from gateway.metrics import Metrics
-from gateway.outbox import Outbox
-from gateway.telemetry import TelemetryFanout
+from gateway.alerts.outbox import Outbox
+from gateway.alerts.telemetry import TelemetryFanout
 from gateway.types import Reading
 from mqtt_probe import Probe
 from plugins.handlers.mqtt_handler import MqttHandler, MqttHandlerOptions

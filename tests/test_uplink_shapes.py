@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.uplink_shapes import UplinkShapeError, parse_time, parse_uplink, topic_matches
+from plugins.sources.mqtt.shapes import UplinkShapeError, parse_time, parse_uplink, topic_matches
 
 V4_TOPIC = "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/up"
 

@@ -1,4 +1,4 @@
-"""gateway.windows: the per-device ring against a plain list model, shared channel layouts."""
+"""gateway.pipeline.windows: the per-device ring against a plain list model, shared channel layouts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gateway.metrics import Metrics
 from gateway.types import Reading
-from gateway.windows import MAX_SHARED_LAYOUTS, DeviceWindow, WindowStore
+from gateway.pipeline.windows import MAX_SHARED_LAYOUTS, DeviceWindow, WindowStore
 
 CHANNELS = ["a", "b", "c"]
 

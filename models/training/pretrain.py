@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gateway.score_settings import DEFAULTS as SCORING_DEFAULTS
+from models.scoring.settings import DEFAULTS as SCORING_DEFAULTS
 from models.architecture import (
     LORA_TARGETS,
     PatchAEConfig,
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "field-sensor-patch-ae"
 MODEL_VERSION = "1.0.0"
 DEFAULT_THRESHOLDS: dict[str, float] = dict(SCORING_DEFAULTS)
-"""Default scoring settings written to the manifest (see gateway.scoring for meanings)."""
+"""Default scoring settings written to the manifest (see models.scoring.scorer for meanings)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``DecodeError`` messages follow one convention: ``"<reason>"`` or ``"<reason>: <detail>"``,
 where ``reason`` is a short snake_case code fit for a metrics label
-(see ``gateway.decoding.reason_of``).
+(see ``gateway.ingest.decoding.reason_of``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Decoder ``network_server``: the object the LoRaWAN network server already decoded.
 
 ChirpStack's ``object`` (v3 ``objectJSON``) and The Things Stack's ``decoded_payload`` arrive
-in ``RawUplink.decoded`` (see gateway.uplink_shapes). This plugin returns that dict as is:
+in ``RawUplink.decoded`` (see plugins.sources.mqtt.shapes). This plugin returns that dict as is:
 field names are whatever the network server's payload codec produced (e.g.
 ``temperatureSensor``, nested ``{"Device Status": {...}}``); device profiles map them to
 channels (``ProfileConfig.channels``), and nested dicts become dotted names there.

@@ -1,6 +1,6 @@
 """``homeassistant`` alert handler: Home Assistant MQTT discovery for devices, readings, alerts.
 
-Uses the shared MqttConnection (plugins.handlers.mqtt_connection) and the same topics as
+Uses the shared MqttConnection (gateway.broker.connection) and the same topics as
 the ``mqtt`` handler, so both can run side by side:
 
 - ``<prefix>/status``: gateway availability (retained birth ``online`` / last will ``offline``);
@@ -31,10 +31,10 @@ from pydantic import ConfigDict, Field
 
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
-from gateway.mqtt_common import BrokerOptions
+from gateway.broker.options import BrokerOptions
 from gateway.types import Alert, Reading
 from plugins.handlers.alert_state import DeviceAlertStates
-from plugins.handlers.mqtt_connection import MqttConnection, topic_part
+from gateway.broker.connection import MqttConnection, topic_part
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,10 @@ class HomeAssistantHandler:
     def start(self) -> None:
         """Connect in the background; discovery follows on connect."""
         self.conn.start()
+
+    def add_reconnect_callback(self, callback: Callable[[], None]) -> None:
+        """``ReconnectNotifier``: ``callback`` runs each time the broker connection comes up."""
+        self.conn.on_connect_hooks.append(callback)
 
     def stop(self) -> None:
         self.conn.stop()

@@ -25,10 +25,10 @@ from pydantic import ConfigDict, Field
 
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
-from gateway.mqtt_common import BrokerOptions
+from gateway.broker.options import BrokerOptions
 from gateway.types import Alert, Reading
 from plugins.handlers.alert_state import DeviceAlertStates
-from plugins.handlers.mqtt_connection import MqttConnection, topic_part
+from gateway.broker.connection import MqttConnection, topic_part
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class MqttHandler:
     @property
     def durable_telemetry(self) -> bool:
         """True when readings should reach ``deliver_reading`` through the outbox
-        (gateway.telemetry) instead of ``on_reading``."""
+        (gateway.alerts.telemetry) instead of ``on_reading``."""
         return self.options.telemetry and self.options.telemetry_durable
 
     def on_reading(self, reading: Reading) -> None:
@@ -108,6 +108,10 @@ class MqttHandler:
         self.conn.publish(self.device_topic(reading.device_id, "telemetry"),
                           _json(reading.as_dict()), qos=self.options.telemetry_qos,
                           timeout=self.options.ack_timeout_s)
+
+    def add_reconnect_callback(self, callback: Callable[[], None]) -> None:
+        """``ReconnectNotifier``: ``callback`` runs each time the broker connection comes up."""
+        self.conn.on_connect_hooks.append(callback)
 
     def stop(self) -> None:
         """Publish offline, disconnect; idempotent."""

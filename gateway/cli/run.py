@@ -1,0 +1,160 @@
+"""``lora-gateway run``, ``config check``, ``plugins`` and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from models.cli.errors import UserError
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    plugin_allow_list,
+    read_config_data,
+    redacted,
+    validate_config,
+)
+from gateway.plugin_manager import PluginError, Registry, make_plugin_manager
+
+log = logging.getLogger(__name__)
+
+
+def load_everything(config_path: Path | None) -> tuple[GatewayConfig, pluggy.PluginManager, Registry]:
+    """The config's plugin allow-list, then the plugins it allows, then the whole config
+    validated against them. Raises UserError (one line per problem)."""
+    source = "defaults" if config_path is None else str(config_path)
+    try:
+        data = read_config_data(config_path)
+        allow = plugin_allow_list(data, source)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        pm = make_plugin_manager(allow_entry_points=allow)
+    except PluginError as exc:
+        raise UserError(str(exc)) from exc
+    registry = Registry(pm)
+    try:
+        config = validate_config(data, registry, source)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    return config, pm, registry
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.service import Gateway, StartupError
+
+    config, pm, registry = load_everything(args.config)
+    logging.getLogger().setLevel(config.gateway.log_level if not args.verbose else "DEBUG")
+    log.info("configuration: %s", json.dumps(redacted(config)))
+    gateway = Gateway(config, pm, registry)
+    try:
+        gateway.run(duration=args.duration)
+    except StartupError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config, _, _ = load_everything(args.file)
+    print(f"{args.file}: OK ({len(config.sources)} source(s), {len(config.handlers)} handler(s), {len(config.profiles)} profile(s))")
+    if args.show:
+        print(json.dumps(redacted(config), indent=2, default=str))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    try:
+        pm = make_plugin_manager()
+    except PluginError as exc:
+        raise UserError(str(exc)) from exc
+    registry = Registry(pm)
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin()):
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        dist = pm.get_plugin(name)
+        rows.append({"name": name, "hooks": hooks, "builtin": name.startswith("plugins."), "module": getattr(dist, "__name__", str(dist))})
+    out = {"plugins": rows, "sources": sorted(registry.sources), "handlers": sorted(registry.handlers), "codecs": registry.codecs}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<45} {'built-in' if r['builtin'] else 'third-party':<12} {', '.join(h.removeprefix('lora_gateway_') for h in r['hooks'])}")
+        print(f"\nsources:  {', '.join(out['sources'])}\nhandlers: {', '.join(out['handlers'])}\ncodecs:   {', '.join(out['codecs'])}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from gateway.service import resolve_model_dir
+    from models.providers import choose_providers
+    from models.runtime import ModelLoadError, ModelRuntime
+
+    config, _, _ = load_everything(args.config)
+    problems = 0
+    print(f"python        {platform.python_version()} on {platform.machine()} ({platform.system()})")
+    print(f"onnxruntime   {ort.__version__}; providers in this build: {', '.join(ort.get_available_providers())}")
+    chosen, notes = choose_providers(config.model.providers)
+    print(f"preference    {', '.join(config.model.providers)}")
+    for note in notes:
+        print(f"  skipped     {note}")
+    model_dir = resolve_model_dir(config)
+    try:
+        runtime = ModelRuntime.load(model_dir, chosen, intra_op_threads=config.model.intra_op_threads)
+        print(f"model         {model_dir} ({runtime.manifest.get('name', '?')} {runtime.manifest.get('version', '?')}), "
+              f"window {runtime.window_length}, serving on {', '.join(runtime.providers_in_use)}")
+        for note in runtime.provider_notes:
+            print(f"  note        {note}")
+    except ModelLoadError as exc:
+        problems += 1
+        print(f"model         FAILED: {exc}")
+    state_dir = config.gateway.state_dir
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe = state_dir / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+        print(f"state dir     {state_dir} writable")
+    except OSError as exc:
+        problems += 1
+        print(f"state dir     {state_dir} NOT writable: {exc}")
+    try:
+        from serial.tools import list_ports
+
+        ports = [p.device for p in list_ports.comports()]
+        print(f"serial ports  {', '.join(ports) if ports else 'none found'}")
+    except Exception as exc:  # noqa: BLE001 - informational only
+        print(f"serial ports  could not list: {exc}")
+    print("result        " + ("OK" if not problems else f"{problems} problem(s)"))
+    return 0 if not problems else 1
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the gateway daemon", description="Run the gateway with a TOML config (see deploy/gateway.example.toml).")
+    p.add_argument("--config", "-c", type=Path, help="TOML config file (default: embedded defaults)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: run until SIGTERM)")
+    p.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    chk = csub.add_parser("check", help="validate a config file (no I/O); exit 1 listing every error")
+    chk.add_argument("file", type=Path)
+    chk.add_argument("--show", action="store_true", help="print the effective config, secrets redacted")
+    chk.set_defaults(func=cmd_config_check)
+    c.set_defaults(func=lambda a: (c.print_help(), 2)[1])
+
+    pl = sub.add_parser("plugins", help="list loaded plugins, source/handler types and codecs")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
+    d = sub.add_parser("doctor", help="check this box: onnxruntime providers, model, state dir, serial ports")
+    d.add_argument("--config", "-c", type=Path)
+    d.set_defaults(func=cmd_doctor)
+
+

@@ -1,0 +1,192 @@
+"""Inference stage: per-device calibration, batched ONNX Runtime calls, window scores.
+
+The pipeline thread calls ``observe(window)`` after each reading and ``score(windows)``
+for a batch of due windows. A device goes through two calibration phases before its
+scores count. Its first ``calibration_steps`` readings fix each channel's mean/std (so
+windows are standardised by device, never per window), and the moment that calibration
+freezes the model runs once over the windows cut from those same readings to fit the
+device's normal score profile (models.scoring.scorer, the path ``model score`` takes too). The
+readings are then released. Due windows are grouped by (adapter, channel count), one ONNX
+Runtime call per group.
+
+``swap_runtime`` replaces the model between batches (an attribute swap, atomic under the
+GIL); device score profiles are then re-learnt from the first ``calibration_windows``
+scored windows (their readings are gone), because a new model has a new embedding space,
+while the channel standardisation is kept. The same fallback covers a device whose
+calibration readings could not be scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.scoring.calibration import ReadingsPool, SeriesCalibration
+from gateway.metrics import Metrics
+from models.scoring.scorer import DeviceScoreState, WindowScorer
+from gateway.pipeline.windows import DeviceWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DueWindow:
+    """A window snapshot taken at the reading that made it due: ``raw [T, C]`` in physical
+    units; ``score`` standardises a whole group at once (``standardize``)."""
+
+    window: DeviceWindow
+    raw: np.ndarray
+    timestamp: float
+    state: _DeviceState
+
+
+@dataclass(slots=True)
+class _DeviceState:
+    # the readings calibration until it froze and fitted the score profile (then None:
+    # only its mean and std below are needed from there on)
+    calibration: SeriesCalibration | None
+    score_state: DeviceScoreState
+    generation: int
+    # the frozen calibration's mean (row 0) and std (row 1), float64 [2, C], taken once
+    # when it froze (one array, not two: 10,000 devices)
+    norm: np.ndarray | None = None
+
+
+def standardize(due: list[DueWindow]) -> np.ndarray:
+    """``[N, T, C]`` float32 z-values of due windows that share a channel count: the same
+    arithmetic as ``SeriesCalibration.standardize`` (float64 ``(x - mean) / std``), done
+    for the batch in one numpy expression with each device's frozen mean/std."""
+    raw = np.stack([d.raw for d in due]).astype(np.float64)
+    norm = np.stack([d.state.norm for d in due])  # type: ignore[misc]
+    return ((raw - norm[:, 0, None, :]) / norm[:, 1, None, :]).astype(np.float32)
+
+
+class InferenceEngine:
+    def __init__(self, runtime: Any, metrics: Metrics, *, calibration_steps: int | None = None,
+                 calibration_windows: int | None = None) -> None:
+        self.metrics = metrics
+        self._overrides = {"calibration_steps": calibration_steps, "calibration_windows": calibration_windows}
+        self.runtime = runtime
+        self.scorer = WindowScorer(runtime.manifest, **self._overrides)
+        self.generation = 0
+        self.calibration_steps = int(self.scorer.settings["calibration_steps"])
+        # calibration-reading blocks per channel count (models.scoring.calibration.ReadingsPool)
+        self._pools: dict[int, ReadingsPool] = {}
+        metrics.describe("inference_batches_total", "ONNX Runtime calls")
+        metrics.describe("windows_scored_total", "Windows scored by the model")
+        metrics.describe("score_trim_windows_total",
+                         "Score-calibration windows dropped as anomalous before a device's profile was fitted")
+
+    def swap_runtime(self, runtime: Any) -> None:
+        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
+        self.scorer = WindowScorer(runtime.manifest, **self._overrides)
+        self.runtime = runtime
+        self.generation += 1
+
+    def _state(self, window: DeviceWindow) -> _DeviceState:
+        st = window.state
+        if not isinstance(st, _DeviceState):
+            c = len(window.channels)
+            pool = self._pools.get(c)
+            if pool is None:
+                pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=pool), self.scorer.new_state(c),
+                              self.generation)
+            window.state = st
+        elif st.generation != self.generation:
+            st.score_state = self.scorer.new_state(len(window.channels))
+            st.generation = self.generation
+        return st
+
+    def observe(self, window: DeviceWindow) -> DueWindow | None:
+        """Account for the reading just pushed; a snapshot when the window is due for scoring."""
+        st = window.state
+        if not isinstance(st, _DeviceState) or st.generation != self.generation:
+            st = self._state(window)
+        if st.norm is None:
+            cal = st.calibration
+            assert cal is not None  # dropped only once mean and std are set
+            if not cal.frozen:
+                cal.update(window.latest())
+                if not cal.frozen:
+                    return None
+            st.norm = np.stack([cal.mean, cal.std])  # frozen: constant from here on
+            self._calibrate_scores(window, st, cal)
+            st.calibration = None
+        if window.count < window.length:
+            return None
+        return DueWindow(window, window.values(), window.last_timestamp, st)
+
+    def _adapter_for(self, window: DeviceWindow, runtime: Any) -> str | None:
+        adapter = window.adapter if window.adapter in runtime.adapter_names else None
+        if window.adapter is not None and adapter is None:
+            self.metrics.inc("adapter_fallbacks_total", adapter=str(window.adapter))
+        return adapter
+
+    def _calibrate_scores(self, window: DeviceWindow, st: _DeviceState, cal: SeriesCalibration) -> None:
+        """Fit the device's score profile from its calibration readings, then drop them.
+        On failure the state stays uncalibrated and learns from its first scored windows."""
+        try:
+            windows = cal.calibration_windows(window.length)
+            if len(windows) >= 8:
+                runtime = self.runtime
+                outputs = runtime.run(windows, adapter=self._adapter_for(window, runtime))
+                trimmed = self.scorer.calibrate_windows(st.score_state, windows, outputs)
+                self.metrics.inc("devices_calibrated_total")
+                if trimmed:
+                    self.metrics.inc("score_trim_windows_total", trimmed)
+            else:
+                self.metrics.inc("score_calibration_deferred_total", reason="too_few_readings")
+        except Exception as exc:  # noqa: BLE001 - counted; the scored-window fallback takes over
+            self.metrics.inc("score_calibration_deferred_total", reason=type(exc).__name__)
+            log.warning("score calibration of %s from its readings failed (%s); using its first scored windows",
+                        window.device_id, exc)
+        finally:
+            cal.release()
+
+    def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
+        """Run the model on due windows (time order kept per device); returns
+        (due window, score, details) for windows of calibrated devices."""
+        runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
+        scorer = self.scorer
+        groups: dict[tuple[str | None, int], list[DueWindow]] = {}
+        for d in due:
+            groups.setdefault((self._adapter_for(d.window, runtime), len(d.window.channels)), []).append(d)
+        out: list[tuple[DueWindow, float, dict[str, Any]]] = []
+        for (adapter, _), group in groups.items():
+            for d in group:
+                if d.state.generation != self.generation:
+                    self._state(d.window)
+            x = standardize(group)
+            started = time.perf_counter()
+            outputs = runtime.run(x, adapter=adapter)
+            elapsed = time.perf_counter() - started
+            result = scorer.score_details(x, outputs, [d.state.score_state for d in group])
+            m = self.metrics
+            m.inc("inference_batches_total")
+            m.inc("inference_seconds_total", elapsed)
+            m.inc("windows_scored_total", len(group))
+            m.set("inference_last_batch_size", len(group))
+            m.set("inference_last_batch_seconds", elapsed)
+            if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
+                m.inc("score_trim_windows_total", result.trimmed)
+            scores = result.score.tolist()
+            ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
+            if not ok:
+                continue
+            contributions = result.channel_scores[ok]
+            tops = np.nanargmax(contributions, axis=1).tolist()
+            for i, top, row in zip(ok, tops, contributions.tolist()):
+                d = group[i]
+                channels = d.window.channels
+                out.append((d, scores[i], {
+                    "channel": channels[top],
+                    "channel_scores": {c: round(v, 3) for c, v in zip(channels, row)},
+                    "adapter": adapter,
+                }))
+        return out

@@ -1,0 +1,181 @@
+"""``lora-gateway model`` sub-commands for the model store and LoRA adapters.
+
+Store: ``install``, ``list``, ``activate``, ``rollback``, ``verify``, ``remove`` (no torch).
+Adapters: ``finetune``, ``export`` (need the ``[train]`` extra; imported inside handlers).
+
+The store lives in ``<state_dir>/models``; ``state_dir`` comes from ``--state-dir``, else
+``[gateway] state_dir`` of ``--config``, else ``$LORA_GATEWAY_STATE_DIR``, else
+``/var/lib/lora-gateway``. ``activate`` and ``rollback`` tell a running daemon to reload
+(SIGHUP to the pid in ``<state_dir>/lora-gateway.pid``) unless ``--no-notify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from models.cli.errors import UserError
+
+DEFAULT_STATE_DIR = Path("/var/lib/lora-gateway")
+
+
+def state_dir_from(args: argparse.Namespace) -> Path:
+    """Resolve the gateway state directory from the command line, config, environment, default."""
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    config = getattr(args, "config", None)
+    if config:
+        try:
+            data = tomllib.loads(Path(config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"{config}: cannot read config: {exc}") from exc
+        value = data.get("gateway", {}).get("state_dir")
+        if value:
+            return Path(value)
+    env = os.environ.get("LORA_GATEWAY_STATE_DIR")
+    return Path(env) if env else DEFAULT_STATE_DIR
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from models.store import ModelStore
+
+    return ModelStore.for_state_dir(state_dir_from(args))
+
+
+def _wrap(func: Any) -> Any:
+    """Turn StoreError / ModelLoadError into one-line UserErrors."""
+    def handler(args: argparse.Namespace) -> int:
+        from models.runtime import ModelLoadError
+        from models.store import StoreError
+
+        try:
+            return int(func(args) or 0)
+        except (StoreError, ModelLoadError) as exc:
+            raise UserError(str(exc)) from exc
+    handler.__doc__ = func.__doc__
+    return handler
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Install a model or adapter directory or archive."""
+    store = _store(args)
+    model = store.install(Path(args.path))
+    print(f"installed {model.ref} ({model.kind}) in {model.path}")
+    if args.activate:
+        return cmd_activate(argparse.Namespace(**{**vars(args), "ref": model.ref}))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List installed models and adapters."""
+    models = _store(args).list()
+    if args.json:
+        print(json.dumps([{"name": m.name, "version": m.version, "kind": m.kind, "active": m.active,
+                           "base_sha256": m.base_sha256, "path": str(m.path)} for m in models], indent=2))
+        return 0
+    if not models:
+        print("no models installed")
+    for m in models:
+        base = f" base {m.base_sha256[:12]}" if m.base_sha256 else ""
+        print(f"{'*' if m.active else ' '} {m.ref:<32} {m.kind:<8}{base}")
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    """Activate an installed base or merged model and tell the daemon."""
+    from models.store import notify_daemon, parse_ref
+
+    name, version = parse_ref(args.ref)
+    store = _store(args)
+    if version is None:
+        version = store.get(name).version
+    model = store.activate(name, version)
+    print(f"active: {model.ref}")
+    if not args.no_notify:
+        print(notify_daemon(state_dir_from(args)))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Re-activate the previous model."""
+    from models.store import notify_daemon
+
+    model = _store(args).rollback()
+    print(f"rolled back; active: {model.ref}")
+    if not args.no_notify:
+        print(notify_daemon(state_dir_from(args)))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-check installed files; exit 1 if any fails."""
+    results = _store(args).verify(args.ref)
+    if not results:
+        print("no models installed")
+    bad = 0
+    for ref, problem in results:
+        print(f"{ref}: {'OK' if problem is None else 'FAILED: ' + problem}")
+        bad += problem is not None
+    if bad:
+        raise UserError(f"{bad} of {len(results)} installed model(s) failed verification")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """Remove an installed model or adapter."""
+    model = _store(args).remove(args.ref)
+    print(f"removed {model.ref}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, help="gateway state directory (store: <state-dir>/models)")
+    p.add_argument("--config", "-c", type=Path, help="read state_dir from this gateway config")
+
+
+def add_model_commands(model_sub: Any) -> None:
+    """Add the store and adapter sub-commands to ``lora-gateway model``."""
+    p = model_sub.add_parser("install", help="verify and install a model/adapter directory or archive")
+    p.add_argument("path", help="model directory, or .tar/.tar.gz/.tgz/.zip archive")
+    p.add_argument("--activate", action="store_true", help="activate it after installing")
+    p.add_argument("--no-notify", action="store_true", help="with --activate: do not signal the daemon")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_install))
+
+    p = model_sub.add_parser("list", help="list installed models and adapters (* = active)")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_list))
+
+    p = model_sub.add_parser("activate", help="switch the served model (atomic) and tell the daemon")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("--no-notify", action="store_true", help="do not signal a running daemon")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_activate))
+
+    p = model_sub.add_parser("rollback", help="re-activate the previously active model")
+    p.add_argument("--no-notify", action="store_true")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_rollback))
+
+    p = model_sub.add_parser("verify", help="re-check sha256, graphs and adapters of installed models")
+    p.add_argument("ref", nargs="?", metavar="NAME@VERSION", help="one model (default: all)")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_verify))
+
+    p = model_sub.add_parser("remove", help="remove an installed model or adapter (not the active one)")
+    p.add_argument("ref", metavar="NAME@VERSION")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_remove))
+
+    try:
+        from models.cli.adapters import add_adapter_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "models.cli.adapters":
+            raise
+    else:
+        add_adapter_commands(model_sub)

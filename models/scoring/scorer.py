@@ -1,0 +1,489 @@
+"""Window scores that remember normal (numpy only; the daemon calls this for every batch).
+
+The sequence for one device (``docs/model-contract.md`` has the whole contract):
+
+1. ``SeriesCalibration``: the device's first ``calibration_steps`` readings give each
+   channel's mean and std (Welford), then the calibration freezes. Every window the model
+   sees is standardised with these frozen values (``standardize``), never per window, so a
+   sustained level shift stays visible as a level.
+2. The model (ONNX) maps standardised windows ``[N, T, C]`` to ``reconstruction [N, T, C]``
+   and ``embedding [N, C, D]``.
+3. Score calibration, once per device, the moment step 1 froze (preferred):
+   ``windows = cal.calibration_windows(T)`` (the calibration readings, kept until then),
+   run the model on them, ``scorer.calibrate_windows(state, windows, outputs)``, then
+   ``cal.release()``. This fits the normal profile (mean and shrunk covariance of the
+   device's embedding vector) and the high quantiles of both statistics below.
+   Fallback: a ``DeviceScoreState`` that was never calibrated collects its first
+   ``calibration_windows`` scored windows instead (they score ``NaN``,
+   ``state.calibrated`` is False) and then fits on them.
+4. ``WindowScorer.score(inputs, outputs, states)`` gives one score per window.
+
+Per window, three statistics:
+
+- residual ``r_c`` per channel: the reconstruction error, weighted towards the newest
+  steps (weight ``2 ** (-age / recency_halflife)``), mean of squares;
+- flatness ``f_c`` per channel: the fraction of exactly repeated consecutive readings
+  (stuck-at sensors reconstruct well; they are caught by this instead);
+- distance ``m``: the squared Mahalanobis distance (divided by its dimension) of the
+  device's embedding vector (all channels' embeddings, ``C*D`` values) from its
+  calibrated normal mean; covariance shrunk towards its scaled identity (``shrinkage``)
+  and kept as ``max_rank`` principal directions plus one variance for the rest, or, where
+  that is smaller (``C*D + 1 <= 2 * max_rank``, e.g. the bundled model's 1-3 channel
+  devices), as the packed lower triangle of the same precision matrix.
+
+Each is divided by its calibrated threshold, ``quantile(score_quantile) * score_margin``
+over the calibration windows (flatness: at least 0.5). Nobody guarantees that a real
+device's calibration stretch is fault-free, and one level shift or spike burst in it
+would set these quantiles (on the example site: residual threshold 6.36 instead of 0.10,
+F1 0.166 instead of 0.50). So ``calibrate`` first drops the windows whose residual or
+distance is far out on the high side of the stretch's own robust spread (robust z of the
+log-statistic above ``calibration_trim_z``, 8; models.scoring.trim), at most
+``calibration_trim`` (20 %) of them, then fits the profile and takes the quantiles on
+the rest; it returns the count (the daemon exports it as ``score_trim_windows_total``). A clean
+stretch loses nothing; a large normal event can lose its most extreme windows (measured
+in docs/models.md). ``calibration_trim = 0`` turns it off. With ``holdout`` > 0 the distance
+quantile also covers the last ``holdout`` fraction of the calibration windows measured
+against a profile fitted without them (off by default: it lowered false alarms on
+generated devices but cost recall on NAB). The window score is the largest ratio,
+``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``, so **1.0 means "at the
+alert threshold"**. A sustained shift moves the embedding away from normal for as long
+as it lasts, even where the reconstruction follows the new level; the joint distance
+also sees a channel leave its usual relation to the others (humidity against
+temperature). The profile's mean follows slow normal change (``adapt_rate`` per window)
+from windows scoring below ``adapt_below`` only.
+
+Scores become raise/clear alert states in gateway.alerts.policy (``AlertPolicy``, and
+``anomaly_flags`` for a recorded series), the same mechanism for the daemon and ``model score``.
+Settings live in models.scoring.settings, the readings calibration (step 1) in
+models.scoring.calibration, and the PCA baseline ``model eval`` reports in models.pca_baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.scoring.settings import DEFAULTS, settings_from
+from models.scoring.trim import diagonal_distance, trim_mask
+
+_EPS = 1e-9
+TRIM_PASSES = 4
+"""At most this many fits when calibration windows are trimmed (``_calibration_keep``)."""
+MAX_FALLBACK_WINDOWS = 256
+"""At most this many scored windows are kept by an uncalibrated state (every k-th):
+about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
+
+
+@dataclass(slots=True)
+class DeviceScoreState:
+    """Per-device scoring state: calibration buffer, then the fitted normal profile.
+
+    Create one per device (``n_channels`` fixed; a device whose channel set changes needs
+    a new state). ``calibrated`` turns True once fitted (``WindowScorer.calibrate_windows``
+    or after ``calibration_windows`` scored windows). The fallback buffers (``_emb``,
+    ``_res``, ``_flat``) exist only while such a state collects windows.
+
+    The fitted profile is one float32 array (``profile``; 10,000 devices are tracked at
+    once, so one array instead of five), read through the properties below:
+    ``[mu (F) | residual_threshold (C) | flat_threshold (C) | precision]`` with
+    ``F = C*D``. The precision is kept in whichever form is smaller, fixed by F and
+    ``K = min(F, max_rank)``: the packed lower triangle of the ``[F, F]`` matrix
+    (``F(F+1)/2`` floats, ``rank == 0``) when ``F + 1 <= 2K``, else ``basis [F, K]`` then
+    ``inv_eig [K]`` (``rank == K``) with ``inv_rest``. A state calibrated without flatness
+    keeps ``inf`` as its flat threshold (``flat_threshold`` is then None). Memory after
+    calibration: ``4 * (F + 2C + min(F(F+1)/2, F*K + K))`` bytes plus about 300 of object
+    headers, e.g. 2.4 KB for the bundled model (D = 16) at C = 2, 17 KB at C = 8.
+    """
+
+    n_channels: int
+    calibration_windows: int = int(DEFAULTS["calibration_windows"])
+    calibrated: bool = False
+    seen: int = 0
+    _emb: list[np.ndarray] | None = field(default=None, repr=False)
+    _res: list[np.ndarray] | None = field(default=None, repr=False)
+    _flat: list[np.ndarray] | None = field(default=None, repr=False)
+    profile: np.ndarray | None = field(default=None, repr=False)  # the layout above
+    dim: int = 0  # F = C*D
+    rank: int = 0  # K of the low-rank form; 0: packed precision
+    inv_rest: float = 0.0  # 1/variance of the remaining directions
+    distance_threshold: float = math.nan
+
+    def reset(self) -> None:
+        """Forget the calibration (e.g. after a sensor was replaced)."""
+        self.calibrated, self.seen = False, 0
+        self._emb = self._res = self._flat = None
+        self.profile, self.dim, self.rank = None, 0, 0
+        self.inv_rest, self.distance_threshold = 0.0, math.nan
+
+    def _part(self, start: int, stop: int | None) -> np.ndarray | None:
+        return None if self.profile is None else self.profile[start:stop]
+
+    @property
+    def mu(self) -> np.ndarray | None:
+        """``[F]`` mean embedding (a view; assigning writes into the profile)."""
+        return self._part(0, self.dim)
+
+    @mu.setter
+    def mu(self, value: np.ndarray) -> None:
+        assert self.profile is not None
+        self.profile[: self.dim] = value
+
+    @property
+    def residual_threshold(self) -> np.ndarray | None:
+        """``[C]``."""
+        return self._part(self.dim, self.dim + self.n_channels)
+
+    @property
+    def flat_threshold(self) -> np.ndarray | None:
+        """``[C]``, None when calibrated without flatness (the check is off)."""
+        part = self._part(self.dim + self.n_channels, self.dim + 2 * self.n_channels)
+        return None if part is None or np.isinf(part).all() else part
+
+    @property
+    def precision(self) -> np.ndarray | None:
+        """``[F(F+1)/2]`` packed lower triangle of the precision (None in the low-rank form)."""
+        return self._part(self.dim + 2 * self.n_channels, None) if self.rank == 0 else None
+
+    @property
+    def basis(self) -> np.ndarray | None:
+        """``[F, K]`` principal directions (None in the packed form)."""
+        start = self.dim + 2 * self.n_channels
+        part = self._part(start, start + self.dim * self.rank) if self.rank else None
+        return None if part is None else part.reshape(self.dim, self.rank)
+
+    @property
+    def inv_eig(self) -> np.ndarray | None:
+        """``[K]`` inverse eigenvalues (None in the packed form)."""
+        return self._part(self.dim + 2 * self.n_channels + self.dim * self.rank, None) if self.rank else None
+
+
+_UNPACK: dict[int, np.ndarray] = {}
+
+
+def _unpack_index(f: int) -> np.ndarray:
+    """``[F, F]`` positions in a packed lower triangle (``np.tril_indices`` order) that
+    rebuild the symmetric matrix: ``packed[..., _unpack_index(F)]``."""
+    idx = _UNPACK.get(f)
+    if idx is None:
+        i, j = np.indices((f, f))
+        hi, lo = np.maximum(i, j), np.minimum(i, j)
+        idx = _UNPACK[f] = hi * (hi + 1) // 2 + lo
+    return idx
+
+
+def packed_precision(basis: np.ndarray, inv_eig: np.ndarray, inv_rest: float) -> np.ndarray:
+    """The packed lower triangle ``[F(F+1)/2]`` (float64) of the precision
+    ``basis diag(inv_eig - inv_rest) basis' + inv_rest I`` (what ``WindowScorer`` keeps
+    instead of the low-rank form where it is smaller)."""
+    f = basis.shape[0]
+    full = (basis * (inv_eig - inv_rest)) @ basis.T + inv_rest * np.eye(f)
+    return full[np.tril_indices(f)]
+
+
+@dataclass
+class ScoreResult:
+    """Scores of a batch. ``score [N]``: 1.0 = alert threshold, NaN = uncalibrated state or
+    non-finite window. ``channel_scores [N, C]``: per-channel attribution, each channel's
+    residual ratio or its share of the distance ratio, whichever is larger (its argmax
+    names the channel to blame; ``score == max(channel_scores.max(1), distance_ratio)``).
+    ``residual [N, C]`` and ``distance [N]`` are the raw statistics, ``distance_ratio [N]``
+    the distance over its threshold. ``trimmed``: calibration windows dropped as anomalous
+    by the states whose fallback calibration this batch completed (``calibrate``)."""
+
+    score: np.ndarray
+    channel_scores: np.ndarray
+    residual: np.ndarray
+    distance: np.ndarray
+    distance_ratio: np.ndarray
+    trimmed: int = 0
+
+
+class WindowScorer:
+    """Scores windows from the model outputs against each device's calibrated normal.
+
+    ``manifest``: a models.manifest.Manifest (or dict) whose ``thresholds`` override
+    ``DEFAULTS``; ``overrides`` override both. Thread-compatible: states are per device.
+    """
+
+    def __init__(self, manifest: Any = None, **overrides: float) -> None:
+        self.settings = settings_from(manifest, **overrides)
+        self._weights_cache: dict[int, np.ndarray] = {}
+
+    def new_state(self, n_channels: int) -> DeviceScoreState:
+        """A fresh, uncalibrated state for a device with ``n_channels`` channels."""
+        return DeviceScoreState(n_channels, max(8, int(self.settings["calibration_windows"])))
+
+    def _weights(self, t: int) -> np.ndarray:
+        w = self._weights_cache.get(t)
+        if w is None:
+            age = np.arange(t - 1, -1, -1, dtype=np.float64)
+            w = 2.0 ** (-age / self.settings["recency_halflife"])
+            w = (w / w.sum()).astype(np.float32)
+            self._weights_cache[t] = w
+        return w
+
+    def statistics(self, inputs: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+        """Recency-weighted mean squared residual ``[N, C]``."""
+        sq = np.square(reconstruction - inputs, dtype=np.float32)
+        return np.einsum("ntc,t->nc", sq, self._weights(inputs.shape[1]))
+
+    @staticmethod
+    def flatness(inputs: np.ndarray) -> np.ndarray:
+        """Fraction of exactly repeated consecutive readings per channel ``[N, C]`` (1.0 =
+        the channel did not change at all in the window: stuck-at, frozen firmware)."""
+        return np.asarray(np.mean(np.diff(inputs, axis=1) == 0.0, axis=1, dtype=np.float32))
+
+    @staticmethod
+    def _distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance / dim with a rank-K + isotropic precision.
+        ``diff [N, F]``, ``basis [N, F, K]``, ``inv_eig [N, K]``, ``inv_rest [N]``."""
+        proj = np.einsum("nf,nfk->nk", diff, basis)
+        inside = np.einsum("nk,nk->n", proj * proj, inv_eig)
+        rest = np.maximum(np.einsum("nf,nf->n", diff, diff) - np.einsum("nk,nk->n", proj, proj), 0.0)
+        return (inside + rest * inv_rest) / diff.shape[1]
+
+    def _fit_profile(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Mean, top eigen-directions, their inverse eigenvalues and the inverse rest
+        variance of the shrunk covariance of ``flat [M, F]``."""
+        m, f = flat.shape
+        mu = flat.mean(axis=0)
+        centred = flat - mu
+        cov = centred.T @ centred / max(m - 1, 1)
+        lam = self.settings["shrinkage"]
+        shrunk = (1.0 - lam) * cov + (lam * np.trace(cov) / f + 1e-6) * np.eye(f)
+        eig, vec = np.linalg.eigh(shrunk)  # ascending
+        k = int(min(f, self.settings["max_rank"]))
+        basis, top, rest = vec[:, ::-1][:, :k], eig[::-1][:k], eig[::-1][k:]
+        inv_rest = 1.0 / float(rest.mean()) if rest.size else 0.0
+        return mu, basis, 1.0 / top, inv_rest
+
+    def _profile_distance(
+        self, flat: np.ndarray, mu: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: float
+    ) -> np.ndarray:
+        m = flat.shape[0]
+        return self._distance(flat - mu, basis[None].repeat(m, 0), inv_eig[None].repeat(m, 0), np.full(m, inv_rest))
+
+    def calibrate(
+        self,
+        state: DeviceScoreState,
+        embeddings: np.ndarray,
+        residuals: np.ndarray,
+        flatness: np.ndarray | None = None,
+    ) -> int:
+        """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
+        ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
+        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``).
+
+        The device's embedding vector is the concatenation of its channels' embeddings
+        (``C*D`` values), so the distance sees how channels move together (humidity
+        against temperature, vibration with current) as well as each channel's level and
+        shape. Covariance: shrunk towards its scaled identity (``shrinkage``), kept as its
+        top ``max_rank`` eigen-directions plus one variance for the rest."""
+        emb = np.asarray(embeddings, dtype=np.float64)
+        res = np.asarray(residuals, dtype=np.float64)
+        m, c, d = emb.shape
+        if m < 8:
+            raise ValueError("need at least 8 calibration windows")
+        if c != state.n_channels:
+            raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
+        flat = emb.reshape(m, c * d)
+        keep = self._calibration_keep(flat, res)
+        trimmed = int(m - keep.sum())
+        if trimmed:
+            flat, res, m = flat[keep], res[keep], int(keep.sum())
+            flatness = None if flatness is None else np.asarray(flatness)[keep]
+        mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
+        dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
+        hold = int(m * self.settings["holdout"])
+        if hold >= 8 and m - hold >= 8:
+            # distances of the last windows to a profile fitted without them: what the
+            # scorer will meet out of sample (a later stretch of the same normal)
+            part = self._fit_profile(flat[: m - hold])
+            held = self._profile_distance(flat[m - hold :], *part)
+            dist = np.concatenate([dist, held])
+        q, margin = self.settings["score_quantile"], self.settings["score_margin"]
+        f, k = basis.shape
+        residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
+        flat_threshold = (
+            np.full(c, np.inf, dtype=np.float32)
+            if flatness is None
+            else np.maximum(np.quantile(np.asarray(flatness, dtype=np.float64), q, axis=0) * margin, 0.5).astype(np.float32)
+        )
+        if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
+            tail = [packed_precision(basis, inv_eig, inv_rest).astype(np.float32)]
+            state.rank = 0
+        else:
+            tail = [basis.astype(np.float32).ravel(), inv_eig.astype(np.float32)]
+            state.rank = k
+        state.profile = np.concatenate([mu.astype(np.float32), residual_threshold, flat_threshold, *tail])
+        state.dim = f
+        state.inv_rest = inv_rest
+        state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
+        state.calibrated = True
+        state._emb = state._res = state._flat = None
+        return trimmed
+
+    def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
+        """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
+        and residuals ``res [M, C]`` (models.scoring.trim; all True when ``calibration_trim``
+        is 0). First pass: the residuals, the coordinate-wise robust distance and the
+        distance to a profile fitted on every window; then, while the kept set changes (at
+        most ``TRIM_PASSES`` fits), the residuals and the distance to a profile refitted on
+        the windows kept so far (an outlying stretch can widen the first fit's covariance
+        enough to hide in it). At most ``calibration_trim`` of the windows are dropped."""
+        frac, bound = self.settings["calibration_trim"], self.settings["calibration_trim_z"]
+        keep = np.ones(flat.shape[0], dtype=bool)
+        cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
+        if cap < 1 or flat.shape[0] - cap < 8:
+            return keep
+        first = self._profile_distance(flat, *self._fit_profile(flat))
+        keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
+        if keep.all():
+            return keep
+        for _ in range(TRIM_PASSES - 1):
+            refit = self._profile_distance(flat, *self._fit_profile(flat[keep]))
+            again = trim_mask(np.column_stack([res, refit]), frac, bound)
+            if np.array_equal(again, keep):
+                break
+            keep = again
+        return keep
+
+    def calibrate_windows(
+        self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
+    ) -> int:
+        """Fit ``state`` at once from normal windows ``[M, T, C]`` (standardised) and the
+        model's outputs on them, e.g. ``SeriesCalibration.calibration_windows``. Returns the
+        number of windows dropped as anomalous (``calibrate``)."""
+        x = np.asarray(inputs, dtype=np.float32)
+        residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
+        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
+
+    def score_details(
+        self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
+    ) -> ScoreResult:
+        """Score a batch: ``inputs [N, T, C]`` standardised, ``outputs`` with
+        ``reconstruction [N, T, C]`` and ``embedding [N, C, D]``, one state per window
+        (the same state may appear several times, in time order). Uncalibrated states
+        absorb their windows into calibration and get NaN."""
+        x = np.asarray(inputs, dtype=np.float32)
+        rec = np.asarray(outputs["reconstruction"], dtype=np.float32)
+        emb = np.asarray(outputs["embedding"], dtype=np.float32)
+        n, _, c = x.shape
+        if rec.shape != x.shape or emb.ndim != 3 or emb.shape[:2] != (n, c) or len(states) != n:
+            raise ValueError(
+                f"shape mismatch: inputs {x.shape}, reconstruction {rec.shape}, embedding {emb.shape}, {len(states)} states"
+            )
+        d = emb.shape[2]
+        finite: np.ndarray = np.asarray(
+            np.isfinite(x).all(axis=(1, 2)) & np.isfinite(rec).all(axis=(1, 2)) & np.isfinite(emb).all(axis=(1, 2))
+        )
+        residual = self.statistics(np.nan_to_num(x), np.nan_to_num(rec))
+        flatline = self.flatness(x)
+        distance = np.full(n, np.nan, dtype=np.float32)
+        distance_ratio = np.full(n, np.nan, dtype=np.float32)
+        channel_scores = np.full((n, c), np.nan, dtype=np.float32)
+        score = np.full(n, np.nan, dtype=np.float32)
+        ready = np.zeros(n, dtype=bool)
+        trimmed = 0
+        for i, st in enumerate(states):
+            if st.n_channels != c:
+                raise ValueError(f"state has {st.n_channels} channels, window has {c}")
+            if st.calibrated:
+                ready[i] = finite[i]
+            elif finite[i]:
+                # keep every k-th window: at most MAX_FALLBACK_WINDOWS (bounded memory;
+                # neighbouring windows overlap in T-1 readings and add little)
+                if st.seen % max(1, -(-st.calibration_windows // MAX_FALLBACK_WINDOWS)) == 0:
+                    if st._emb is None or st._res is None or st._flat is None:
+                        st._emb, st._res, st._flat = [], [], []
+                    st._emb.append(emb[i].copy())
+                    st._res.append(residual[i].copy())
+                    st._flat.append(flatline[i].copy())
+                st.seen += 1
+                if st.seen >= st.calibration_windows and st._emb and st._res and st._flat:
+                    trimmed += self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
+        idx = np.flatnonzero(ready)
+        if idx.size:
+            sts = [states[int(i)] for i in idx]
+            flat = emb[idx].reshape(idx.size, c * d)
+            dthr = np.array([s.distance_threshold for s in sts], dtype=np.float32)
+            forms: dict[int, list[int]] = {}
+            for j, s in enumerate(sts):
+                forms.setdefault(s.rank, []).append(j)
+            if len(forms) == 1:  # the usual case: one form, no gathering
+                rank = next(iter(forms))
+                diff, rthr, fthr, dist, p_diff = self._profile_terms(flat, sts, rank, c)
+            else:  # states fitted in different forms (scorers with different max_rank)
+                diff, p_diff = np.empty_like(flat), np.empty_like(flat)
+                rthr, fthr = np.empty((len(sts), c), np.float32), np.empty((len(sts), c), np.float32)
+                dist = np.empty(len(sts), dtype=np.float32)
+                for rank, sel in forms.items():
+                    diff[sel], rthr[sel], fthr[sel], dist[sel], p_diff[sel] = self._profile_terms(
+                        flat[sel], [sts[j] for j in sel], rank, c)
+            ratio = dist / dthr
+            # attribution: each channel's part of diff' P diff
+            part = np.maximum((diff * p_diff).reshape(idx.size, c, d).sum(axis=2), 0.0)
+            share = part / np.maximum(part.sum(axis=1, keepdims=True), 1e-12)
+            res_ratio = residual[idx] / rthr
+            # flatline check (states calibrated without flatness: threshold inf, ratio 0)
+            res_ratio = np.maximum(res_ratio, flatline[idx] / fthr)
+            channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
+            total = np.maximum(res_ratio.max(axis=1), ratio)
+            distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
+            self._adapt(sts, flat, total)
+        residual[~finite] = np.nan
+        return ScoreResult(score, channel_scores, residual, distance, distance_ratio, trimmed)
+
+    def _profile_terms(
+        self, flat: np.ndarray, sts: list[DeviceScoreState], rank: int, c: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For states whose profiles share one form (``rank``; 0 = packed precision):
+        ``diff = flat - mu [n, F]``, residual and flat thresholds ``[n, C]``, the distance
+        ``[n]`` and precision times diff ``[n, F]``."""
+        f = flat.shape[1]
+        if any(s.dim != f for s in sts):
+            raise ValueError(f"a state's profile has another embedding size than the batch ({f})")
+        prof = np.stack([s.profile for s in sts])  # type: ignore[misc]
+        diff = flat - prof[:, :f]
+        rthr, fthr, tail = prof[:, f : f + c], prof[:, f + c : f + 2 * c], prof[:, f + 2 * c :]
+        if rank == 0:
+            precision = tail[:, _unpack_index(f)]
+            p_diff = np.einsum("nfg,ng->nf", precision, diff)
+            return diff, rthr, fthr, np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
+        basis = np.ascontiguousarray(tail[:, : f * rank].reshape(len(sts), f, rank))
+        inv_eig = np.ascontiguousarray(tail[:, f * rank :])
+        inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
+        dist = self._distance(diff, basis, inv_eig, inv_rest)
+        proj = np.einsum("nf,nfk->nk", diff, basis)
+        p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
+        return diff, rthr, fthr, dist, p_diff
+
+    def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
+        """Let each state's embedding mean follow slow normal change (EWMA, rate
+        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below``:
+        a fault never teaches the profile, so a sustained shift stays detected."""
+        rate = self.settings["adapt_rate"]
+        if rate <= 0.0:
+            return
+        ok = scores < self.settings["adapt_below"]
+        if not ok.any():
+            return
+        groups: dict[int, list[int]] = {}
+        for j in np.flatnonzero(ok):
+            groups.setdefault(id(sts[j]), []).append(int(j))
+        for members in groups.values():
+            st = sts[members[0]]
+            assert st.mu is not None
+            # k sequential EWMA steps, applied to the mean difference of the batch
+            weight = 1.0 - (1.0 - rate) ** len(members)
+            st.mu = (st.mu + weight * (emb[members] - st.mu).mean(axis=0)).astype(np.float32)
+
+    def score(
+        self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
+    ) -> np.ndarray:
+        """``[N]`` scores (1.0 = alert threshold; NaN while a state calibrates). See score_details."""
+        return self.score_details(inputs, outputs, states).score
