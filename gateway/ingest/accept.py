@@ -147,7 +147,8 @@ class IngestAcceptor:
                     em.commit()
 
     def close(self) -> None:
-        """Commit what sources still hold, stop the timer, close the log."""
+        """Commit what sources still hold (the pipeline must still run), stop the timer,
+        close the log."""
         self._stop.set()
         if self._timer is not None:
             self._timer.join(5)

@@ -121,8 +121,12 @@ class Checkpointer:
     """See the module docstring. ``interval_s`` <= 0 checkpoints only at stop."""
 
     def __init__(self, store: CheckpointStore, codec: DeviceStateCodec, metrics: Metrics, interval_s: float,
-                 on_written: Callable[[int], None] | None = None) -> None:
+                 on_written: Callable[[int], None] | None = None,
+                 barriers: list[Callable[[], None]] | None = None) -> None:
+        """``barriers`` run before each capture: what must be durable elsewhere before the
+        position may pass it (the telemetry of the readings the checkpoint covers)."""
         self.store = store
+        self.barriers = list(barriers or ())
         self.codec = codec
         self.metrics = metrics
         self.interval_s = interval_s
@@ -177,6 +181,8 @@ class Checkpointer:
             return False
         started = time.perf_counter()
         self._last = time.monotonic()
+        for barrier in self.barriers:
+            barrier()
         key = self.codec.model_key()
         dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted(), set()
         rows: dict[str, tuple[float, bytes]] = {}
