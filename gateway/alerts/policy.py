@@ -267,6 +267,11 @@ class AlertPolicy:
                 self.metrics.inc("alert_policy_evictions_total")
         return True
 
+    def remove_device(self, device_id: str) -> bool:
+        """Forget a device's state (handed to another gateway)."""
+        with self._lock:
+            return self._devices.pop(device_id, None) is not None
+
     @staticmethod
     def state_classes() -> dict[str, type]:
         """The classes of the policy's device state, for ``gateway.state.tree.unpack``."""

@@ -156,6 +156,15 @@ class WindowStore:
             if self._evicted is not None:
                 self._evicted.add(evicted)
 
+    def remove(self, device_id: str) -> bool:
+        """Forget a device (handed to another gateway); counted like an eviction for the
+        checkpoint (its row is deleted), not in ``devices_evicted_total``."""
+        if self._windows.pop(device_id, None) is None:
+            return False
+        if self._evicted is not None:
+            self._evicted.add(device_id)
+        return True
+
     def drain_evicted(self) -> set[str]:
         """Ids evicted since the last call (the checkpoint deletes their rows); the first call
         starts the tracking (bounded: it is drained at every checkpoint)."""
