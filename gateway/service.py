@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
@@ -34,6 +36,7 @@ from gateway.metrics import Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.plugin_manager import Registry
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.ingest.quarantine import Quarantine
@@ -80,7 +83,7 @@ def resolve_model_dir(config: GatewayConfig) -> Path:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+    def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
         self.config = config
@@ -195,8 +198,7 @@ class Gateway:
         self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
-            factory = self.registry.handlers[kind][0]
-            handler = factory(name, options, context)
+            handler = self.registry.handlers[kind][0](name, options, context)
             handler.start()
             self.handlers.append(handler)
         outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
@@ -236,8 +238,7 @@ class Gateway:
         self.pipeline.add_periodic(self._watchdog)
         self.pipeline.start()
         for kind, name, options in cfg.source_options:
-            factory = self.registry.sources[kind][0]
-            source = factory(name, options, context)
+            source = self.registry.sources[kind][0](name, options, context)
             source.start(self.pipeline.ingest)
             self.sources.append(source)
         if cfg.metrics.listen:
