@@ -1,8 +1,9 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
-Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
-sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
+(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
+fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
+command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
 input), the pipeline drains its queue and flushes the last batch, the recorder writes what
 it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
