@@ -1,8 +1,9 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
-Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
-sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
+(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
+fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
+command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
 input), the pipeline drains its queue and flushes the last batch, the recorder writes what
 it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
@@ -34,6 +37,7 @@ from gateway.metrics import Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.plugin_manager import Registry
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.ingest.quarantine import Quarantine
@@ -80,7 +84,7 @@ def resolve_model_dir(config: GatewayConfig) -> Path:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+    def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
         self.config = config
@@ -196,8 +200,7 @@ class Gateway:
         self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
-            factory = self.registry.handlers[kind][0]
-            handler = factory(name, options, context)
+            handler = self.registry.handlers[kind][0](name, options, context)
             handler.start()
             self.handlers.append(handler)
         outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
@@ -245,8 +248,7 @@ class Gateway:
         if self.durability is not None:
             self.durability.replay()
         for kind, name, options in cfg.source_options:
-            factory = self.registry.sources[kind][0]
-            source = factory(name, options, context)
+            source = self.registry.sources[kind][0](name, options, context)
             source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
