@@ -15,6 +15,13 @@ from collections import defaultdict
 from typing import Iterable, Sequence
 
 Labels = tuple[tuple[str, str], ...]
+# Counters exported (at 0) from the start, so a dashboard's rate() sees their first
+# increment and a "no drops" panel shows 0 rather than "no data" (deploy/grafana-dashboard.json)
+DASHBOARD_COUNTERS = (
+    "readings_total", "windows_scored_total", "windows_unscored_total", "inference_batches_total",
+    "uplinks_dropped_total", "uplinks_quarantined_total", "uplinks_rejected_total",
+    "alerts_raised_total", "alerts_cleared_total", "alerts_delivered_total", "delivery_failures_total",
+)
 # (name, upper bounds, labels, count per bucket (the last one: above every bound), sum)
 HistogramSeries = tuple[str, tuple[float, ...], Labels, list[int], float]
 
@@ -41,6 +48,13 @@ class Metrics:
         key = _labels(labels)
         with self._lock:
             self._counters[name][key] += amount
+
+    def zero(self, names: Iterable[str]) -> None:
+        """Create each counter's unlabelled series at 0 if the counter has none yet."""
+        with self._lock:
+            for name in names:
+                if not self._counters.get(name):
+                    self._counters[name][()] += 0.0
 
     def set(self, name: str, value: float, **labels: str) -> None:
         key = _labels(labels)

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from gateway.metrics import Metrics
 
@@ -32,19 +32,19 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {}
+        # samples carry their own labels: series of one name may differ in label set (an
+        # unlabelled zero series from the start, labelled ones once counted)
         for name, labels, value in self.metrics.counters():
             base = name[:-6] if name.endswith("_total") else name
             fam = families.get(("c", base))
             if fam is None:
-                fam = CounterMetricFamily(f"lora_gateway_{base}", self.metrics.help_text(name), labels=[k for k, _ in labels])
-                families[("c", base)] = fam
-            fam.add_metric([v for _, v in labels], value)
+                fam = families[("c", base)] = Metric(f"lora_gateway_{base}", self.metrics.help_text(name), "counter")
+            fam.add_sample(f"lora_gateway_{base}_total", dict(labels), value)
         for name, labels, value in self.metrics.gauges():
             fam = families.get(("g", name))
             if fam is None:
-                fam = GaugeMetricFamily(f"lora_gateway_{name}", self.metrics.help_text(name), labels=[k for k, _ in labels])
-                families[("g", name)] = fam
-            fam.add_metric([v for _, v in labels], value)
+                fam = families[("g", name)] = Metric(f"lora_gateway_{name}", self.metrics.help_text(name), "gauge")
+            fam.add_sample(f"lora_gateway_{name}", dict(labels), value)
         for name, bounds, labels, counts, total in self.metrics.histograms():
             fam = families.get(("h", name))
             if fam is None:

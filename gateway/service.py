@@ -30,7 +30,7 @@ from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
 from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
 from gateway.alerts.dispatcher import Dispatcher
 from gateway.pipeline.inference import InferenceEngine
-from gateway.metrics import Metrics
+from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
@@ -118,6 +118,7 @@ class Gateway:
         self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
         self.commands: ModelCommandListener | None = None
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
+        self.metrics.zero(DASHBOARD_COUNTERS)
 
     # ---- model ------------------------------------------------------------------------
     def load_runtime(self, model_dir: Path) -> ModelRuntime:

@@ -122,4 +122,4 @@ def device_chart_svg(chart: dict[str, Any], threshold: float | None, title: str 
 def _when(ts: float) -> str:
     import time
 
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) + " UTC"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC"
