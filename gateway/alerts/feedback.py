@@ -6,7 +6,7 @@ back. The store is one append-only JSON-lines file, ``<state_dir>/alert-feedback
 each call appends a line, and a later verdict on the same key replaces an earlier one in
 ``load_feedback`` (the history stays on disk). Lines are written with one ``write`` of a
 complete line and fsync'd, so a crash leaves at worst a torn last line, which the reader
-skips and counts.
+skips and the next write starts after.
 
 Contract:
 
@@ -70,8 +70,11 @@ def record_feedback(state_dir: str | os.PathLike[str], alert_key: str, label: st
     path = feedback_path(state_dir)
     with _lock:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # after a torn last line: start a fresh one
             os.write(fd, line)
             os.fsync(fd)
         finally:
