@@ -37,6 +37,7 @@ from gateway.status.tracker import StatusTracker
 from gateway.types import Alert
 
 MAX_BODY = 8192
+MAX_ROWS = 200  # device rows on the index page
 _REPORT = re.compile(r"^[A-Za-z0-9_.-]{1,120}\.png$")
 
 CSS = """
@@ -209,6 +210,12 @@ class StatusPage:
         if not devices:
             out.append('<p class="muted">no device seen yet</p>')
         else:
+            # devices with open alerts first; a page of MAX_ROWS (the JSON has every one)
+            devices.sort(key=lambda d: not d["open_alerts"])
+            if len(devices) > MAX_ROWS:
+                out.append(f'<p class="muted">{len(devices)} devices: the first {MAX_ROWS} shown (open alerts first); '
+                           'all of them in <a href="/api/status">/api/status</a></p>')
+                devices = devices[:MAX_ROWS]
             out.append('<table id="devices"><tr><th>device</th><th>last seen</th><th>battery</th><th>RSSI</th>'
                        "<th>SNR</th><th>calibration</th><th>score / threshold</th><th>open alerts</th></tr>")
             thr = info.get("raise_threshold")
