@@ -32,6 +32,7 @@ from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
 from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.pipeline.batching import BatchTableError, resolve_batching
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
 from gateway.control.command_topic import ModelCommandListener
@@ -117,11 +118,9 @@ class Gateway:
         adapters = {name: Path(p) for name, p in self.config.model.adapters.items()}
         runtime = ModelRuntime.load(model_dir, self.config.model.providers,
                                     intra_op_threads=self.config.model.intra_op_threads,
-                                    adapters=adapters or None)
+                                    adapters=adapters or None, cuda_tf32=self.config.model.cuda_tf32)
         log.info("model %s serving on %s", model_dir, ", ".join(runtime.providers_in_use))
-        for note in runtime.provider_notes:
-            log.info("execution provider skipped: %s", note)
-        return runtime
+        return runtime  # skipped providers: ModelRuntime.load logged them in one line
 
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
@@ -215,6 +214,12 @@ class Gateway:
                 self.recorder.start()
             except OSError as exc:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
+        try:
+            batching = resolve_batching(cfg.batcher.max_batch, cfg.batcher.max_delay_ms, self.runtime.providers_in_use[0])
+        except BatchTableError as exc:
+            raise StartupError(f"batcher: {exc}") from exc
+        log.info("batcher: max_batch %d, deadline %.2f ms for %s (%s)", batching.max_batch, batching.max_delay_ms,
+                 batching.provider, batching.source)
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
         observers: list[ReadingObserver] = [self.telemetry]
@@ -231,8 +236,8 @@ class Gateway:
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             observers=observers,
-            settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
-                                      max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+            settings=PipelineSettings(max_batch=batching.max_batch,
+                                      max_delay_s=batching.max_delay_ms / 1000.0,
                                       queue_size=cfg.gateway.ingest_queue_size,
                                       block_s=cfg.gateway.ingest_block_s),
         )

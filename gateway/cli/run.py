@@ -92,8 +92,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
+    from gateway.pipeline.batching import BatchTableError, resolve_batching
     from gateway.service import resolve_model_dir
-    from models.providers import choose_providers
+    from models.providers import GPU_PROVIDERS, choose_providers, gpu_name
     from models.runtime import ModelLoadError, ModelRuntime
 
     config, _, _ = load_everything(args.config)
@@ -106,11 +107,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"  skipped     {note}")
     model_dir = resolve_model_dir(config)
     try:
-        runtime = ModelRuntime.load(model_dir, chosen, intra_op_threads=config.model.intra_op_threads)
+        runtime = ModelRuntime.load(model_dir, chosen, intra_op_threads=config.model.intra_op_threads,
+                                    cuda_tf32=config.model.cuda_tf32)
         print(f"model         {model_dir} ({runtime.manifest.get('name', '?')} {runtime.manifest.get('version', '?')}), "
               f"window {runtime.window_length}, serving on {', '.join(runtime.providers_in_use)}")
         for note in runtime.provider_notes:
             print(f"  note        {note}")
+        serving = runtime.providers_in_use[0]
+        print(f"provider      {serving}" + (f", GPU {gpu_name()}" if serving in GPU_PROVIDERS else ""))
+        try:
+            b = resolve_batching(config.batcher.max_batch, config.batcher.max_delay_ms, serving)
+            print(f"batcher       max_batch {b.max_batch}, deadline {b.max_delay_ms:g} ms ({b.source})")
+        except BatchTableError as exc:
+            problems += 1
+            print(f"batcher       FAILED: {exc}")
     except ModelLoadError as exc:
         problems += 1
         print(f"model         FAILED: {exc}")

@@ -22,6 +22,7 @@ from gateway.contracts import ReadingObserver
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
+from gateway.pipeline.batching import Batcher
 from gateway.pipeline.inference import DueWindow, InferenceEngine
 from gateway.pipeline.windows import WindowStore
 from gateway.types import Alert, RawUplink, Reading
@@ -29,11 +30,13 @@ from gateway.types import Alert, RawUplink, Reading
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config)."""
+    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config;
+    the service resolves ``"auto"`` batching to numbers first, see ``batching.resolve_batching``)."""
 
     max_batch: int = 64
     max_delay_s: float = 0.02
@@ -75,11 +78,10 @@ class Pipeline:
         self.observers = tuple(observers)
         self.max_batch = settings.max_batch
         self.max_delay_s = settings.max_delay_s
+        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self.block_s = settings.block_s
         self._periodic_jobs: list[Callable[[], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._due: list[DueWindow] = []
-        self._due_since: float | None = None
         self._thread: threading.Thread | None = None
         self._running = False
         self._clock_offset = 0.0
@@ -122,10 +124,9 @@ class Pipeline:
     # ---- the loop -------------------------------------------------------------------
     def _run(self) -> None:
         get = self._queue.get
+        batcher = self._batcher
         while True:
-            timeout = 0.5
-            if self._due_since is not None:
-                timeout = max(0.0, self._due_since + self.max_delay_s - time.monotonic())
+            timeout = batcher.wait_s(0.5)
             try:
                 item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -136,8 +137,8 @@ class Pipeline:
             if item is not None:
                 self.idle.clear()
                 self._handle(item)
-                # take what else is already waiting, up to a batch's worth, before deciding
-                for _ in range(self.max_batch * 4):
+                # take what else is already waiting before deciding; the deadline still holds
+                for _ in range(min(self.max_batch * 4, DRAIN_MAX)):
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
@@ -146,11 +147,17 @@ class Pipeline:
                         self._flush()
                         return
                     self._handle(nxt)
-            if self._due and (len(self._due) >= self.max_batch or item is None
-                              or (self._due_since is not None and time.monotonic() - self._due_since >= self.max_delay_s)):
-                self._flush()
+                    overdue = batcher.due()
+                    if overdue:
+                        self._score(overdue)
+            if item is None:
+                self._flush()  # the wait ended with nothing new: the deadline (or idleness) is reached
+            else:
+                overdue = batcher.due()
+                if overdue:
+                    self._score(overdue)
             self._periodic()
-            if item is None and not self._due and self._queue.empty():
+            if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
     def _handle(self, uplink: RawUplink) -> None:
@@ -173,19 +180,17 @@ class Pipeline:
             self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         due = self.engine.observe(window)
         if due is not None:
-            if not self._due:
-                self._due_since = time.monotonic()
-            self._due.append(due)
-            if len(self._due) >= self.max_batch:
-                self._flush()
+            full = self._batcher.add(due)
+            if full:
+                self._score(full)
 
     def _flush(self) -> None:
-        if not self._due:
-            self._due_since = None
-            return
-        windows = self._due
-        self._due = []
-        self._due_since = None
+        """Score whatever is pending now."""
+        windows = self._batcher.take()
+        if windows:
+            self._score(windows)
+
+    def _score(self, windows: list[DueWindow]) -> None:
         try:
             results = self.engine.score(windows)
         except Exception as exc:  # noqa: BLE001 - inference failure is counted; the loop goes on
