@@ -166,3 +166,23 @@ def test_doctor_prints_provider_and_the_batching_it_will_use(capsys: pytest.Capt
     cfg.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[batcher]\nmax_batch = 5\nmax_delay_ms = 2\n')
     assert main(["doctor", "--config", str(cfg)]) == 0
     assert "batcher       max_batch 5, deadline 2 ms ([batcher] config)" in capsys.readouterr().out
+
+
+# ---- the daemon --------------------------------------------------------------------------------
+def test_the_daemon_batches_with_the_serving_providers_entry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.service import Gateway
+
+    pm = make_plugin_manager(load_entry_points=False)
+    registry = Registry(pm)
+    cfg = validate_config({"gateway": {"state_dir": str(tmp_path / "state")}, "metrics": {"listen": None},
+                           "model": {"providers": ["cpu"]}}, registry)
+    gw = Gateway(cfg, pm, registry)
+    with caplog.at_level("INFO", logger="gateway.service"):
+        gw.start()
+    try:
+        raw = _shipped()["providers"][CPU]
+        assert gw.pipeline is not None
+        assert (gw.pipeline.max_batch, gw.pipeline.max_delay_s) == (raw["max_batch"], raw["max_delay_ms"] / 1000)
+        assert any(r.getMessage().startswith(f"batcher: max_batch {raw['max_batch']}, deadline") for r in caplog.records)
+    finally:
+        gw.stop()
