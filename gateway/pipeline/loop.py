@@ -2,8 +2,8 @@
 
 One pipeline thread owns the windows and the batcher, so they need no lock; the bounded
 ingest queue is what sources feed from their own threads, and the alert policy takes its
-own lock because a model switch replaces its config from another thread. Alerts go to the durable outbox before any handler sees them. The loop also runs
-the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
+own lock because a model switch replaces its config from another thread. Alerts go to the
+durable outbox before any handler sees them. The loop also runs the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
 loop stops the pings (systemd then restarts the service).
 """
 
@@ -22,6 +22,7 @@ from gateway.contracts import ReadingObserver, ScoreObserver
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
+from gateway.pipeline.batching import Batcher
 from gateway.pipeline.inference import DueWindow, InferenceEngine
 from gateway.pipeline.windows import WindowStore
 from gateway.types import Alert, RawUplink, Reading
@@ -32,13 +33,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
 # publish-to-decision: from the source's hand-off (``ingest``) to the alert decision
 DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config)."""
+    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config;
+    the service resolves ``"auto"`` batching to numbers first, see ``batching.resolve_batching``)."""
 
     max_batch: int = 64
     max_delay_s: float = 0.02
@@ -89,8 +92,7 @@ class Pipeline:
         self.block_s = settings.block_s
         self._periodic_jobs: list[Callable[[], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._due: list[DueWindow] = []
-        self._due_since: float | None = None
+        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self._thread: threading.Thread | None = None
         self._running = False
         self._clock_offset = 0.0
@@ -165,10 +167,9 @@ class Pipeline:
     # ---- the loop -------------------------------------------------------------------
     def _run(self) -> None:
         get = self._queue.get
+        batcher = self._batcher
         while True:
-            timeout = 0.5
-            if self._due_since is not None:
-                timeout = max(0.0, self._due_since + self.max_delay_s - time.monotonic())
+            timeout = batcher.wait_s(0.5)
             try:
                 item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -179,8 +180,8 @@ class Pipeline:
             if item is not None:
                 self.idle.clear()
                 self._handle(*item)
-                # take what else is already waiting, up to a batch's worth, before deciding
-                for _ in range(self.max_batch * 4):
+                # take what else is already waiting before deciding; the deadline still holds
+                for _ in range(min(self.max_batch * 4, DRAIN_MAX)):
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
@@ -189,11 +190,17 @@ class Pipeline:
                         self._flush()
                         return
                     self._handle(*nxt)
-            if self._due and (len(self._due) >= self.max_batch or item is None
-                              or (self._due_since is not None and time.monotonic() - self._due_since >= self.max_delay_s)):
-                self._flush()
+                    overdue = batcher.due()
+                    if overdue:
+                        self._score(overdue)
+            if item is None:
+                self._flush()  # the wait ended with nothing new: the deadline (or idleness) is reached
+            else:
+                overdue = batcher.due()
+                if overdue:
+                    self._score(overdue)
             self._periodic()
-            if item is None and not self._due and self._queue.empty():
+            if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
     def _handle(self, uplink: RawUplink, ingested: float | None = None) -> None:
@@ -224,19 +231,17 @@ class Pipeline:
         due = self.engine.observe(window)
         if due is not None:
             due.ingested = ingested
-            if not self._due:
-                self._due_since = time.monotonic()
-            self._due.append(due)
-            if len(self._due) >= self.max_batch:
-                self._flush()
+            full = self._batcher.add(due)
+            if full:
+                self._score(full)
 
     def _flush(self) -> None:
-        if not self._due:
-            self._due_since = None
-            return
-        windows = self._due
-        self._due = []
-        self._due_since = None
+        """Score whatever is pending now."""
+        windows = self._batcher.take()
+        if windows:
+            self._score(windows)
+
+    def _score(self, windows: list[DueWindow]) -> None:
         try:
             results = self.engine.score(windows)
         except Exception as exc:  # noqa: BLE001 - inference failure is counted; the loop goes on
