@@ -27,8 +27,10 @@ from typing import Any, Callable
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
+from gateway.contracts import (AlertHandler, PartitionedSource, PluginContext, ReadingObserver, ReconnectNotifier,
+                               Source)
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.pipeline.handoff import PipelineHandoff
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
 from gateway.control.command_topic import ModelCommandListener
@@ -238,6 +240,9 @@ class Gateway:
         for kind, name, options in cfg.source_options:
             factory = self.registry.sources[kind][0]
             source = factory(name, options, context)
+            if isinstance(source, PartitionedSource):
+                source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
+                                                     recorder=self.recorder))
             source.start(self.pipeline.ingest)
             self.sources.append(source)
         if cfg.metrics.listen:
@@ -271,9 +276,23 @@ class Gateway:
         """Readiness: the model serves and every source is connected."""
         sources = {s.name: s.connected() for s in self.sources}
         serving = self.runtime is not None and self.pipeline is not None
-        return {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
-                "model_serving": serving, "sources": sources,
-                "providers": self.runtime.providers_in_use if self.runtime else []}
+        out = {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
+               "model_serving": serving, "sources": sources,
+               "providers": self.runtime.providers_in_use if self.runtime else []}
+        cluster = {s.name: s.health_details() for s in self.sources if isinstance(s, PartitionedSource)}
+        if cluster:
+            out["cluster"] = cluster
+        return out
+
+    def state_codec(self) -> Any:
+        """The device-state codec over the pipeline's windows, engine and policy (None when
+        this build has none: a cluster handoff then moves frame counters only)."""
+        try:
+            from gateway.state.codec import DeviceStateCodec  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        assert self.pipeline is not None
+        return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 
     def _watchdog(self) -> None:
         self.metrics.set("pipeline_heartbeat_timestamp", time.time())

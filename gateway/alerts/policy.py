@@ -244,6 +244,12 @@ class AlertPolicy:
                     out[kind] = t is not None and t.raised
             return out
 
+    def forget(self, device_ids: Iterable[str]) -> int:
+        """Drop every rule's state of these devices (another gateway owns them now); returns
+        how many were known. A device seen again starts afresh."""
+        with self._lock:
+            return sum(self._devices.pop(d, None) is not None for d in device_ids)
+
     def __len__(self) -> int:
         return len(self._devices)
 

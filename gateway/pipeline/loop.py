@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+class _Call:
+    """A job queued behind the uplinks (``Pipeline.call_soon``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config)."""
@@ -112,6 +121,14 @@ class Pipeline:
         self._thread.join(timeout)
         self._thread = None
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline thread once every uplink queued before it has been
+        handled and its due windows scored (the pending batch is flushed first), so ``fn``
+        sees device state that reflects exactly those uplinks. Never dropped: blocks while
+        the queue is full. An exception from ``fn`` is logged and counted
+        (``pipeline_calls_failed_total``); the loop goes on."""
+        self._queue.put(_Call(fn))
+
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -154,6 +171,9 @@ class Pipeline:
                 self.idle.set()
 
     def _handle(self, uplink: RawUplink) -> None:
+        if type(uplink) is _Call:
+            self._run_call(uplink)
+            return
         decoded = self.decoder.decode(uplink)
         if decoded is None:
             return
@@ -178,6 +198,14 @@ class Pipeline:
             self._due.append(due)
             if len(self._due) >= self.max_batch:
                 self._flush()
+
+    def _run_call(self, call: _Call) -> None:
+        self._flush()
+        try:
+            call.fn()
+        except Exception:  # noqa: BLE001 - a failing job must not stop the loop; counted and logged
+            self.metrics.inc("pipeline_calls_failed_total")
+            log.exception("a job queued on the pipeline failed")
 
     def _flush(self) -> None:
         if not self._due:

@@ -15,6 +15,7 @@ every device with the same channels (the store interns them).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -114,6 +115,11 @@ class WindowStore:
 
     def __len__(self) -> int:
         return len(self._windows)
+
+    def forget(self, device_ids: Iterable[str]) -> int:
+        """Drop these devices' windows and the scoring state they carry (another gateway
+        owns them now); returns how many were known."""
+        return sum(self._windows.pop(d, None) is not None for d in device_ids)
 
     def get(self, device_id: str) -> DeviceWindow | None:
         return self._windows.get(device_id)

@@ -1,0 +1,431 @@
+"""The ``rabbitmq`` source: one worker of a gateway cluster behind RabbitMQ.
+
+Uplinks arrive through the partition queues of ``topology`` (ChirpStack's AMQP integration
+publishes to ``amq.topic``; a consistent-hash exchange puts every DevEUI in one of P
+partitions; each partition is a quorum queue with a single active consumer). This source:
+
+- **claims its share** of partitions: workers announce themselves every
+  ``member_heartbeat_s`` on the members fanout exchange; every worker computes the same
+  balanced assignment from the live members (``assignment.assign``) and consumes exactly
+  its partitions, one channel each (delivery tags and acks are per channel). A partition
+  that is no longer ours is released: final snapshot, ack, channel closed. Single active
+  consumer guards the overlap: a new owner that subscribes before the old one let go is a
+  standby and receives nothing until the old channel is gone.
+- **restores before it consumes**: on a partition's first delivery after subscribing it
+  reads the partition's last snapshot (``snapshot_queue``) and, on the pipeline thread,
+  installs the devices' state (the device-state codec) before any uplink of the partition.
+- **acknowledges only what a snapshot covers** (checkpoint + source offset): every
+  ``checkpoint_every`` uplinks or ``checkpoint_interval_s`` a partition's uplinks handed on
+  so far are followed, on the pipeline thread, by a dump of the partition's devices; the
+  snapshot is published with a publisher confirm, and only then are the uplinks acked
+  (one ``basic.ack multiple`` per partition and checkpoint). A worker killed at any point
+  leaves unacked exactly what its last published snapshot does not cover; the broker
+  redelivers it, in order, to the next owner. Uplinks a newer snapshot already covers
+  (killed between confirm and ack) are dropped by the per-device frame-counter check
+  (``uplinks_duplicate_total``).
+- bounded: at most ``prefetch`` unacked uplinks per partition (basic.qos per channel).
+
+Threads: one (pika's BlockingConnection is not thread-safe) runs the connection,
+deliveries, heartbeats and checkpoint publishing; the pipeline thread runs the state
+dumps and restores that ``bind_pipeline`` gives access to.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pika
+import pika.exceptions
+
+from plugins.sources.rabbitmq.assignment import Membership, assign
+from plugins.sources.rabbitmq.options import RabbitSourceOptions
+from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError
+from plugins.sources.rabbitmq.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Partition:
+    """What this worker holds of one partition (touched on the connection thread only)."""
+
+    p: int
+    channel: Any
+    gen: int
+    active: bool = False  # restored and consuming (a delivery has come since subscribing)
+    releasing: bool = False
+    last_tag: int = 0  # delivery tag of the last uplink handed on
+    pending: int = 0  # handed on since the last acknowledged checkpoint
+    checkpointing: bool = False
+    last_checkpoint: float = 0.0
+    devices: set[str] = field(default_factory=set)
+    last_fcnt: dict[str, int] = field(default_factory=dict)
+
+
+class RabbitSource:
+    """A Source (gateway.contracts) consuming this worker's share of the partition queues."""
+
+    def __init__(self, name: str, options: RabbitSourceOptions, context: Any) -> None:
+        self.name = name
+        self.options = options
+        self.metrics = context.metrics
+        self.worker = options.worker_id or f"{context.gateway_id}-{os.getpid()}"
+        self.topo = Topology(prefix=options.prefix, partitions=options.partitions,
+                             source_exchange=options.source_exchange, binding_key=options.binding_key)
+        self._emit: Callable[[Any], None] | None = None
+        self._access: Any = None  # the gateway's PipelineHandoff (bind_pipeline)
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._parts: dict[int, _Partition] = {}
+        self._done: collections.deque[tuple[int, int, int, int, bytes, bool]] = collections.deque()
+        self._gen = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._view: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        self.membership = Membership(self.worker, options.member_timeout_s)
+        self._conn: Any = None
+        self._ctl: Any = None
+        self._pub: Any = None
+        m = self.metrics
+        m.describe("cluster_partitions_owned", "Partitions this worker consumes and has restored")
+        m.describe("cluster_partition_acquired_total", "Partitions taken over (state restored first)")
+        m.describe("cluster_partition_released_total", "Partitions handed on (final snapshot, then acked)")
+        m.describe("cluster_checkpoints_total", "Partition snapshots published (each followed by one ack)")
+        m.describe("cluster_snapshot_bytes_total", "Bytes of partition snapshots published")
+        m.describe("cluster_restore_seconds_total", "Time spent reading and installing partition snapshots")
+        m.describe("cluster_members", "Live workers this worker sees (itself included)")
+        m.describe("uplinks_duplicate_total", "Redelivered uplinks a restored snapshot already covered")
+
+    # ---- the Source contract --------------------------------------------------------
+    def bind_pipeline(self, handoff: Any) -> None:
+        """``gateway.contracts.PartitionedSource``: the gateway's ``PipelineHandoff``."""
+        self._access = handoff
+
+    def start(self, emit: Callable[[Any], None]) -> None:
+        if self._access is None:
+            raise RuntimeError("the rabbitmq source needs the pipeline hook (bind_pipeline) before start")
+        self._emit = emit
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"rabbitmq-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(self.options.release_timeout_s + 5.0)
+
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def health_details(self) -> dict[str, Any]:
+        """For /health: the worker id, the partitions it owns (restored, consuming) and those
+        assigned to it (subscribed; a standby until the previous owner lets go)."""
+        owned, assigned = self._view
+        return {"worker": self.worker, "partitions_owned": list(owned), "partitions_assigned": list(assigned),
+                "members": len(self.membership.live())}
+
+    # ---- connection loop --------------------------------------------------------------
+    def _run(self) -> None:
+        delay = self.options.reconnect_min_s
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = self.options.reconnect_min_s
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self.metrics.inc("rabbitmq_connection_failures_total", source=self.name, reason=type(exc).__name__)
+                log.warning("rabbitmq source %s: connection lost or refused (%s: %s); retrying in %.1f s",
+                            self.name, type(exc).__name__, exc, delay)
+            finally:
+                self._lose_all()
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self.options.reconnect_max_s)
+
+    def _params(self) -> pika.ConnectionParameters:
+        o = self.options
+        return pika.ConnectionParameters(host=o.host, port=o.port, virtual_host=o.vhost,
+                                         credentials=pika.PlainCredentials(o.username, o.password()),
+                                         heartbeat=o.heartbeat_s, blocked_connection_timeout=o.heartbeat_s * 3,
+                                         connection_attempts=1, client_properties={"connection_name": self.worker})
+
+    def _session(self) -> None:
+        conn = self._conn = pika.BlockingConnection(self._params())
+        try:
+            ctl = self._ctl = conn.channel()
+            self._check_topology(conn)
+            members = ctl.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            ctl.queue_bind(members, self.topo.members_exchange)
+            ctl.basic_consume(members, self._on_member, auto_ack=True)
+            pub = self._pub = conn.channel()
+            pub.confirm_delivery()
+            self._connected.set()
+            self.metrics.set("source_connected", 1, source=self.name)
+            log.info("rabbitmq source %s: worker %s connected to %s:%s, %d partitions",
+                     self.name, self.worker, self.options.host, self.options.port, self.topo.partitions)
+            settle_until = time.monotonic() + self.options.settle_s
+            last_beat = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now - last_beat >= self.options.member_heartbeat_s:
+                    self._announce("alive")
+                    last_beat = now
+                conn.process_data_events(time_limit=0.02)
+                self._commit_chunk()
+                self._finish_checkpoints()
+                if now >= settle_until:
+                    self._reconcile()
+                self._timed_checkpoints(now)
+                self.metrics.set("cluster_unacked_uplinks", sum(st.pending for st in self._parts.values()))
+            self._release_all()
+            self._announce("leave")
+        finally:
+            self._connected.clear()
+            self.metrics.set("source_connected", 0, source=self.name)
+            try:
+                if conn.is_open:
+                    conn.close()
+            except pika.exceptions.AMQPError:
+                pass
+
+    def _check_topology(self, conn: Any) -> None:
+        """Passive declares: the partition queues must exist (``lora-gateway cluster init``)."""
+        for p in (0, self.topo.partitions - 1):
+            ch = conn.channel()
+            try:
+                ch.queue_declare(self.topo.partition_queue(p), passive=True)
+                ch.close()
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._stop.set()
+                log.error("rabbitmq source %s: queue %s is missing (%s); run `lora-gateway cluster init` first",
+                          self.name, self.topo.partition_queue(p), exc.reply_text)
+                raise
+        ch = conn.channel()
+        try:
+            ch.queue_declare(self.topo.partition_queue(self.topo.partitions), passive=True)
+            self._stop.set()
+            log.error("rabbitmq source %s: queue %s exists, so the cluster has more than %d partitions; "
+                      "set partitions to match `cluster init`", self.name,
+                      self.topo.partition_queue(self.topo.partitions), self.topo.partitions)
+            raise pika.exceptions.AMQPError("partition count does not match the broker")
+        except pika.exceptions.ChannelClosedByBroker:
+            pass
+
+    # ---- membership and assignment ----------------------------------------------------
+    def _announce(self, event: str) -> None:
+        body = json.dumps({"worker": self.worker, "event": event}).encode()
+        self._ctl.basic_publish(self.topo.members_exchange, "", body)
+
+    def _on_member(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
+        try:
+            msg = json.loads(body)
+            worker, event = str(msg["worker"]), msg.get("event")
+        except (ValueError, KeyError, TypeError):
+            return
+        if event == "leave":
+            self.membership.left(worker)
+        else:
+            self.membership.heard(worker)
+
+    def _reconcile(self) -> None:
+        live = self.membership.live()
+        self.metrics.set("cluster_members", len(live))
+        mine = set(assign(self.topo.partitions, live).get(self.worker, []))
+        for p in sorted(mine - self._parts.keys()):
+            self._subscribe(p)
+        for p in sorted(self._parts.keys() - mine):
+            self._release(self._parts[p])
+        self._publish_view()
+
+    def _publish_view(self) -> None:
+        owned = tuple(sorted(p for p, st in self._parts.items() if st.active and not st.releasing))
+        assigned = tuple(sorted(p for p, st in self._parts.items() if not st.releasing))
+        if (owned, assigned) != self._view:
+            for p in range(self.topo.partitions):
+                self.metrics.set("cluster_partition_owned", 1 if p in owned else 0, partition=str(p))
+            self.metrics.set("cluster_partitions_owned", len(owned))
+            self._view = (owned, assigned)
+
+    def _subscribe(self, p: int) -> None:
+        ch = self._conn.channel()
+        ch.basic_qos(prefetch_count=self.options.prefetch)
+        st = _Partition(p, ch, next(self._gen), last_checkpoint=time.monotonic())
+        self._parts[p] = st
+        ch.basic_consume(self.topo.partition_queue(p), lambda c, m, pr, b, st=st: self._on_delivery(st, m, b))
+        log.info("rabbitmq source %s: subscribed to partition %d (owner once the previous one lets go)", self.name, p)
+
+    # ---- deliveries --------------------------------------------------------------------
+    def _on_delivery(self, st: _Partition, method: Any, body: bytes) -> None:
+        if st.releasing or self._parts.get(st.p) is not st:
+            return  # left unacked: redelivered to the next owner when the channel closes
+        if not st.active:
+            self._acquire(st)
+        st.last_tag = method.delivery_tag
+        st.pending += 1
+        self.metrics.inc("uplinks_received_total", source=self.name)
+        uplink = self._parse(method.routing_key, body)
+        if uplink is not None:
+            dev, fcnt = uplink.device_id, uplink.f_cnt
+            last = st.last_fcnt.get(dev)
+            if fcnt is not None and last is not None and 0 <= last - fcnt < self.options.duplicate_window:
+                self.metrics.inc("uplinks_duplicate_total", source=self.name)
+            else:
+                if fcnt is not None:
+                    st.last_fcnt[dev] = fcnt
+                st.devices.add(dev)
+                assert self._emit is not None
+                self._emit(uplink)
+        if st.pending >= self.options.checkpoint_every and not st.checkpointing:
+            self._checkpoint(st)
+
+    def _parse(self, routing_key: str, body: bytes) -> Any:
+        from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink
+
+        if len(body) > self.options.max_payload_bytes:
+            self.metrics.inc("uplinks_rejected_total", source=self.name, reason="too_large")
+            return None
+        try:
+            uplink = parse_uplink(routing_key.replace(".", "/"), body, self.options.shape)
+        except UplinkShapeError as exc:
+            self.metrics.inc("uplinks_rejected_total", source=self.name, reason=exc.reason)
+            log.debug("rabbitmq source %s rejected a message (%s): %s", self.name, routing_key, exc)
+            return None
+        uplink.source = self.name
+        return uplink
+
+    def _commit_chunk(self) -> None:
+        """With an ingest log (``emit.commit``), make what this round handed on durable."""
+        commit = getattr(self._emit, "commit", None)
+        if commit is not None and not commit():
+            raise pika.exceptions.AMQPError("ingest log write failed: dropping the unacked uplinks for redelivery")
+
+    # ---- taking over ---------------------------------------------------------------------
+    def _acquire(self, st: _Partition) -> None:
+        t0 = time.monotonic()
+        snap: PartitionSnapshot | None = None
+        method, _, body = self._ctl.basic_get(self.topo.snapshot_queue(st.p), auto_ack=False)
+        if method is not None:
+            self._ctl.basic_nack(method.delivery_tag, requeue=True)  # stays for the next owner
+            try:
+                snap = PartitionSnapshot.decode(body)
+            except SnapshotError as exc:
+                self.metrics.inc("cluster_snapshot_unreadable_total")
+                log.error("rabbitmq source %s: snapshot of partition %d unreadable (%s); its devices recalibrate",
+                          self.name, st.p, exc)
+        if snap is not None:
+            st.last_fcnt = dict(snap.last_fcnt)
+            st.devices = set(snap.devices)
+            if snap.state:
+                blob = snap.state
+                self._access.call(lambda: self._access.restore(blob))
+        st.active = True
+        took = time.monotonic() - t0
+        self.metrics.inc("cluster_partition_acquired_total")
+        self.metrics.inc("cluster_restore_seconds_total", took)
+        self._publish_view()
+        log.info("rabbitmq source %s: partition %d acquired (%s) in %.3f s", self.name, st.p,
+                 f"snapshot {snap.seq} of {snap.worker}, {len(snap.devices)} devices, {len(snap.state)} bytes"
+                 if snap else "no snapshot", took)
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _timed_checkpoints(self, now: float) -> None:
+        for st in list(self._parts.values()):
+            if (st.active and st.pending and not st.checkpointing
+                    and now - st.last_checkpoint >= self.options.checkpoint_interval_s):
+                self._checkpoint(st)
+
+    def _checkpoint(self, st: _Partition, final: bool = False) -> None:
+        """Ask the pipeline for the partition's state after what was handed on so far."""
+        st.checkpointing = True
+        p, gen, tag, count = st.p, st.gen, st.last_tag, st.pending
+        devices = sorted(st.devices)
+        snap = PartitionSnapshot(partition=p, worker=self.worker, seq=next(self._seq),
+                                 last_fcnt=dict(st.last_fcnt), devices=devices)
+        access, done = self._access, self._done
+
+        def on_pipeline() -> None:
+            try:
+                access.sync()
+                snap.state = access.dump(devices)
+            finally:
+                if final:
+                    access.forget(devices)
+                done.append((p, gen, tag, count, snap.encode(), final))
+
+        access.call(on_pipeline)
+
+    def _finish_checkpoints(self) -> None:
+        while self._done:
+            p, gen, tag, count, data, final = self._done.popleft()
+            st = self._parts.get(p)
+            if st is None or st.gen != gen:
+                continue
+            self._pub.basic_publish("", self.topo.snapshot_queue(p), data,
+                                    pika.BasicProperties(delivery_mode=2, content_type="application/octet-stream"))
+            if tag:
+                st.channel.basic_ack(tag, multiple=True)
+            st.pending -= count
+            st.checkpointing = False
+            st.last_checkpoint = time.monotonic()
+            self.metrics.inc("cluster_checkpoints_total")
+            self.metrics.inc("cluster_snapshot_bytes_total", len(data))
+            if final:
+                # logged before the channel closes: the next owner's "acquired" comes after it
+                log.info("rabbitmq source %s: partition %d releasing (%d devices in its final snapshot)",
+                         self.name, p, len(st.devices))
+                self._close(st)
+                self.metrics.inc("cluster_partition_released_total")
+            elif st.releasing:
+                self._checkpoint(st, final=True)
+
+    # ---- letting go -------------------------------------------------------------------
+    def _release(self, st: _Partition) -> None:
+        if st.releasing:
+            return
+        st.releasing = True
+        self._publish_view()
+        if not st.active:
+            self._close(st)
+        elif not st.checkpointing:
+            self._checkpoint(st, final=True)
+        # else: the checkpoint in flight finishes first, then the final one starts
+
+    def _close(self, st: _Partition) -> None:
+        self._parts.pop(st.p, None)
+        try:
+            if st.channel.is_open:
+                st.channel.close()  # unacked deliveries go back to the queue, in order
+        except pika.exceptions.AMQPError:
+            pass
+        self._publish_view()
+
+    def _release_all(self) -> None:
+        """Clean stop: hand every partition on with a final snapshot (bounded wait)."""
+        for st in list(self._parts.values()):
+            self._release(st)
+        deadline = time.monotonic() + self.options.release_timeout_s
+        while self._parts and time.monotonic() < deadline:
+            self._conn.process_data_events(time_limit=0.02)
+            self._finish_checkpoints()
+
+    def _lose_all(self) -> None:
+        """The connection is gone: every partition's unacked uplinks go to the next owner,
+        so the state this worker holds for their devices is stale; forget it."""
+        devices = sorted({d for st in self._parts.values() for d in st.devices})
+        self._parts.clear()
+        self._done.clear()
+        if devices and self._access is not None:
+            access = self._access
+            access.call(lambda: access.forget(devices))
+        self._publish_view()
