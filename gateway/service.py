@@ -108,6 +108,7 @@ class Gateway:
         self._model_labels: dict[str, str] | None = None
         self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
         self.commands: ModelCommandListener | None = None
+        self.durability: Any = None  # gateway.state.durability.Durability with [state] durable_ingest
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
 
     # ---- model ------------------------------------------------------------------------
@@ -236,14 +237,22 @@ class Gateway:
                                       block_s=cfg.gateway.ingest_block_s),
         )
         self.pipeline.add_periodic(self._watchdog)
+        if cfg.state.durable_ingest:
+            from gateway.state.durability import Durability
+
+            self.durability = Durability(state_dir, cfg.state, self.pipeline, self.metrics,
+                                         barriers=[self.telemetry.flush])
+            self.durability.restore()
         self.pipeline.start()
+        if self.durability is not None:
+            self.durability.replay()
         for kind, name, options in cfg.source_options:
             factory = self.registry.sources[kind][0]
             source = factory(name, options, context)
             if isinstance(source, PartitionedSource):
                 source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
                                                      recorder=self.recorder))
-            source.start(self.pipeline.ingest)
+            source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
             from gateway.metrics_http import serve_metrics
@@ -252,7 +261,7 @@ class Gateway:
         if cfg.commands.enabled:
             self.commands = ModelCommandListener(cfg.commands, cfg.gateway.id, self, self.metrics)
             self.commands.start()
-        self._wait_sources_up(timeout=5.0)
+        self._wait_sources_up(cfg.gateway.sources_ready_timeout_s, cfg.gateway.allow_degraded_start)
         self.ready.set()
         sdnotify.notify("READY=1")
         log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
@@ -264,13 +273,18 @@ class Gateway:
             if isinstance(handler, ReconnectNotifier):
                 handler.add_reconnect_callback(lambda name=handler.name: dispatcher.retry_now(name))
 
-    def _wait_sources_up(self, timeout: float) -> None:
+    def _wait_sources_up(self, timeout: float, allow_degraded: bool) -> None:
+        """Wait up to ``timeout`` for every source; then a StartupError (systemd restarts
+        the service), or with ``allow_degraded`` a warning (they keep retrying)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(s.connected() for s in self.sources):
             time.sleep(0.05)
-        for s in self.sources:
-            if not s.connected():
-                log.warning("source %s not connected yet; it keeps retrying", s.name)
+        down = [s.name for s in self.sources if not s.connected()]
+        if down and not allow_degraded:
+            raise StartupError(f"source(s) {', '.join(down)} not connected within {timeout:g} s "
+                               "(set [gateway] allow_degraded_start = true to start without them)")
+        for name in down:
+            log.warning("source %s not connected yet; it keeps retrying (allow_degraded_start)", name)
 
     def health(self) -> dict[str, Any]:
         """Readiness: the model serves and every source is connected."""
@@ -315,10 +329,17 @@ class Gateway:
         if self.commands is not None:
             steps.append(("model commands", self.commands.stop))
         steps += [(f"source {s.name}", s.stop) for s in self.sources]
+        durability = self.durability
+        if durability is not None:
+            steps.append(("ingest log", durability.stop_intake))
+        pipeline_done = [False]
         if self.pipeline is not None:
-            steps.append(("pipeline", self.pipeline.stop))
+            pipeline = self.pipeline
+            steps.append(("pipeline", lambda: pipeline_done.__setitem__(0, pipeline.stop())))
         if self.telemetry is not None:
             steps.append(("telemetry", self.telemetry.stop))
+        if durability is not None:
+            steps.append(("checkpoint", lambda: durability.close(pipeline_done[0])))
         if self.recorder is not None:
             steps.append(("recorder", self.recorder.stop))
         if self.dispatcher is not None:

@@ -79,8 +79,9 @@ class RabbitNode:
         if not rabbitmq_installed():
             raise RuntimeError("rabbitmq-server is not installed: run scripts/test.sh (it installs it) "
                                "or apt-get install rabbitmq-server")
-        self.proc = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env, start_new_session=True,
-                                     stdout=open(self.workdir / "stdout.log", "ab"), stderr=subprocess.STDOUT)
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env, start_new_session=True,
+                                         stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -162,6 +163,9 @@ def publish_confirmed(host: str, port: int, messages: Sequence[tuple[str, Any]],
                                  on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
                                  on_open_error_callback=lambda c, e: c.ioloop.stop(),
                                  on_close_callback=lambda c, r: c.ioloop.stop())
-    conn.ioloop.start()
+    try:
+        conn.ioloop.start()
+    finally:
+        conn.ioloop.close()  # its wake-up socket pair
     confirmed.sort()
     return confirmed

@@ -57,6 +57,15 @@ class _DeviceState:
     norm: np.ndarray | None = None
 
 
+@dataclass(slots=True)
+class KeptState:
+    """What ``InferenceEngine.import_device`` kept of a device's stored state."""
+
+    standardised: bool = False  # frozen standardisation, or the calibration in progress
+    score_profile: bool = False  # the score state as stored (same model)
+    recalibrating: bool = False  # score state new: re-learnt from the first scored windows
+
+
 def standardize(due: list[DueWindow]) -> np.ndarray:
     """``[N, T, C]`` float32 z-values of due windows that share a channel count: the same
     arithmetic as ``SeriesCalibration.standardize`` (float64 ``(x - mean) / std``), done
@@ -92,16 +101,68 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            pool = self._pools.get(c)
-            if pool is None:
-                pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=pool), self.scorer.new_state(c),
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=self._pool(c)), self.scorer.new_state(c),
                               self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
             st.generation = self.generation
         return st
+
+    # ---- device state (gateway.state.codec) ----------------------------------------------
+    def export_device(self, window: DeviceWindow) -> dict[str, Any] | None:
+        """The engine's state of one device as plain data (the score state is the live object:
+        encode it before the next batch); None before its first reading."""
+        st = window.state
+        if not isinstance(st, _DeviceState):
+            return None
+        return {"norm": st.norm,
+                "calibration": None if st.calibration is None else st.calibration.export_state(),
+                "score": st.score_state if st.generation == self.generation else None}
+
+    def import_device(self, window: DeviceWindow, state: dict[str, Any] | None, keep_score: bool) -> KeptState:
+        """Install a device's engine state on its (restored) window. ``keep_score`` False
+        (another model or score settings) or an unusable score state: a new score state that
+        re-learns from the device's first scored windows, standardisation kept. Without a
+        usable standardisation the device calibrates from its next readings."""
+        kept = KeptState()
+        window.state = None
+        if not state:
+            return kept
+        c = len(window.channels)
+        norm, cal_state = state.get("norm"), state.get("calibration")
+        calibration: SeriesCalibration | None = None
+        if norm is not None:
+            norm = np.asarray(norm, dtype=np.float64)
+            if norm.shape != (2, c):
+                return kept
+        elif cal_state is not None and int(cal_state.get("calibration_steps", -1)) == self.calibration_steps:
+            try:
+                calibration = SeriesCalibration.from_state(cal_state, pool=self._pool(c))
+            except (ValueError, KeyError, TypeError):
+                return kept
+        else:
+            return kept
+        kept.standardised = True
+        score = state.get("score")
+        if keep_score and isinstance(score, DeviceScoreState) and score.n_channels == c:
+            kept.score_profile = True
+        else:
+            score = self.scorer.new_state(c)
+            kept.recalibrating = norm is not None
+        window.state = _DeviceState(calibration, score, self.generation, norm)
+        return kept
+
+    @staticmethod
+    def state_classes() -> dict[str, type]:
+        """The classes of the engine's device state, for ``gateway.state.tree.unpack``."""
+        return {f"{DeviceScoreState.__module__}.{DeviceScoreState.__qualname__}": DeviceScoreState}
+
+    def _pool(self, c: int) -> ReadingsPool:
+        pool = self._pools.get(c)
+        if pool is None:
+            pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
+        return pool
 
     def observe(self, window: DeviceWindow) -> DueWindow | None:
         """Account for the reading just pushed; a snapshot when the window is due for scoring."""
