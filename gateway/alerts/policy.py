@@ -244,6 +244,11 @@ class AlertPolicy:
                     out[kind] = t is not None and t.raised
             return out
 
+    def device_ids(self) -> list[str]:
+        """Every device the policy holds state for."""
+        with self._lock:
+            return list(self._devices)
+
     def forget(self, device_ids: Iterable[str]) -> int:
         """Drop every rule's state of these devices (another gateway owns them now); returns
         how many were known. A device seen again starts afresh."""

@@ -9,7 +9,7 @@
   alert-policy state) through the device-state codec; ``b""`` when the gateway has none;
 - ``restore(blob)``: install a dump, replacing what is held for those devices;
 - ``forget(device_ids)``: drop the devices' state (another gateway owns them now, so what
-  this one holds would be stale when they come back);
+  this one holds would be stale when they come back); ``forget_all()``: every device's;
 - ``sync()``: make what the pipeline has taken so far durable where the gateway keeps it
   (the reading recorder's writes), before the source acknowledges it.
 """
@@ -70,6 +70,10 @@ class PipelineHandoff:
         known = self.pipeline.windows.forget(ids)
         self.pipeline.policy.forget(ids)
         self.metrics.inc("handoff_devices_forgotten_total", known)
+
+    def forget_all(self) -> None:
+        """Drop every device's state (a cluster worker before it owns any partition)."""
+        self.forget([w.device_id for w in self.pipeline.windows.devices()] + self.pipeline.policy.device_ids())
 
     def sync(self) -> None:
         if self.recorder is not None and not self.recorder.flush(5.0):

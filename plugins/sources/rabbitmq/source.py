@@ -73,6 +73,12 @@ class _Partition:
 class RabbitSource:
     """A Source (gateway.contracts) consuming this worker's share of the partition queues."""
 
+    # The gateway's ingest acceptor must not drop redeliveries by its own (local) horizon:
+    # after a reconnect this worker restores a partition's snapshot and must apply again
+    # what the broker redelivers past it. Redeliveries a snapshot already covers are
+    # dropped here, by the snapshot's frame counters.
+    redelivers = False
+
     def __init__(self, name: str, options: RabbitSourceOptions, context: Any) -> None:
         self.name = name
         self.options = options
@@ -102,7 +108,6 @@ class RabbitSource:
         m.describe("cluster_snapshot_bytes_total", "Bytes of partition snapshots published")
         m.describe("cluster_restore_seconds_total", "Time spent reading and installing partition snapshots")
         m.describe("cluster_members", "Live workers this worker sees (itself included)")
-        m.describe("uplinks_duplicate_total", "Redelivered uplinks a restored snapshot already covered")
 
     # ---- the Source contract --------------------------------------------------------
     def bind_pipeline(self, handoff: Any) -> None:
@@ -170,6 +175,11 @@ class RabbitSource:
             ctl.basic_consume(members, self._on_member, auto_ack=True)
             pub = self._pub = conn.channel()
             pub.confirm_delivery()
+            # the broker's partition snapshots are the state of record: whatever this worker
+            # holds (a local checkpoint and log replay, a previous connection) is dropped
+            # before it owns anything; and from here on this thread commits its own uplinks
+            self._commit_chunk()
+            self._access.call(self._access.forget_all)
             self._connected.set()
             self.metrics.set("source_connected", 1, source=self.name)
             log.info("rabbitmq source %s: worker %s connected to %s:%s, %d partitions",
@@ -279,7 +289,7 @@ class RabbitSource:
             dev, fcnt = uplink.device_id, uplink.f_cnt
             last = st.last_fcnt.get(dev)
             if fcnt is not None and last is not None and 0 <= last - fcnt < self.options.duplicate_window:
-                self.metrics.inc("uplinks_duplicate_total", source=self.name)
+                self.metrics.inc("uplinks_duplicate_total", source=self.name, reason="partition_snapshot")
             else:
                 if fcnt is not None:
                     st.last_fcnt[dev] = fcnt
@@ -305,10 +315,13 @@ class RabbitSource:
         return uplink
 
     def _commit_chunk(self) -> None:
-        """With an ingest log (``emit.commit``), make what this round handed on durable."""
+        """With an ingest log (``emit.commit``), make what was handed on so far durable there
+        and pass it to the pipeline; before every checkpoint, so a checkpoint covers it. A
+        failed log write still hands the uplinks on (counted by the acceptor): in a cluster
+        the partition snapshot on the broker, not the local log, is what an ack relies on."""
         commit = getattr(self._emit, "commit", None)
         if commit is not None and not commit():
-            raise pika.exceptions.AMQPError("ingest log write failed: dropping the unacked uplinks for redelivery")
+            self.metrics.inc("rabbitmq_log_commit_failures_total", source=self.name)
 
     # ---- taking over ---------------------------------------------------------------------
     def _acquire(self, st: _Partition) -> None:
@@ -347,6 +360,7 @@ class RabbitSource:
 
     def _checkpoint(self, st: _Partition, final: bool = False) -> None:
         """Ask the pipeline for the partition's state after what was handed on so far."""
+        self._commit_chunk()
         st.checkpointing = True
         p, gen, tag, count = st.p, st.gen, st.last_tag, st.pending
         devices = sorted(st.devices)
