@@ -396,8 +396,8 @@ class RabbitSource:
             self.metrics.inc("cluster_snapshot_bytes_total", len(data))
             if final:
                 # logged before the channel closes: the next owner's "acquired" comes after it
-                log.info("rabbitmq source %s: partition %d releasing (%d devices in its final snapshot)",
-                         self.name, p, len(st.devices))
+                log.info("rabbitmq source %s: partition %d releasing (final snapshot: %d devices, %d bytes)",
+                         self.name, p, len(st.devices), len(data))
                 self._close(st)
                 self.metrics.inc("cluster_partition_released_total")
             elif st.releasing:
