@@ -53,5 +53,9 @@ class RabbitSourceOptions(BaseModel):
                 raise ValueError(f"environment variable {self.password_env} (password_env) is not set")
             return value
         if self.password_file:
-            return self.password_file.read_text().splitlines()[0] if self.password_file.exists() else ""
+            try:
+                lines = self.password_file.read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"password_file {self.password_file}: {exc.strerror}") from exc
+            return lines[0] if lines else ""
         return "guest" if self.username == "guest" else ""

@@ -143,10 +143,15 @@ class RabbitSource:
 
     # ---- connection loop --------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            params = self._params()
+        except ValueError as exc:  # a setting that cannot work (the password): retrying cannot help
+            log.error("rabbitmq source %s: %s; not connecting", self.name, exc)
+            return
         delay = self.options.reconnect_min_s
         while not self._stop.is_set():
             try:
-                self._session()
+                self._session(params)
                 delay = self.options.reconnect_min_s
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.metrics.inc("rabbitmq_connection_failures_total", source=self.name, reason=type(exc).__name__)
@@ -165,8 +170,8 @@ class RabbitSource:
                                          heartbeat=o.heartbeat_s, blocked_connection_timeout=o.heartbeat_s * 3,
                                          connection_attempts=1, client_properties={"connection_name": self.worker})
 
-    def _session(self) -> None:
-        conn = self._conn = pika.BlockingConnection(self._params())
+    def _session(self, params: pika.ConnectionParameters) -> None:
+        conn = self._conn = pika.BlockingConnection(params)
         try:
             ctl = self._ctl = conn.channel()
             self._check_topology(conn)
