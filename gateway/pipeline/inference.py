@@ -86,16 +86,30 @@ class InferenceEngine:
         self.calibration_steps = int(self.scorer.settings["calibration_steps"])
         # calibration-reading blocks per channel count (models.scoring.calibration.ReadingsPool)
         self._pools: dict[int, ReadingsPool] = {}
+        self._retired: list[Any] = []  # runtimes replaced by swap_runtime, closed at the next batch
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
         metrics.describe("score_trim_windows_total",
                          "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
     def swap_runtime(self, runtime: Any) -> None:
-        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
+        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt.
+        The replaced runtime is closed on the pipeline thread at the next batch (no batch or
+        calibration can still be using it then)."""
         self.scorer = WindowScorer(runtime.manifest, **self._overrides)
-        self.runtime = runtime
+        old, self.runtime = self.runtime, runtime
+        if old is not runtime:
+            self._retired.append(old)
         self.generation += 1
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            old = self._retired.pop()
+            try:
+                old.close()
+            except Exception as exc:  # noqa: BLE001 - a runtime that fails to close is only logged
+                log.warning("closing the replaced model failed: %s", exc)
+            self.metrics.inc("model_runtimes_closed_total")
 
     def _state(self, window: DeviceWindow) -> _DeviceState:
         st = window.state
@@ -213,6 +227,8 @@ class InferenceEngine:
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
         (due window, score, details) for windows of calibrated devices."""
+        if self._retired:
+            self._close_retired()
         runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
         scorer = self.scorer
         groups: dict[tuple[str | None, int], list[DueWindow]] = {}

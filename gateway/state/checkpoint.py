@@ -132,6 +132,7 @@ class Checkpointer:
         self.interval_s = interval_s
         self.on_written = on_written
         self.dirty: set[str] = set()
+        codec.windows.drain_evicted()  # starts tracking evictions (also those a restore causes)
         self.seq = 0  # the position of the last capture
         self._last = time.monotonic()
         self._failed: _Batch | None = None
