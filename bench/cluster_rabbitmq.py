@@ -138,14 +138,20 @@ def throughput(node: RabbitNode, tmp: Path, devices: int, readings: int) -> None
 _TIME = r"^(\S+ \S+) "
 
 
-def _log_time(text: str, pattern: str) -> tuple[float, re.Match[str]] | None:
+def _log_times(text: str, pattern: str) -> list[tuple[float, re.Match[str]]]:
+    out = []
     for line in text.splitlines():
         m = re.search(pattern, line)
         if m:
             t = re.match(_TIME, line)
             assert t is not None
-            return datetime.strptime(t[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), m
-    return None
+            out.append((datetime.strptime(t[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), m))
+    return out
+
+
+def _log_time(text: str, pattern: str) -> tuple[float, re.Match[str]] | None:
+    found = _log_times(text, pattern)
+    return found[0] if found else None
 
 
 def handoff(node: RabbitNode, tmp: Path, sizes: list[int], readings: int) -> None:
@@ -164,12 +170,15 @@ def handoff(node: RabbitNode, tmp: Path, sizes: list[int], readings: int) -> Non
             a.signal(signal.SIGTERM)
             a.wait(60)
             publish_confirmed(node.host, node.port, uplinks(d, 1, first_index=readings))
-            assert wait_for(lambda: "handed-over state installed" in b.log(), 120), b.log()[-2000:]
-            released = _log_time(a.log(), r"releasing \(final snapshot: (\d+) devices, (\d+) bytes\)")
-            installed = _log_time(b.log(), r"handed-over state installed in ([\d.]+) s")
-            assert released and installed
-            print(f"  {d:6d} devices/partition: snapshot {int(released[1][2]) / 1e6:7.2f} MB, release -> installed "
-                  f"{installed[0] - released[0]:6.2f} s (restore alone {float(installed[1][1]):.3f} s)", flush=True)
+            assert wait_for(lambda: "partition 0 acquired" in b.log(), 120), b.log()[-2000:]
+            released = _log_time(a.log(), r"partition 0 releasing")
+            acquired = _log_time(b.log(), r"acquired \((\d+) snapshots .* (\d+) devices, (\d+) bytes\)")
+            assert released and acquired
+            assert wait_for(lambda: len(re.findall("handed-over state installed", b.log())) >= int(acquired[1][1]), 120)
+            installs = [(t, float(m[1])) for t, m in _log_times(b.log(), r"handed-over state installed in ([\d.]+) s")]
+            print(f"  {d:6d} devices/partition: {acquired[1][1]} snapshots, {int(acquired[1][3]) / 1e6:6.2f} MB, "
+                  f"release -> installed {installs[-1][0] - released[0]:6.2f} s "
+                  f"(restore alone {sum(x for _, x in installs):.3f} s)", flush=True)
         finally:
             for g in (a, b):
                 if g is not None:

@@ -6,7 +6,7 @@ import pytest
 
 from plugins.sources.rabbitmq.assignment import Membership, assign
 from plugins.sources.rabbitmq.options import RabbitSourceOptions
-from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError
+from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError, chain
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 4, 5, 7, 16, 20])
@@ -60,6 +60,16 @@ def test_snapshot_round_trip_and_damage() -> None:
     for bad in (b"", b"XXXX" + data[4:], data[:10], data[:4] + b"\xff\xff\x00\x00" + data[8:]):
         with pytest.raises(SnapshotError):
             PartitionSnapshot.decode(bad)
+
+
+def test_the_chain_starts_at_the_newest_full_snapshot() -> None:
+    snaps = [PartitionSnapshot(0, "w", seq, full=full) for seq, full in
+             [(1, False), (2, True), (3, False), (4, True), (5, False), (6, False)]]
+    got, complete = chain(snaps)
+    assert [s.seq for s in got] == [4, 5, 6] and complete
+    got, complete = chain([s for s in snaps if not s.full])
+    assert [s.seq for s in got] == [1, 3, 5, 6] and not complete
+    assert chain([]) == ([], False)
 
 
 def test_options_refuse_checkpoints_the_prefetch_cannot_hold() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.sources.rabbitmq.topology import UPLINK_BINDING
+from plugins.sources.rabbitmq.topology import SNAPSHOT_KEEP, UPLINK_BINDING
 
 
 class RabbitSourceOptions(BaseModel):
@@ -27,6 +27,7 @@ class RabbitSourceOptions(BaseModel):
     prefetch: int = Field(500, ge=2, le=65535, description="Unacknowledged uplinks per partition (basic.qos).")
     checkpoint_every: int = Field(200, ge=1, description="Snapshot a partition (and ack its uplinks) after this many uplinks...")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="...or this long after the first uplink not yet acknowledged.")
+    full_snapshot_every: int = Field(16, ge=1, le=SNAPSHOT_KEEP // 2, description="Every this many checkpoints a partition's snapshot holds all its devices; the others hold the devices that took uplinks since the previous one.")
     duplicate_window: int = Field(1024, ge=1, description="A redelivered uplink whose fCnt is this close below the device's last one is a duplicate.")
     heartbeat_s: int = Field(10, ge=1, description="AMQP heartbeat (how fast the broker notices a dead worker's silent link).")
     member_heartbeat_s: float = Field(0.5, gt=0, description="How often a worker announces itself to the others.")

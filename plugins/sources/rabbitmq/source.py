@@ -12,11 +12,14 @@ partitions; each partition is a quorum queue with a single active consumer). Thi
   consumer guards the overlap: a new owner that subscribes before the old one let go is a
   standby and receives nothing until the old channel is gone.
 - **restores before it consumes**: on a partition's first delivery after subscribing it
-  reads the partition's last snapshot (``snapshot_queue``) and, on the pipeline thread,
-  installs the devices' state (the device-state codec) before any uplink of the partition.
+  reads the partition's snapshots (``snapshot_queue``: the newest full one and the deltas
+  after it) and, on the pipeline thread, installs the devices' state (the device-state
+  codec) before any uplink of the partition.
 - **acknowledges only what a snapshot covers** (checkpoint + source offset): every
   ``checkpoint_every`` uplinks or ``checkpoint_interval_s`` a partition's uplinks handed on
-  so far are followed, on the pipeline thread, by a dump of the partition's devices; the
+  so far are followed, on the pipeline thread, by a dump of the devices that took uplinks
+  since the previous checkpoint (every ``full_snapshot_every``-th time: all the partition's
+  devices, so the cost per uplink does not grow with the partition); the
   snapshot is published with a publisher confirm, and only then are the uplinks acked
   (one ``basic.ack multiple`` per partition and checkpoint). A worker killed at any point
   leaves unacked exactly what its last published snapshot does not cover; the broker
@@ -47,8 +50,8 @@ import pika.exceptions
 
 from plugins.sources.rabbitmq.assignment import Membership, assign
 from plugins.sources.rabbitmq.options import RabbitSourceOptions
-from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError
-from plugins.sources.rabbitmq.topology import Topology
+from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError, chain
+from plugins.sources.rabbitmq.topology import SNAPSHOT_KEEP, Topology
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,8 @@ class _Partition:
     checkpointing: bool = False
     last_checkpoint: float = 0.0
     devices: set[str] = field(default_factory=set)
+    dirty: set[str] = field(default_factory=set)  # took uplinks since the last checkpoint
+    since_full: int = 0  # snapshots on the queue after the newest full one
     last_fcnt: dict[str, int] = field(default_factory=dict)
 
 
@@ -299,6 +304,7 @@ class RabbitSource:
                 if fcnt is not None:
                     st.last_fcnt[dev] = fcnt
                 st.devices.add(dev)
+                st.dirty.add(dev)
                 assert self._emit is not None
                 self._emit(uplink)
         if st.pending >= self.options.checkpoint_every and not st.checkpointing:
@@ -330,31 +336,45 @@ class RabbitSource:
 
     # ---- taking over ---------------------------------------------------------------------
     def _acquire(self, st: _Partition) -> None:
+        """Read the partition's snapshots (a full one and the deltas after it), queue their
+        restore on the pipeline thread (ahead of this partition's first uplink), and take
+        over their frame counters and device list."""
         t0 = time.monotonic()
-        snap: PartitionSnapshot | None = None
-        method, _, body = self._ctl.basic_get(self.topo.snapshot_queue(st.p), auto_ack=False)
-        if method is not None:
-            self._ctl.basic_nack(method.delivery_tag, requeue=True)  # stays for the next owner
+        queue = self.topo.snapshot_queue(st.p)
+        found: list[PartitionSnapshot] = []
+        last_tag = 0
+        for _ in range(2 * SNAPSHOT_KEEP):
+            method, _, body = self._ctl.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            last_tag = method.delivery_tag
             try:
-                snap = PartitionSnapshot.decode(body)
+                found.append(PartitionSnapshot.decode(body))
             except SnapshotError as exc:
                 self.metrics.inc("cluster_snapshot_unreadable_total")
-                log.error("rabbitmq source %s: snapshot of partition %d unreadable (%s); its devices recalibrate",
-                          self.name, st.p, exc)
-        if snap is not None:
-            st.last_fcnt = dict(snap.last_fcnt)
-            st.devices = set(snap.devices)
+                log.error("rabbitmq source %s: a snapshot of partition %d is unreadable (%s)", self.name, st.p, exc)
+        if last_tag:
+            self._ctl.basic_nack(last_tag, multiple=True, requeue=True)  # they stay, in order, for the next owner
+        snaps, complete = chain(found)
+        if found and not complete:
+            self.metrics.inc("cluster_snapshot_unreadable_total")
+            log.error("rabbitmq source %s: no full snapshot of partition %d; devices missing from its deltas "
+                      "recalibrate", self.name, st.p)
+        access = self._access
+        for snap in snaps:
+            st.last_fcnt.update(snap.last_fcnt)
+            st.devices.update(snap.devices)
             if snap.state:
-                blob = snap.state
-                self._access.call(lambda: self._access.restore(blob))
+                access.call(lambda blob=snap.state: access.restore(blob))
+        st.since_full = len(snaps) - 1 if complete else self.options.full_snapshot_every
         st.active = True
         took = time.monotonic() - t0
         self.metrics.inc("cluster_partition_acquired_total")
         self.metrics.inc("cluster_restore_seconds_total", took)
         self._publish_view()
         log.info("rabbitmq source %s: partition %d acquired (%s) in %.3f s", self.name, st.p,
-                 f"snapshot {snap.seq} of {snap.worker}, {len(snap.devices)} devices, {len(snap.state)} bytes"
-                 if snap else "no snapshot", took)
+                 f"{len(snaps)} snapshots from seq {snaps[0].seq} of {snaps[0].worker}, {len(st.devices)} devices, "
+                 f"{sum(len(x.state) for x in snaps)} bytes" if snaps else "no snapshot", took)
 
     # ---- checkpoints ------------------------------------------------------------------
     def _timed_checkpoints(self, now: float) -> None:
@@ -368,10 +388,15 @@ class RabbitSource:
         self._commit_chunk()
         st.checkpointing = True
         p, gen, tag, count = st.p, st.gen, st.last_tag, st.pending
-        devices = sorted(st.devices)
-        snap = PartitionSnapshot(partition=p, worker=self.worker, seq=next(self._seq),
-                                 last_fcnt=dict(st.last_fcnt), devices=devices)
+        full = st.since_full >= self.options.full_snapshot_every
+        devices = sorted(st.devices if full else st.dirty)
+        st.dirty = set()
+        st.since_full = 0 if full else st.since_full + 1
+        snap = PartitionSnapshot(partition=p, worker=self.worker, seq=next(self._seq), full=full,
+                                 last_fcnt={d: st.last_fcnt[d] for d in devices if d in st.last_fcnt},
+                                 devices=devices)
         access, done = self._access, self._done
+        owned = sorted(st.devices) if final else []
 
         def on_pipeline() -> None:
             try:
@@ -379,7 +404,7 @@ class RabbitSource:
                 snap.state = access.dump(devices)
             finally:
                 if final:
-                    access.forget(devices)
+                    access.forget(owned)
                 done.append((p, gen, tag, count, snap.encode(), final))
 
         access.call(on_pipeline)

@@ -4,7 +4,7 @@
 ChirpStack --(amq.topic, application.<app>.device.<devEUI>.event.up)--> amq.topic
 amq.topic --(binding application.*.device.*.event.up)--> <prefix>.uplinks   (x-consistent-hash)
 <prefix>.uplinks --(weight)--> <prefix>.p000 .. <prefix>.p<P-1>             (quorum, single active consumer)
-<prefix>.snap.pNNN   (quorum, x-max-length 1, drop-head): the partition's last state snapshot
+<prefix>.snap.pNNN   (quorum, x-max-length 32, drop-head): the partition's state snapshots
 <prefix>.members     (fanout): worker heartbeats, for the partition assignment
 ```
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 UPLINK_BINDING = "application.*.device.*.event.up"
+SNAPSHOT_KEEP = 32
+"""Messages a partition's snapshot queue keeps (a full snapshot and the deltas after it)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Topology:
 
     @staticmethod
     def snapshot_arguments() -> dict[str, Any]:
-        return {"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "drop-head"}
+        return {"x-queue-type": "quorum", "x-max-length": SNAPSHOT_KEEP, "x-overflow": "drop-head"}
 
 
 class TopologyError(Exception):
@@ -100,6 +102,6 @@ def declare(connection: Any, topo: Topology) -> list[str]:
     done.append(f"{topo.partitions} partition queues {topo.partition_queue(0)}..{topo.partition_queue(topo.partitions - 1)} "
                 f"(quorum, single active consumer, hash weight {topo.weight})")
     done.append(f"{topo.partitions} snapshot queues {topo.snapshot_queue(0)}..{topo.snapshot_queue(topo.partitions - 1)} "
-                "(quorum, last value: x-max-length 1, drop-head)")
+                f"(quorum, the last {SNAPSHOT_KEEP} snapshots: x-max-length, drop-head)")
     channel.close()
     return done
