@@ -6,7 +6,10 @@ its own node name, ports and data dir). Two topologies on the same ``amq.topic``
 one confirm-mode publisher (ChirpStack's AMQP integration, 500 devices) feeds both:
 
 - ``ref``: one ``lora-gateway run`` worker, never disturbed: the single-gateway run;
-- ``clu``: three ``lora-gateway run`` workers; one is SIGKILLed mid-stream.
+- ``clu``: three ``lora-gateway run`` workers; one is SIGKILLed mid-stream. Once what was
+  published before (the first ``PHASE2_AT`` of ``STEPS`` time steps) is processed, a fourth
+  worker joins (scale out: partitions move to it by clean handoffs, state included) and
+  the rest of the stream is published.
 
 Checked on the cluster: every confirmed uplink is processed (in some worker's recording)
 and no device has a (DevEUI, fCnt) gap; each partition had one owner at a time (the
@@ -49,10 +52,12 @@ BASE_TS = 1_760_000_000.0
 INTERVAL_S = 600.0
 FAILOVER_BOUND_S = 20.0  # member_timeout_s (2 s) + settle + a loaded box; measured values are printed
 KILL_AT = 0.5  # fraction of the uplinks the cluster has processed when a worker is killed
+PHASE2_AT = 560  # time step from which the uplinks are published after a fourth worker joined
 
 
-def cluster_uplinks() -> list[tuple[str, dict]]:
-    """The input, in time order: (topic, ChirpStack v4 body); deterministic (seeded)."""
+def cluster_uplinks() -> tuple[list[tuple[str, dict]], int]:
+    """The input, in time order: (topic, ChirpStack v4 body), and where ``PHASE2_AT`` starts
+    in it; deterministic (seeded)."""
     import math
 
     import numpy as np
@@ -62,7 +67,10 @@ def cluster_uplinks() -> list[tuple[str, dict]]:
     phase = rng.uniform(0, 2 * math.pi, DEVICES)
     first = {d: (0 if d < LONG else int(rng.integers(0, STEPS - SHORT_READINGS))) for d in range(DEVICES)}
     out = []
+    split = 0
     for k in range(STEPS):
+        if k == PHASE2_AT:
+            split = len(out)
         ts = BASE_TS + k * INTERVAL_S
         for d in range(DEVICES):
             i = k - first[d]
@@ -77,7 +85,7 @@ def cluster_uplinks() -> list[tuple[str, dict]]:
             battery = 2.7 if (d % 50 == 7 and 10 <= i < 20) else 3.6  # battery_low raised, then cleared
             eui = dev_eui(d)
             out.append((f"application/app-1/device/{eui}/event/up", chirpstack_v4(eui, ts, i, lpp(temp, hum, battery))))
-    return out
+    return out, split
 
 
 def worker_config(tmp: Path, node: RabbitNode, name: str, prefix: str, partitions: int) -> tuple[Path, int]:
@@ -197,7 +205,7 @@ def test_cluster_init_is_idempotent_and_refuses_a_smaller_partition_count(rabbit
 
 
 def test_three_workers_lose_nothing_when_one_is_killed_and_alert_like_one_gateway(rabbit: RabbitNode, tmp_path: Path) -> None:
-    uplinks = cluster_uplinks()
+    uplinks, split = cluster_uplinks()
     total = len(uplinks)
     for prefix, parts in (("ref", 4), ("clu", 12)):
         done = cli("cluster", "init", "--host", rabbit.host, "--port", str(rabbit.port), "--prefix", prefix,
@@ -213,7 +221,7 @@ def test_three_workers_lose_nothing_when_one_is_killed_and_alert_like_one_gatewa
             procs[name] = GatewayProcess(cfg, port, tmp_path / f"{name}.log")
         workers = [procs[n] for n in names]
 
-        def assigned() -> list[list[int]]:
+        def assigned(workers: list[GatewayProcess] = workers) -> list[list[int]]:
             out = []
             for gw in workers:
                 h = gw.health()
@@ -226,7 +234,8 @@ def test_three_workers_lose_nothing_when_one_is_killed_and_alert_like_one_gatewa
         assert wait_for(lambda: (h := procs["ref"].health()) is not None and h[0] == 200, 60), procs["ref"].log()[-3000:]
 
         confirmed: list[int] = []
-        publisher = threading.Thread(target=lambda: confirmed.extend(publish_confirmed(rabbit.host, rabbit.port, uplinks)))
+        publisher = threading.Thread(target=lambda: confirmed.extend(publish_confirmed(rabbit.host, rabbit.port,
+                                                                                       uplinks[:split])))
         publisher.start()
         victim = procs["w2"]
         victim_parts = set(assigned()[1])
@@ -236,12 +245,26 @@ def test_three_workers_lose_nothing_when_one_is_killed_and_alert_like_one_gatewa
         victim.signal(signal.SIGKILL)
         assert victim.wait(10) == -signal.SIGKILL
         publisher.join(300)
-        assert not publisher.is_alive() and len(confirmed) == total  # the broker confirmed every uplink
+        assert not publisher.is_alive() and len(confirmed) == split  # the broker confirmed every uplink
+
+        def drained(live: list[GatewayProcess]) -> bool:
+            return (queues_drained(rabbit, "clu", 12) and queues_drained(rabbit, "ref", 4)
+                    and all(gw.metric("cluster_unacked_uplinks") == 0 for gw in live + [procs["ref"]]))
+
         survivors = [procs["w1"], procs["w3"]]
-        assert wait_for(lambda: queues_drained(rabbit, "clu", 12) and queues_drained(rabbit, "ref", 4)
-                        and all(gw.metric("cluster_unacked_uplinks") == 0 for gw in survivors + [procs["ref"]]), 300), \
-            [gw.metric("readings_total") for gw in survivors]
-        for name in ("w1", "w3", "ref"):
+        assert wait_for(lambda: drained(survivors), 300), [gw.metric("readings_total") for gw in survivors]
+        # scale out: a fourth worker joins; partitions move to it by clean handoffs
+        cfg, port = worker_config(tmp_path, rabbit, "w4", "clu", 12)
+        procs["w4"] = GatewayProcess(cfg, port, tmp_path / "w4.log")
+        names.append("w4")
+        live = survivors + [procs["w4"]]
+        assert wait_for(lambda: sorted(p for ps in assigned(live) for p in ps) == list(range(12))
+                        and [len(ps) for ps in assigned(live)] == [4, 4, 4], 60), (assigned(live), procs["w4"].log()[-3000:])
+        confirmed += publish_confirmed(rabbit.host, rabbit.port, uplinks[split:])
+        assert len(confirmed) == total
+        assert wait_for(lambda: drained(live), 300), [gw.metric("readings_total") for gw in live]
+        assert procs["w4"].metric("cluster_partition_acquired_total") == 4  # took its share, with state
+        for name in ("w1", "w3", "w4", "ref"):
             procs[name].signal(signal.SIGTERM)
             assert procs[name].wait(60) == 0, procs[name].log()[-3000:]
 
