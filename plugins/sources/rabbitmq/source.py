@@ -364,8 +364,9 @@ class RabbitSource:
         for snap in snaps:
             st.last_fcnt.update(snap.last_fcnt)
             st.devices.update(snap.devices)
-            if snap.state:
-                access.call(lambda blob=snap.state: access.restore(blob))
+        blobs = [snap.state for snap in snaps if snap.state]
+        if blobs:
+            access.call(lambda: access.restore(blobs))
         st.since_full = len(snaps) - 1 if complete else self.options.full_snapshot_every
         st.active = True
         took = time.monotonic() - t0
