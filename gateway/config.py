@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.alerts.policy import AlertPolicyConfig
 from gateway.control.command_topic import CommandsSection
 from gateway.ingest.profiles import ProfileConfig
+from gateway.plugin_manager import Registry
 from gateway.recording.config import RecordConfig, record_config_errors
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
@@ -114,8 +115,8 @@ class GatewayConfig(Strict):
     commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
-    source_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
-    handler_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
+    source_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
+    handler_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -129,7 +130,7 @@ def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
     return [f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
 
 
-def validate_config(data: dict[str, Any], registry: Any, source: str = "config") -> GatewayConfig:
+def validate_config(data: dict[str, Any], registry: Registry, source: str = "config") -> GatewayConfig:
     """Validate a parsed config dict against the core schema and every plugin's options.
 
     Raises ConfigError with all problems found (never stops at the first one).
@@ -195,7 +196,7 @@ def plugin_allow_list(data: dict[str, Any], source: str = "config") -> list[str]
         raise ConfigError(source, _errors(exc, ("plugins",))) from exc
 
 
-def load_config(path: Path | None, registry: Any) -> GatewayConfig:
+def load_config(path: Path | None, registry: Registry) -> GatewayConfig:
     """Read and validate a TOML file (None: the embedded defaults). Raises ConfigError."""
     return validate_config(read_config_data(path), registry, "defaults" if path is None else str(path))
 

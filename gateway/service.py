@@ -1,8 +1,9 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
-Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
-sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
+(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
+fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
+command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
 input), the pipeline drains its queue and flushes the last batch, the recorder writes what
 it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
@@ -31,11 +34,13 @@ from gateway.contracts import (AlertHandler, PartitionedSource, PluginContext, R
                                Source)
 from gateway.alerts.dispatcher import Dispatcher
 from gateway.pipeline.handoff import PipelineHandoff
+from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.plugin_manager import Registry
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.ingest.quarantine import Quarantine
@@ -82,7 +87,7 @@ def resolve_model_dir(config: GatewayConfig) -> Path:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+    def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
         self.config = config
@@ -198,8 +203,7 @@ class Gateway:
         self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
-            factory = self.registry.handlers[kind][0]
-            handler = factory(name, options, context)
+            handler = self.registry.handlers[kind][0](name, options, context)
             handler.start()
             self.handlers.append(handler)
         outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
@@ -247,8 +251,7 @@ class Gateway:
         if self.durability is not None:
             self.durability.replay()
         for kind, name, options in cfg.source_options:
-            factory = self.registry.sources[kind][0]
-            source = factory(name, options, context)
+            source = self.registry.sources[kind][0](name, options, context)
             if isinstance(source, PartitionedSource):
                 source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
                                                      recorder=self.recorder))
@@ -298,13 +301,11 @@ class Gateway:
             out["cluster"] = cluster
         return out
 
-    def state_codec(self) -> Any:
-        """The device-state codec over the pipeline's windows, engine and policy (None when
-        this build has none: a cluster handoff then moves frame counters only)."""
-        try:
-            from gateway.state.codec import DeviceStateCodec  # type: ignore[import-not-found]
-        except ImportError:
-            return None
+    def state_codec(self) -> DeviceStateCodec:
+        """The device-state codec over the pipeline's windows, engine and policy (the
+        durable ingest's, when it is on)."""
+        if self.durability is not None:
+            return self.durability.codec  # type: ignore[no-any-return]
         assert self.pipeline is not None
         return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 

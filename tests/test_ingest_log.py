@@ -199,3 +199,41 @@ def test_a_source_that_never_commits_is_committed_by_the_timer(tmp_path: Path) -
     emit(uplink(1))
     assert delivered.get(timeout=10).seq == 1
     acceptor.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_mqtt_chunks_that_could_not_be_logged_are_not_acknowledged_and_come_again(broker, tmp_path: Path) -> None:
+    """A real MqttSource over a real broker: the first log write fails with ENOSPC, so that
+    chunk's PUBACKs are withheld and the connection dropped; the broker delivers the
+    messages again on the next connection and every uplink is taken exactly once."""
+    import json
+    import time
+
+    from gateway.contracts import PluginContext
+    from plugins.sources.mqtt.source import MqttSource, MqttSourceOptions
+    from tests.uplink_factory import field_uplinks, publish_all
+
+    metrics = Metrics()
+    log = _full_disk_log(tmp_path / "log", metrics)  # the next write fails; the one after reopens and works
+    delivered: list[RawUplink] = []
+    acceptor = IngestAcceptor(log, delivered.append, metrics)
+    options = MqttSourceOptions(host=broker.host, port=broker.port, client_id="durable-src",
+                                reconnect_min_s=0.2, reconnect_max_s=0.5)
+    source = MqttSource("cs", options, PluginContext(metrics=metrics, gateway_id="g", state_dir=str(tmp_path)))
+    uplinks = field_uplinks(devices=4, readings=50, seed=2)
+    try:
+        source.start(acceptor.emitter("cs", redelivers=source.redelivers))
+        assert source.wait_connected(10)
+        time.sleep(0.3)  # subscribed
+        publish_all(broker.host, broker.port, [(t, json.dumps(b).encode()) for t, b in uplinks])
+        deadline = time.monotonic() + 30
+        while len(delivered) < len(uplinks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        source.stop()
+        acceptor.close()
+    assert metrics.get("uplinks_dropped_total", reason="log_write_failed") >= 1
+    assert metrics.get("mqtt_reconnects_total") >= 1
+    got = sorted((u.device_id, u.f_cnt) for u in delivered)
+    assert got == sorted((b["deviceInfo"]["devEui"], b["fCnt"]) for _, b in uplinks)  # all, each once
+    assert [u.seq for u in IngestLog(tmp_path / "log", Metrics()).records(1)] == [u.seq for u in delivered]

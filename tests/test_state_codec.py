@@ -119,6 +119,28 @@ def test_state_from_another_model_keeps_standardisation_and_recalibrates_the_sco
     assert restored.feed(readings(STEPS + 30, STEPS + 80))  # scoring again after calibration_windows
 
 
+def test_a_handoff_moves_devices_and_forgets_them_at_the_sender(runtime: ModelRuntime, tmp_path: Path) -> None:
+    """dump_devices on one gateway, restore_devices on another, forget_devices at the
+    sender: the receiver scores them from the next reading, the sender's checkpoint drops them."""
+    sender, receiver = Parts(runtime), Parts(runtime)
+    sender.feed(readings(0, STEPS + 20))
+    cp = Checkpointer(CheckpointStore(tmp_path / "cp.sqlite", sender.metrics), sender.codec, sender.metrics, 0.0)
+    for d in DEVICES:
+        cp.mark(d)
+    cp.capture(10, wait=True)
+    moved = DEVICES[:2]
+    report = receiver.codec.restore_devices(sender.codec.dump_devices(moved + ["unknown-device"]))
+    assert (report.devices, report.score_profiles) == (2, 2)
+    assert sender.codec.forget_devices(moved) == 2
+    assert sender.store.get(moved[0]) is None and sender.policy.export_device(moved[0]) is None
+    cp.close(seq=11)
+    store = CheckpointStore(tmp_path / "cp.sqlite", Metrics())
+    assert len(list(store.devices())) == len(DEVICES) - 2
+    store.close()
+    first = receiver.feed(readings(STEPS + 20, STEPS + 21))
+    assert sorted(d for d, _, _ in first) == sorted(moved)
+
+
 def test_damaged_records_are_skipped_and_counted(runtime: ModelRuntime) -> None:
     first = Parts(runtime)
     first.feed(readings(0, 10))

@@ -249,12 +249,6 @@ class AlertPolicy:
         with self._lock:
             return list(self._devices)
 
-    def forget(self, device_ids: Iterable[str]) -> int:
-        """Drop every rule's state of these devices (another gateway owns them now); returns
-        how many were known. A device seen again starts afresh."""
-        with self._lock:
-            return sum(self._devices.pop(d, None) is not None for d in device_ids)
-
     def __len__(self) -> int:
         return len(self._devices)
 
@@ -277,6 +271,11 @@ class AlertPolicy:
                 self._devices.popitem(last=False)
                 self.metrics.inc("alert_policy_evictions_total")
         return True
+
+    def remove_device(self, device_id: str) -> bool:
+        """Forget a device's state (handed to another gateway)."""
+        with self._lock:
+            return self._devices.pop(device_id, None) is not None
 
     @staticmethod
     def state_classes() -> dict[str, type]:

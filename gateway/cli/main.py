@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.record",
     "gateway.cli.serial",
     "models.cli.main",
-    "plugins.sources.rabbitmq.cli",
+    "gateway.cli.cluster",
 )
 
 

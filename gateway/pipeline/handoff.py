@@ -126,8 +126,10 @@ class PipelineHandoff:
 
     def forget(self, device_ids: Iterable[str]) -> None:
         ids = list(device_ids)
-        known = self.pipeline.windows.forget(ids)
-        self.pipeline.policy.forget(ids)
+        if self.codec is not None:
+            known = self.codec.forget_devices(ids)
+        else:
+            known = sum([self.pipeline.windows.remove(d) or self.pipeline.policy.remove_device(d) for d in ids])
         self.metrics.inc("handoff_devices_forgotten_total", known)
 
     def forget_all(self) -> None:

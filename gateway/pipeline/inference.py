@@ -29,6 +29,7 @@ import numpy as np
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
 from gateway.metrics import Metrics
 from models.scoring.scorer import DeviceScoreState, WindowScorer
+from models.runtime import ModelRuntime
 from gateway.pipeline.windows import DeviceWindow
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def standardize(due: list[DueWindow]) -> np.ndarray:
 
 
 class InferenceEngine:
-    def __init__(self, runtime: Any, metrics: Metrics, *, calibration_steps: int | None = None,
+    def __init__(self, runtime: ModelRuntime, metrics: Metrics, *, calibration_steps: int | None = None,
                  calibration_windows: int | None = None) -> None:
         self.metrics = metrics
         self._overrides = {"calibration_steps": calibration_steps, "calibration_windows": calibration_windows}
@@ -92,7 +93,7 @@ class InferenceEngine:
         metrics.describe("score_trim_windows_total",
                          "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
-    def swap_runtime(self, runtime: Any) -> None:
+    def swap_runtime(self, runtime: ModelRuntime) -> None:
         """Serve ``runtime`` from the next batch on; device score profiles are re-learnt.
         The replaced runtime is closed on the pipeline thread at the next batch (no batch or
         calibration can still be using it then)."""
@@ -197,7 +198,7 @@ class InferenceEngine:
             return None
         return DueWindow(window, window.values(), window.last_timestamp, st)
 
-    def _adapter_for(self, window: DeviceWindow, runtime: Any) -> str | None:
+    def _adapter_for(self, window: DeviceWindow, runtime: ModelRuntime) -> str | None:
         adapter = window.adapter if window.adapter in runtime.adapter_names else None
         if window.adapter is not None and adapter is None:
             self.metrics.inc("adapter_fallbacks_total", adapter=str(window.adapter))

@@ -15,7 +15,6 @@ every device with the same channels (the store interns them).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -126,11 +125,6 @@ class WindowStore:
     def __len__(self) -> int:
         return len(self._windows)
 
-    def forget(self, device_ids: Iterable[str]) -> int:
-        """Drop these devices' windows and the scoring state they carry (another gateway
-        owns them now); returns how many were known."""
-        return sum(self._windows.pop(d, None) is not None for d in device_ids)
-
     def get(self, device_id: str) -> DeviceWindow | None:
         return self._windows.get(device_id)
 
@@ -161,6 +155,15 @@ class WindowStore:
             self.metrics.inc("devices_evicted_total")
             if self._evicted is not None:
                 self._evicted.add(evicted)
+
+    def remove(self, device_id: str) -> bool:
+        """Forget a device (handed to another gateway); counted like an eviction for the
+        checkpoint (its row is deleted), not in ``devices_evicted_total``."""
+        if self._windows.pop(device_id, None) is None:
+            return False
+        if self._evicted is not None:
+            self._evicted.add(device_id)
+        return True
 
     def drain_evicted(self) -> set[str]:
         """Ids evicted since the last call (the checkpoint deletes their rows); the first call

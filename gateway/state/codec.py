@@ -14,6 +14,8 @@ API (stable; other modules build on it):
 - ``restore_devices(blob) -> RestoreReport`` / ``restore_device(blob, report)``: install
   the devices of a blob, replacing what the gateway holds for them. Call from the thread
   that owns the pipeline (or before it starts).
+- ``forget_devices(device_ids) -> int``: drop the listed devices from all three owners
+  (after handing them to another gateway); the next checkpoint deletes their rows.
 - ``model_key()``: identity of the serving model and its score settings. State dumped under
   another key keeps what does not depend on the model (window, standardisation, last seen,
   alert-policy state); the score profile is dropped and re-learnt from the device's next
@@ -106,6 +108,15 @@ class DeviceStateCodec:
             if one is not None:
                 parts += [_LEN.pack(len(one)), one]
         return b"".join(parts)
+
+    def forget_devices(self, device_ids: Iterable[str]) -> int:
+        """Drop the devices from windows, engine and policy; returns how many were known."""
+        n = 0
+        for device_id in device_ids:
+            known = self.windows.remove(device_id)
+            known = self.policy.remove_device(device_id) or known
+            n += known
+        return n
 
     # ---- restoring ------------------------------------------------------------------
     def restore_devices(self, blob: bytes) -> RestoreReport:

@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.contracts import Emit, PluginContext
 from gateway.hookspecs import hookimpl
+from gateway.types import RawUplink
 from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, connect_properties, make_client
 from plugins.sources.mqtt.receive import receive_client_class
-from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink, topic_matches
+from plugins.sources.mqtt.shapes import SHAPES, UplinkShapeError, parse_uplink, topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +179,16 @@ def lora_gateway_register_sources(register: Any) -> None:
     register("mqtt", _factory, MqttSourceOptions)
 
 
+
+
+@hookimpl
+def lora_gateway_message_shapes() -> list[str]:
+    return list(SHAPES)
+
+
+@hookimpl
+def lora_gateway_parse_message(topic: str | None, body: bytes, shape: str) -> RawUplink | None:
+    """``decode FILE``: a message file parsed exactly as the source parses a received one."""
+    if shape not in SHAPES:
+        return None
+    return parse_uplink(topic, body, shape)

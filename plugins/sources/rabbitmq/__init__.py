@@ -1,12 +1,13 @@
 """The ``rabbitmq`` source: gateways as workers of a cluster behind RabbitMQ.
 
-- ``topology``: the broker objects (consistent-hash exchange, partition and snapshot queues)
-  and ``declare`` (``lora-gateway cluster init``, ``cli``);
 - ``assignment``: which worker owns which partition (balanced, from the live members);
-- ``snapshot``: the partition snapshot a new owner restores before consuming;
-- ``source``: the worker (``RabbitSource``); ``plugin`` registers it.
+- ``snapshot``: the partition snapshot (full or delta) a new owner restores before consuming;
+- ``partition``: one partition's bookkeeping and the broker reads around it;
+- ``source``: the worker (``RabbitSource``); ``plugin`` registers it; ``options`` its settings.
 
-pika is imported only when a rabbitmq source starts or a ``cluster`` command runs
+The broker objects are declared by ``lora-gateway cluster init`` (``gateway.cluster.topology``).
+
+pika is imported only when a rabbitmq source is created or a ``cluster`` command runs
 (the ``[cluster]`` extra); docs/deployment-rabbitmq.md is the operator's page.
 """
 

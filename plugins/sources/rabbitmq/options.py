@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.sources.rabbitmq.topology import SNAPSHOT_KEEP, UPLINK_BINDING
+from gateway.cluster.topology import SNAPSHOT_KEEP, UPLINK_BINDING
 
 
 class RabbitSourceOptions(BaseModel):

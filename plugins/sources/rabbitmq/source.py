@@ -1,36 +1,24 @@
-"""The ``rabbitmq`` source: one worker of a gateway cluster behind RabbitMQ.
+"""The ``rabbitmq`` source: one worker of a gateway cluster behind RabbitMQ
+(``docs/deployment-rabbitmq.md``; topology in ``gateway.cluster.topology``).
 
-Uplinks arrive through the partition queues of ``topology`` (ChirpStack's AMQP integration
-publishes to ``amq.topic``; a consistent-hash exchange puts every DevEUI in one of P
-partitions; each partition is a quorum queue with a single active consumer). This source:
+- **Claims its share**: workers announce themselves on the members exchange; each computes
+  the same balanced assignment (``assignment.assign``) and consumes exactly its partitions,
+  one channel each (delivery tags and acks are per channel). A partition no longer ours is
+  released: final snapshot, ack, channel closed. Single active consumer guards the overlap.
+- **Restores before it consumes**: on a partition's first delivery it reads the partition's
+  snapshots (the newest full one and the deltas after it) and has the pipeline thread
+  install them before any uplink of the partition.
+- **Acknowledges only what a snapshot covers**: every ``checkpoint_every`` uplinks or
+  ``checkpoint_interval_s``, the pipeline thread dumps (behind the uplinks handed on) the
+  devices changed since the last checkpoint (every ``full_snapshot_every``-th time all of
+  the partition's); the snapshot is published with a publisher confirm, then one
+  ``basic.ack multiple`` follows. A killed worker leaves unacked exactly what its last
+  snapshot does not cover; the broker redelivers it, in order, to the next owner; what a
+  newer snapshot already covers is dropped by frame counter (``uplinks_duplicate_total``).
+- Bounded: at most ``prefetch`` unacked uplinks per partition.
 
-- **claims its share** of partitions: workers announce themselves every
-  ``member_heartbeat_s`` on the members fanout exchange; every worker computes the same
-  balanced assignment from the live members (``assignment.assign``) and consumes exactly
-  its partitions, one channel each (delivery tags and acks are per channel). A partition
-  that is no longer ours is released: final snapshot, ack, channel closed. Single active
-  consumer guards the overlap: a new owner that subscribes before the old one let go is a
-  standby and receives nothing until the old channel is gone.
-- **restores before it consumes**: on a partition's first delivery after subscribing it
-  reads the partition's snapshots (``snapshot_queue``: the newest full one and the deltas
-  after it) and, on the pipeline thread, installs the devices' state (the device-state
-  codec) before any uplink of the partition.
-- **acknowledges only what a snapshot covers** (checkpoint + source offset): every
-  ``checkpoint_every`` uplinks or ``checkpoint_interval_s`` a partition's uplinks handed on
-  so far are followed, on the pipeline thread, by a dump of the devices that took uplinks
-  since the previous checkpoint (every ``full_snapshot_every``-th time: all the partition's
-  devices, so the cost per uplink does not grow with the partition); the
-  snapshot is published with a publisher confirm, and only then are the uplinks acked
-  (one ``basic.ack multiple`` per partition and checkpoint). A worker killed at any point
-  leaves unacked exactly what its last published snapshot does not cover; the broker
-  redelivers it, in order, to the next owner. Uplinks a newer snapshot already covers
-  (killed between confirm and ack) are dropped by the per-device frame-counter check
-  (``uplinks_duplicate_total``).
-- bounded: at most ``prefetch`` unacked uplinks per partition (basic.qos per channel).
-
-Threads: one (pika's BlockingConnection is not thread-safe) runs the connection,
-deliveries, heartbeats and checkpoint publishing; the pipeline thread runs the state
-dumps and restores that ``bind_pipeline`` gives access to.
+Threads: one runs pika's BlockingConnection (deliveries, heartbeats, publishing, acks); the
+pipeline thread runs the dumps and restores (``bind_pipeline``).
 """
 
 from __future__ import annotations
@@ -42,37 +30,18 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pika
 import pika.exceptions
 
+from gateway.cluster.topology import Topology
 from plugins.sources.rabbitmq.assignment import Membership, assign
 from plugins.sources.rabbitmq.options import RabbitSourceOptions
-from plugins.sources.rabbitmq.snapshot import PartitionSnapshot, SnapshotError, chain
-from plugins.sources.rabbitmq.topology import SNAPSHOT_KEEP, Topology
+from plugins.sources.rabbitmq.partition import (Partition, PartitionMismatch, check_partitions, parse_delivery,
+                                                 read_snapshots)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Partition:
-    """What this worker holds of one partition (touched on the connection thread only)."""
-
-    p: int
-    channel: Any
-    gen: int
-    active: bool = False  # restored and consuming (a delivery has come since subscribing)
-    releasing: bool = False
-    last_tag: int = 0  # delivery tag of the last uplink handed on
-    pending: int = 0  # handed on since the last acknowledged checkpoint
-    checkpointing: bool = False
-    last_checkpoint: float = 0.0
-    devices: set[str] = field(default_factory=set)
-    dirty: set[str] = field(default_factory=set)  # took uplinks since the last checkpoint
-    since_full: int = 0  # snapshots on the queue after the newest full one
-    last_fcnt: dict[str, int] = field(default_factory=dict)
 
 
 class RabbitSource:
@@ -96,7 +65,7 @@ class RabbitSource:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._parts: dict[int, _Partition] = {}
+        self._parts: dict[int, Partition] = {}
         self._done: collections.deque[tuple[int, int, int, int, bytes, bool]] = collections.deque()
         self._gen = itertools.count(1)
         self._seq = itertools.count(1)
@@ -220,27 +189,12 @@ class RabbitSource:
                 pass
 
     def _check_topology(self, conn: Any) -> None:
-        """Passive declares: the partition queues must exist (``lora-gateway cluster init``)."""
-        for p in (0, self.topo.partitions - 1):
-            ch = conn.channel()
-            try:
-                ch.queue_declare(self.topo.partition_queue(p), passive=True)
-                ch.close()
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                self._stop.set()
-                log.error("rabbitmq source %s: queue %s is missing (%s); run `lora-gateway cluster init` first",
-                          self.name, self.topo.partition_queue(p), exc.reply_text)
-                raise
-        ch = conn.channel()
         try:
-            ch.queue_declare(self.topo.partition_queue(self.topo.partitions), passive=True)
-            self._stop.set()
-            log.error("rabbitmq source %s: queue %s exists, so the cluster has more than %d partitions; "
-                      "set partitions to match `cluster init`", self.name,
-                      self.topo.partition_queue(self.topo.partitions), self.topo.partitions)
-            raise pika.exceptions.AMQPError("partition count does not match the broker")
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
+            check_partitions(conn, self.topo)
+        except PartitionMismatch as exc:
+            self._stop.set()  # a setting that cannot work: no retry
+            log.error("rabbitmq source %s: %s", self.name, exc)
+            raise pika.exceptions.AMQPError(str(exc)) from exc
 
     # ---- membership and assignment ----------------------------------------------------
     def _announce(self, event: str) -> None:
@@ -280,13 +234,13 @@ class RabbitSource:
     def _subscribe(self, p: int) -> None:
         ch = self._conn.channel()
         ch.basic_qos(prefetch_count=self.options.prefetch)
-        st = _Partition(p, ch, next(self._gen), last_checkpoint=time.monotonic())
+        st = Partition(p, ch, next(self._gen), last_checkpoint=time.monotonic())
         self._parts[p] = st
         ch.basic_consume(self.topo.partition_queue(p), lambda c, m, pr, b, st=st: self._on_delivery(st, m, b))
         log.info("rabbitmq source %s: subscribed to partition %d (owner once the previous one lets go)", self.name, p)
 
     # ---- deliveries --------------------------------------------------------------------
-    def _on_delivery(self, st: _Partition, method: Any, body: bytes) -> None:
+    def _on_delivery(self, st: Partition, method: Any, body: bytes) -> None:
         if st.releasing or self._parts.get(st.p) is not st:
             return  # left unacked: redelivered to the next owner when the channel closes
         if not st.active:
@@ -296,31 +250,18 @@ class RabbitSource:
         self.metrics.inc("uplinks_received_total", source=self.name)
         uplink = self._parse(method.routing_key, body)
         if uplink is not None:
-            dev, fcnt = uplink.device_id, uplink.f_cnt
-            last = st.last_fcnt.get(dev)
-            if fcnt is not None and last is not None and 0 <= last - fcnt < self.options.duplicate_window:
-                self.metrics.inc("uplinks_duplicate_total", source=self.name, reason="partition_snapshot")
-            else:
-                if fcnt is not None:
-                    st.last_fcnt[dev] = fcnt
-                st.devices.add(dev)
-                st.dirty.add(dev)
+            if st.take(uplink.device_id, uplink.f_cnt, self.options.duplicate_window):
                 assert self._emit is not None
                 self._emit(uplink)
+            else:
+                self.metrics.inc("uplinks_duplicate_total", source=self.name, reason="partition_snapshot")
         if st.pending >= self.options.checkpoint_every and not st.checkpointing:
             self._checkpoint(st)
 
     def _parse(self, routing_key: str, body: bytes) -> Any:
-        from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink
-
-        if len(body) > self.options.max_payload_bytes:
-            self.metrics.inc("uplinks_rejected_total", source=self.name, reason="too_large")
-            return None
-        try:
-            uplink = parse_uplink(routing_key.replace(".", "/"), body, self.options.shape)
-        except UplinkShapeError as exc:
-            self.metrics.inc("uplinks_rejected_total", source=self.name, reason=exc.reason)
-            log.debug("rabbitmq source %s rejected a message (%s): %s", self.name, routing_key, exc)
+        uplink, reason = parse_delivery(routing_key, body, self.options.shape, self.options.max_payload_bytes)
+        if uplink is None:
+            self.metrics.inc("uplinks_rejected_total", source=self.name, reason=str(reason))
             return None
         uplink.source = self.name
         return uplink
@@ -335,39 +276,24 @@ class RabbitSource:
             self.metrics.inc("rabbitmq_log_commit_failures_total", source=self.name)
 
     # ---- taking over ---------------------------------------------------------------------
-    def _acquire(self, st: _Partition) -> None:
+    def _acquire(self, st: Partition) -> None:
         """Read the partition's snapshots (a full one and the deltas after it), queue their
         restore on the pipeline thread (ahead of this partition's first uplink), and take
         over their frame counters and device list."""
         t0 = time.monotonic()
-        queue = self.topo.snapshot_queue(st.p)
-        found: list[PartitionSnapshot] = []
-        last_tag = 0
-        for _ in range(2 * SNAPSHOT_KEEP):
-            method, _, body = self._ctl.basic_get(queue, auto_ack=False)
-            if method is None:
-                break
-            last_tag = method.delivery_tag
-            try:
-                found.append(PartitionSnapshot.decode(body))
-            except SnapshotError as exc:
-                self.metrics.inc("cluster_snapshot_unreadable_total")
-                log.error("rabbitmq source %s: a snapshot of partition %d is unreadable (%s)", self.name, st.p, exc)
-        if last_tag:
-            self._ctl.basic_nack(last_tag, multiple=True, requeue=True)  # they stay, in order, for the next owner
-        snaps, complete = chain(found)
-        if found and not complete:
+        snaps, complete, errors = read_snapshots(self._ctl, self.topo.snapshot_queue(st.p))
+        for error in errors:
+            self.metrics.inc("cluster_snapshot_unreadable_total")
+            log.error("rabbitmq source %s: a snapshot of partition %d is unreadable (%s)", self.name, st.p, error)
+        if snaps and not complete:
             self.metrics.inc("cluster_snapshot_unreadable_total")
             log.error("rabbitmq source %s: no full snapshot of partition %d; devices missing from its deltas "
                       "recalibrate", self.name, st.p)
+        st.adopt(snaps, complete, self.options.full_snapshot_every)
         access = self._access
-        for snap in snaps:
-            st.last_fcnt.update(snap.last_fcnt)
-            st.devices.update(snap.devices)
         blobs = [snap.state for snap in snaps if snap.state]
         if blobs:
             access.call(lambda: access.restore(blobs))
-        st.since_full = len(snaps) - 1 if complete else self.options.full_snapshot_every
         st.active = True
         took = time.monotonic() - t0
         self.metrics.inc("cluster_partition_acquired_total")
@@ -384,18 +310,13 @@ class RabbitSource:
                     and now - st.last_checkpoint >= self.options.checkpoint_interval_s):
                 self._checkpoint(st)
 
-    def _checkpoint(self, st: _Partition, final: bool = False) -> None:
+    def _checkpoint(self, st: Partition, final: bool = False) -> None:
         """Ask the pipeline for the partition's state after what was handed on so far."""
         self._commit_chunk()
         st.checkpointing = True
         p, gen, tag, count = st.p, st.gen, st.last_tag, st.pending
-        full = st.since_full >= self.options.full_snapshot_every
-        devices = sorted(st.devices if full else st.dirty)
-        st.dirty = set()
-        st.since_full = 0 if full else st.since_full + 1
-        snap = PartitionSnapshot(partition=p, worker=self.worker, seq=next(self._seq), full=full,
-                                 last_fcnt={d: st.last_fcnt[d] for d in devices if d in st.last_fcnt},
-                                 devices=devices)
+        snap = st.next_snapshot(self.worker, next(self._seq), self.options.full_snapshot_every)
+        devices = snap.devices
         access, done = self._access, self._done
         owned = sorted(st.devices) if final else []
 
@@ -435,7 +356,7 @@ class RabbitSource:
                 self._checkpoint(st, final=True)
 
     # ---- letting go -------------------------------------------------------------------
-    def _release(self, st: _Partition) -> None:
+    def _release(self, st: Partition) -> None:
         if st.releasing:
             return
         st.releasing = True
@@ -446,7 +367,7 @@ class RabbitSource:
             self._checkpoint(st, final=True)
         # else: the checkpoint in flight finishes first, then the final one starts
 
-    def _close(self, st: _Partition) -> None:
+    def _close(self, st: Partition) -> None:
         self._parts.pop(st.p, None)
         try:
             if st.channel.is_open:
