@@ -38,6 +38,15 @@ DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
 DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _Call:
+    """A job queued behind the uplinks (``Pipeline.call_soon``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config;
@@ -138,6 +147,14 @@ class Pipeline:
         self._thread = None
         return done
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline thread once every uplink queued before it has been
+        handled and its due windows scored (the pending batch is flushed first), so ``fn``
+        sees device state that reflects exactly those uplinks. Never dropped: blocks while
+        the queue is full. An exception from ``fn`` is logged and counted
+        (``pipeline_calls_failed_total``); the loop goes on."""
+        self._queue.put((_Call(fn), None))
+
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -203,7 +220,10 @@ class Pipeline:
             if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
-    def _handle(self, uplink: RawUplink, ingested: float | None = None) -> None:
+    def _handle(self, uplink: RawUplink | _Call, ingested: float | None = None) -> None:
+        if isinstance(uplink, _Call):
+            self._run_call(uplink)
+            return
         if uplink.seq:
             self.handled_seq = uplink.seq
         decoded = self.decoder.decode(uplink)
@@ -234,6 +254,14 @@ class Pipeline:
             full = self._batcher.add(due)
             if full:
                 self._score(full)
+
+    def _run_call(self, call: _Call) -> None:
+        self._flush()
+        try:
+            call.fn()
+        except Exception:  # noqa: BLE001 - a failing job must not stop the loop; counted and logged
+            self.metrics.inc("pipeline_calls_failed_total")
+            log.exception("a job queued on the pipeline failed")
 
     def _flush(self) -> None:
         """Score whatever is pending now."""
