@@ -28,6 +28,7 @@ SKIP: tuple[tuple[str, str], ...] = (
     (r"systemctl|/etc/systemd/", "needs systemd and root (installs and starts the service)"),
     (r"/opt/lora-gateway", "installs into /opt as root (a production virtual environment)"),
     (r"/etc/lora-gateway", "needs root: installs the config under /etc (or reads the one installed there)"),
+    (r"^lora-gateway cluster ", "needs a RabbitMQ broker; tests/test_cluster_rabbitmq.py runs it against its own node"),
 )
 
 
