@@ -22,6 +22,7 @@ from gateway.control.command_topic import CommandsSection
 from gateway.ingest.profiles import ProfileConfig
 from gateway.plugin_manager import Registry
 from gateway.recording.config import RecordConfig, record_config_errors
+from gateway.status.config import StatusSection
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
 SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
@@ -113,6 +114,7 @@ class GatewayConfig(Strict):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
     commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
+    status: StatusSection = Field(default_factory=StatusSection, description="The status page beside /metrics: devices, charts, recent alerts with an operator's verdict; read-only unless an operator token is set.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
     source_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
@@ -126,8 +128,15 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, in our words where its own would puzzle a reader."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])
+
+
 def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    return [f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return [f"{_loc(prefix + tuple(e['loc']))}: {_message(e)}" for e in exc.errors()]
 
 
 def validate_config(data: dict[str, Any], registry: Registry, source: str = "config") -> GatewayConfig:

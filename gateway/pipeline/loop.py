@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.alerts.policy import AlertPolicy
-from gateway.contracts import ReadingObserver
+from gateway.contracts import ReadingObserver, ScoreObserver
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP = object()
+# publish-to-decision: from the source's hand-off (``ingest``) to the alert decision
+DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,10 @@ class Pipeline:
 
     Per accepted reading the loop feeds the alert policy's rules, then every
     ``ReadingObserver`` in ``observers`` (telemetry, recorder, probes) in order, then the
-    reading's window; due windows are scored in batches. Jobs added with ``add_periodic``
-    run on the pipeline thread about once a second (the systemd watchdog ping).
+    reading's window; due windows are scored in batches, and every score goes to the alert
+    policy and then to each ``ScoreObserver`` (the status page). An observer may be both;
+    ``observers`` holds them all. Jobs added with ``add_periodic`` run on the pipeline
+    thread about once a second (the systemd watchdog ping, checkpoints).
     """
 
     def __init__(
@@ -66,7 +70,7 @@ class Pipeline:
         policy: AlertPolicy,
         publish_alerts: Callable[[list[Alert]], None],
         metrics: Metrics,
-        observers: Sequence[ReadingObserver] = (),
+        observers: Sequence[ReadingObserver | ScoreObserver] = (),
         settings: PipelineSettings = PipelineSettings(),
     ) -> None:
         self.decoder = decoder
@@ -75,7 +79,11 @@ class Pipeline:
         self.policy = policy
         self.publish_alerts = publish_alerts
         self.metrics = metrics
-        self.observers = tuple(observers)
+        self.observers = tuple(o for o in observers if isinstance(o, ReadingObserver))
+        self.score_observers = tuple(o for o in observers if isinstance(o, ScoreObserver))
+        metrics.histogram("decision_latency_seconds", DECISION_LATENCY_BUCKETS,
+                          "Seconds from a source handing an uplink to the pipeline to the alert decision "
+                          "on the window it completed (queueing, batching and inference included)")
         self.max_batch = settings.max_batch
         self.max_delay_s = settings.max_delay_s
         self.block_s = settings.block_s
@@ -100,7 +108,7 @@ class Pipeline:
     # ---- called from source threads -------------------------------------------------
     def ingest(self, uplink: RawUplink) -> None:
         try:
-            self._queue.put(uplink, timeout=self.block_s)
+            self._queue.put((uplink, time.monotonic()), timeout=self.block_s)
         except queue.Full:
             self.metrics.inc("uplinks_dropped_total", reason="queue_full")
             log.warning("ingest queue full for %.1f s: dropped an uplink from %s", self.block_s, uplink.device_id)
@@ -109,7 +117,7 @@ class Pipeline:
         """An uplink already in the ingest log (``gateway.ingest.accept``): waits for room as
         long as it takes (never dropped: it was acknowledged; the source's thread is held,
         so the broker keeps what follows)."""
-        self._queue.put(uplink)
+        self._queue.put((uplink, time.monotonic()))
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -170,7 +178,7 @@ class Pipeline:
                 return
             if item is not None:
                 self.idle.clear()
-                self._handle(item)
+                self._handle(*item)
                 # take what else is already waiting, up to a batch's worth, before deciding
                 for _ in range(self.max_batch * 4):
                     try:
@@ -180,7 +188,7 @@ class Pipeline:
                     if nxt is _STOP:
                         self._flush()
                         return
-                    self._handle(nxt)
+                    self._handle(*nxt)
             if self._due and (len(self._due) >= self.max_batch or item is None
                               or (self._due_since is not None and time.monotonic() - self._due_since >= self.max_delay_s)):
                 self._flush()
@@ -188,7 +196,7 @@ class Pipeline:
             if item is None and not self._due and self._queue.empty():
                 self.idle.set()
 
-    def _handle(self, uplink: RawUplink) -> None:
+    def _handle(self, uplink: RawUplink, ingested: float | None = None) -> None:
         if uplink.seq:
             self.handled_seq = uplink.seq
         decoded = self.decoder.decode(uplink)
@@ -215,6 +223,7 @@ class Pipeline:
             self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         due = self.engine.observe(window)
         if due is not None:
+            due.ingested = ingested
             if not self._due:
                 self._due_since = time.monotonic()
             self._due.append(due)
@@ -238,8 +247,14 @@ class Pipeline:
         alerts: list[Alert] = []
         for due, score, details in results:
             alerts.extend(self.policy.on_score(due.window.device_id, due.timestamp, score, details))
+            for observer in self.score_observers:
+                observer.observe_score(due.window.device_id, due.timestamp, score, details)
         if alerts:
             self.publish_alerts(alerts)
+        decided = time.monotonic()
+        for due, _, _ in results:
+            if due.ingested is not None:
+                self.metrics.observe("decision_latency_seconds", decided - due.ingested)
 
     def _periodic(self) -> None:
         now_mono = time.monotonic()
