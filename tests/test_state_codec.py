@@ -174,6 +174,25 @@ def test_a_checkpoint_round_trip_restores_position_and_devices(runtime: ModelRun
     assert seq == 1234 and report is not None and report.devices == 5 and report.score_profiles == 5
 
 
+def test_a_checkpoint_from_an_older_model_says_what_it_kept(runtime: ModelRuntime, tmp_path: Path) -> None:
+    first = Parts(runtime)
+    first.feed(readings(0, STEPS + 5))
+    cp = Checkpointer(CheckpointStore(tmp_path / "cp.sqlite", first.metrics), first.codec, first.metrics, 0.0)
+    for d in DEVICES:
+        cp.mark(d)
+    cp.close(seq=77)
+    newer = ModelRuntime.load(base_model_dir(), ["cpu"])
+    newer.manifest = {**newer.manifest, "version": "2.0-test"}
+    restored = Parts(newer)
+    cp2 = Checkpointer(CheckpointStore(tmp_path / "cp.sqlite", restored.metrics), restored.codec, restored.metrics, 0.0)
+    seq, report = cp2.restore()
+    cp2.close()
+    assert seq == 77 and report is not None
+    assert (report.standardised, report.score_profiles, report.recalibrating) == (5, 0, 5)
+    (note,) = report.notes
+    assert "serving" in note and "2.0-test" in note and "score profiles recalibrate" in note
+
+
 def test_an_unreadable_checkpoint_is_moved_aside_and_the_gateway_starts_empty(runtime: ModelRuntime, tmp_path: Path) -> None:
     path = tmp_path / "cp.sqlite"
     path.write_bytes(b"SQLite format 3\x00" + os.urandom(5000))

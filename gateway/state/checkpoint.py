@@ -8,8 +8,9 @@ checkpoint whole. A file SQLite cannot read is moved aside (``.corrupt-<time>``)
 gateway starts without state (counted, logged), never stays down.
 
 ``Checkpointer`` runs on the pipeline thread: it remembers which devices changed
-(``mark``), ``capture(seq)`` dumps only those (a few microseconds each) and hands the rows
-to its writer thread; the previous checkpoint's rows of the other devices stay valid,
+(``mark``), ``capture(seq)`` copies only those (``gateway.state.tree.snapshot``, about
+20 µs each; the pipeline pauses for the copy only) and hands them to its writer thread,
+which encodes and commits them; the previous checkpoint's rows of the other devices stay valid,
 because they did not change. One write at a time: while one runs, a due capture waits.
 A failed write (disk full) is kept and merged into the next one. ``on_written(seq)`` runs
 after each commit (the ingest log then deletes the segments the checkpoint covers).
@@ -25,9 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.state.codec import DeviceStateCodec, RestoreReport
+from gateway.state.tree import pack, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class _Batch:
     seq: int
     model_key: str
     model_ref: str
-    rows: dict[str, tuple[float, bytes]]
+    rows: dict[str, tuple[float, Any]]  # (last seen, device tree snapshot; bytes once encoded)
     deletes: set[str]
 
 
@@ -191,15 +194,15 @@ class Checkpointer:
                 return False
         key = self.codec.model_key()
         dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted(), set()
-        rows: dict[str, tuple[float, bytes]] = {}
+        rows: dict[str, tuple[float, Any]] = {}
         deletes: set[str] = set()
         for device_id in dirty:
-            blob = self.codec.dump_device(device_id, key)
-            if blob is None:
+            tree = self.codec.device_tree(device_id, key)
+            if tree is None:
                 deletes.add(device_id)
-            else:
+            else:  # a private copy here; encoded on the writer thread (the pipeline's pause is the copy)
                 window = self.codec.windows.get(device_id)
-                rows[device_id] = (window.last_timestamp if window is not None else 0.0, blob)
+                rows[device_id] = (window.last_timestamp if window is not None else 0.0, snapshot(tree))
         batch = _Batch(seq, key, self.codec.model_ref(), rows, deletes)
         with self._lock:
             failed, self._failed = self._failed, None
@@ -242,6 +245,9 @@ class Checkpointer:
 
     def _write(self, batch: _Batch) -> None:
         started = time.perf_counter()
+        for device_id, (ts, value) in batch.rows.items():
+            if not isinstance(value, bytes):
+                batch.rows[device_id] = (ts, pack(value))
         try:
             self.store.write(batch.seq, batch.model_key, batch.model_ref, batch.rows, batch.deletes)
         except sqlite3.Error as exc:

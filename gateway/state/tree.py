@@ -33,6 +33,41 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def snapshot(tree: Any) -> Any:
+    """A copy of ``tree`` that shares nothing mutable with it (arrays, lists, dicts and
+    dataclasses copied; numbers and strings shared), for ``pack`` on another thread while
+    the owner keeps changing the original. Cheaper than ``pack`` (no encoding)."""
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    if isinstance(tree, np.ndarray):
+        return tree.copy()
+    if isinstance(tree, array):
+        return array(tree.typecode, tree)
+    if isinstance(tree, (list, tuple)):
+        return [snapshot(v) for v in tree]
+    if isinstance(tree, dict):
+        return {k: snapshot(v) for k, v in tree.items()}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        cls = type(tree)
+        inst = cls.__new__(cls)
+        for f in _fields(cls):
+            object.__setattr__(inst, f, snapshot(getattr(tree, f)))
+        return inst
+    if isinstance(tree, np.generic):
+        return tree.item()
+    raise TypeError(f"cannot snapshot {type(tree).__name__}")
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def pack(tree: Any) -> bytes:
     arrays: list[np.ndarray] = []
 
@@ -52,8 +87,7 @@ def pack(tree: Any) -> bytes:
         if isinstance(obj, dict):
             return {"$d": [[k, enc(v)] for k, v in obj.items()]}
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {"$dc": _qualname(type(obj)),
-                    "f": {f.name: enc(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+            return {"$dc": _qualname(type(obj)), "f": {name: enc(getattr(obj, name)) for name in _fields(type(obj))}}
         raise TypeError(f"cannot encode {type(obj).__name__} in a state blob")
 
     header = json.dumps(enc(tree), separators=(",", ":")).encode("utf-8")
