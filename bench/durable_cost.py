@@ -30,7 +30,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WARM_READINGS, TOPIC, Mosquitto, dev_eui, gateway_config, machine, make_gateway, payload_index, payload_variants, uplink_body  # noqa: E402
+from _common import (  # noqa: E402
+    TOPIC,
+    WARM_READINGS,
+    Mosquitto,
+    dev_eui,
+    gateway_config,
+    machine,
+    make_gateway,
+    payload_index,
+    payload_variants,
+    uplink_body,
+)
 
 
 def per_reading(args: argparse.Namespace, fsync: bool) -> None:

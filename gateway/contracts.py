@@ -107,6 +107,14 @@ class ReadingObserver(Protocol):
 
 
 @runtime_checkable
+class ScoreObserver(Protocol):
+    """Sees every window score the alert policy decides on, on the pipeline thread; must
+    not block (the status page keeps a bounded copy)."""
+
+    def observe_score(self, device_id: str, timestamp: float, score: float, details: dict[str, Any]) -> None:
+        """Take note of one window's score (``details``: top ``channel``, per-channel scores)."""
+
+
 class PartitionedSource(Protocol):
     """A source whose devices move between gateways (a cluster worker): it hands device
     state over through the pipeline (``gateway.pipeline.handoff.PipelineHandoff``) and

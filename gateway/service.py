@@ -30,13 +30,21 @@ import pluggy
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import (AlertHandler, PartitionedSource, PluginContext, ReadingObserver, ReconnectNotifier,
-                               Source)
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.contracts import (
+    AlertHandler,
+    PartitionedSource,
+    PluginContext,
+    ReadingObserver,
+    ReconnectNotifier,
+    ScoreObserver,
+    Source,
+)
+from gateway.pipeline.batching import BatchTableError, resolve_batching
 from gateway.pipeline.handoff import PipelineHandoff
 from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
-from gateway.metrics import Metrics
+from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
@@ -49,6 +57,7 @@ from gateway.recording.config import recording_dir
 from gateway.alerts.telemetry import TelemetryFanout
 from gateway.types import Alert, RawUplink, Reading
 from gateway.pipeline.windows import WindowStore
+from gateway.status.wiring import new_page, new_tracker
 from models.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -86,6 +95,14 @@ def resolve_model_dir(config: GatewayConfig) -> Path:
     return DEFAULT_MODEL_DIR
 
 
+def load_model(config: GatewayConfig, model_dir: Path) -> ModelRuntime:
+    """The model with its configured adapters, warmed up: what ``run`` serves and what
+    ``doctor`` checks (the same call, so doctor fails where run would). ModelLoadError."""
+    adapters = {name: Path(p) for name, p in config.model.adapters.items()}
+    return ModelRuntime.load(model_dir, config.model.providers, intra_op_threads=config.model.intra_op_threads,
+                             adapters=adapters or None, cuda_tf32=config.model.cuda_tf32)
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
@@ -105,6 +122,8 @@ class Gateway:
         self.telemetry: TelemetryFanout | None = None
         self.recorder: ReadingRecorder | None = None
         self.metrics_server: Any = None
+        self.status: Any = None  # gateway.status.tracker.StatusTracker when the page is served
+        self.serving_dir: str | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -115,17 +134,13 @@ class Gateway:
         self.commands: ModelCommandListener | None = None
         self.durability: Any = None  # gateway.state.durability.Durability with [state] durable_ingest
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
+        self.metrics.zero(DASHBOARD_COUNTERS)
 
     # ---- model ------------------------------------------------------------------------
     def load_runtime(self, model_dir: Path) -> ModelRuntime:
-        adapters = {name: Path(p) for name, p in self.config.model.adapters.items()}
-        runtime = ModelRuntime.load(model_dir, self.config.model.providers,
-                                    intra_op_threads=self.config.model.intra_op_threads,
-                                    adapters=adapters or None)
+        runtime = load_model(self.config, model_dir)
         log.info("model %s serving on %s", model_dir, ", ".join(runtime.providers_in_use))
-        for note in runtime.provider_notes:
-            log.info("execution provider skipped: %s", note)
-        return runtime
+        return runtime  # skipped providers: ModelRuntime.load logged them in one line
 
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
@@ -177,12 +192,15 @@ class Gateway:
             self.metrics.set("model_info", 0, **self._model_labels)
         self.metrics.set("model_info", 1, **labels)
         self._model_labels = labels
+        self.serving_dir = str(model_dir)
 
     # ---- alerts -----------------------------------------------------------------------
     def publish_alerts(self, alerts: list[Alert]) -> None:
         assert self.outbox is not None and self.dispatcher is not None
         for alert in alerts:
             self.outbox.append(alert)
+            if self.status is not None:
+                self.status.on_alert(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
         self.dispatcher.wake()
@@ -219,13 +237,22 @@ class Gateway:
                 self.recorder.start()
             except OSError as exc:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
+        try:
+            batching = resolve_batching(cfg.batcher.max_batch, cfg.batcher.max_delay_ms, self.runtime.providers_in_use[0])
+        except BatchTableError as exc:
+            raise StartupError(f"batcher: {exc}") from exc
+        log.info("batcher: max_batch %d, deadline %.2f ms for %s (%s)", batching.max_batch, batching.max_delay_ms,
+                 batching.provider, batching.source)
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
-        observers: list[ReadingObserver] = [self.telemetry]
+        observers: list[ReadingObserver | ScoreObserver] = [self.telemetry]
         if self.recorder is not None:
             observers.append(self.recorder)
         if self.on_reading is not None:
             observers.append(CallbackObserver(self.on_reading))
+        self.status = new_tracker(self)
+        if self.status is not None:
+            observers.append(self.status)
         self.pipeline = Pipeline(
             decoder=UplinkDecoder(self.pm, ProfileSet(cfg.profiles),
                                   Quarantine(state_dir / "quarantine.jsonl", self.metrics)),
@@ -235,8 +262,8 @@ class Gateway:
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             observers=observers,
-            settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
-                                      max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+            settings=PipelineSettings(max_batch=batching.max_batch,
+                                      max_delay_s=batching.max_delay_ms / 1000.0,
                                       queue_size=cfg.gateway.ingest_queue_size,
                                       block_s=cfg.gateway.ingest_block_s),
         )
@@ -260,7 +287,14 @@ class Gateway:
         if cfg.metrics.listen:
             from gateway.metrics_http import serve_metrics
 
-            self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health)
+            try:
+                page = new_page(self, self.status) if self.status is not None else None
+            except ValueError as exc:
+                raise StartupError(f"status: {exc}") from exc
+            try:
+                self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health, page)
+            except OSError as exc:
+                raise StartupError(f"metrics: cannot listen on {cfg.metrics.listen}: {exc.strerror or exc}") from exc
         if cfg.commands.enabled:
             self.commands = ModelCommandListener(cfg.commands, cfg.gateway.id, self, self.metrics)
             self.commands.start()

@@ -139,48 +139,51 @@ def _alert_stream(path: Path) -> list[tuple[str, str, str, str]]:
     return list(seen.values())
 
 
+def _run_alert_stream(root: Path, run_broker: Broker, uplinks: list, kill_at: int | None) -> list[tuple[str, str, str, str]]:
+    """Feed ``uplinks`` to a gateway process (killed with SIGKILL after ``kill_at`` of them
+    and started again, when given); the alert stream it wrote."""
+    config, port = write_config(root, run_broker, extra={"state": {"checkpoint_interval_s": 0.5}})
+    gw = GatewayProcess(config, port, root / "gateway-1.log")
+    gw2: GatewayProcess | None = None
+    try:
+        assert wait_for(lambda: (h := gw.health()) is not None and h[0] == 200, 60), gw.log()
+        if kill_at is None:
+            publish_all(run_broker.host, run_broker.port, uplinks)
+            assert wait_for(lambda: gw.metric("readings_total") == len(uplinks), 120), gw.log()[-3000:]
+            last = gw
+        else:
+            publish_all(run_broker.host, run_broker.port, uplinks[:kill_at])
+            assert wait_for(lambda: gw.metric("readings_total") == kill_at, 120), gw.log()[-3000:]
+            assert wait_for(lambda: gw.metric("checkpoints_total") >= 1, 30)
+            gw.signal(signal.SIGKILL)
+            assert gw.wait(10) == -signal.SIGKILL
+            gw2 = last = GatewayProcess(config, port, root / "gateway-2.log")
+            assert wait_for(lambda: (h := last.health()) is not None and h[0] == 200, 60), last.log()
+            publish_all(run_broker.host, run_broker.port, uplinks[kill_at:])
+            assert wait_for(lambda: last.metric("readings_total") - last.metric("ingest_log_replayed_total")
+                            == len(uplinks) - kill_at, 120), last.log()[-3000:]
+        assert wait_for(lambda: last.metric("outbox_pending") == 0, 30)
+        last.signal(signal.SIGTERM)
+        assert last.wait(30) == 0
+        return _alert_stream(root / "alerts.jsonl")
+    finally:
+        gw.close()
+        if gw2 is not None:
+            gw2.close()
+
+
 def test_after_sigkill_the_alert_stream_equals_an_uninterrupted_run(broker: Broker, tmp_path: Path) -> None:
     devices = 4
     uplinks = field_uplinks(devices=devices, readings=700, fault=Fault(device=1, start=420, end=520, shift=14.0), seed=3)
-    streams = []
-    for run, kill_at in (("straight", None), ("killed", 450 * devices)):
-        root = tmp_path / run
-        root.mkdir()
-        run_broker = broker if run == "straight" else Broker(root / "broker")
-        if run_broker is not broker:
-            run_broker.start()
-        config, port = write_config(root, run_broker, extra={"state": {"checkpoint_interval_s": 0.5}})
-        gw = GatewayProcess(config, port, root / "gateway-1.log")
-        gw2: GatewayProcess | None = None
-        try:
-            assert wait_for(lambda: (h := gw.health()) is not None and h[0] == 200, 60), gw.log()
-            if kill_at is None:
-                publish_all(run_broker.host, run_broker.port, uplinks)
-                assert wait_for(lambda: gw.metric("readings_total") == len(uplinks), 120), gw.log()[-3000:]
-                last = gw
-            else:
-                publish_all(run_broker.host, run_broker.port, uplinks[:kill_at])
-                assert wait_for(lambda: gw.metric("readings_total") == kill_at, 120), gw.log()[-3000:]
-                assert wait_for(lambda: gw.metric("checkpoints_total") >= 1, 30)
-                gw.signal(signal.SIGKILL)
-                assert gw.wait(10) == -signal.SIGKILL
-                gw2 = GatewayProcess(config, port, root / "gateway-2.log")
-                assert wait_for(lambda: (h := gw2.health()) is not None and h[0] == 200, 60), gw2.log()
-                publish_all(run_broker.host, run_broker.port, uplinks[kill_at:])
-                assert wait_for(lambda: gw2.metric("readings_total") - gw2.metric("ingest_log_replayed_total")
-                                == len(uplinks) - kill_at, 120), gw2.log()[-3000:]
-                last = gw2
-            assert wait_for(lambda: last.metric("outbox_pending") == 0, 30)
-            last.signal(signal.SIGTERM)
-            assert last.wait(30) == 0
-            streams.append(_alert_stream(root / "alerts.jsonl"))
-        finally:
-            gw.close()
-            if gw2 is not None:
-                gw2.close()
-            if run_broker is not broker:
-                run_broker.stop()
-    straight, killed = streams
+    (tmp_path / "straight").mkdir()
+    straight = _run_alert_stream(tmp_path / "straight", broker, uplinks, None)
+    (tmp_path / "killed").mkdir()
+    second = Broker(tmp_path / "killed" / "broker")
+    second.start()
+    try:
+        killed = _run_alert_stream(tmp_path / "killed", second, uplinks, 450 * devices)
+    finally:
+        second.stop()
     print(f"alert stream: {len(straight)} events uninterrupted, {len(killed)} after SIGKILL + restart")
     assert any(kind == "anomaly" and state == "raised" for _, _, kind, state in straight), straight
     assert killed == straight

@@ -41,7 +41,7 @@ def test_records_come_back_in_order_with_their_seq_after_a_reopen(tmp_path: Path
     again = IngestLog(tmp_path, Metrics())
     back = list(again.records(0))
     assert [u.seq for u in back] == list(range(1, 51))
-    assert all(same(a, b) for a, b in zip(ups, back))
+    assert all(same(a, b) for a, b in zip(ups, back, strict=True))
     assert [u.seq for u in again.records(45)] == [46, 47, 48, 49, 50]
     assert again.next_seq == 51
 

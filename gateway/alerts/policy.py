@@ -76,6 +76,7 @@ class _Track:
     episode_start: float = 0.0
     held: bool = False  # a raise is being held back by a rate limit (counted once)
     last_raise: float | None = None
+    channel: str | None = None  # the channel named by the raise; its clear names the same one
 
 
 def _link_message(rssi: float | None, snr: float | None) -> str:
@@ -422,9 +423,14 @@ class AlertPolicy:
         if state == "raised":
             t.raised = True
             t.episode_start = t.run_start if t.run_start is not None else ts
+            t.channel = details.get("channel")
             self.metrics.inc("alerts_raised_total", kind=kind)
         else:
             t.raised = False
+            if t.channel is not None:
+                # the clearing window's top channel is whichever is least calm now (often
+                # another one): the clear names the raised channel, the other goes aside
+                details = {**details, "channel": t.channel, "top_channel_at_clear": details.get("channel")}
             self.metrics.inc("alerts_cleared_total", kind=kind)
         t.run, t.run_start = 0, None
         return Alert(device_id=device_id, kind=kind, state=state, severity=severity, timestamp=ts,

@@ -29,8 +29,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Hashable
+from collections.abc import Callable, Hashable
 
 from gateway.ingest.log import IngestLog
 from gateway.metrics import Metrics
@@ -67,7 +66,7 @@ class IngestAcceptor:
         metrics.describe("uplinks_duplicate_total", "Redelivered uplinks dropped by the duplicate check, by reason")
         metrics.describe("ingest_log_bypassed_total", "Uplinks handed on although the ingest log could not store them")
 
-    def emitter(self, source: str, redelivers: bool = True) -> "SourceEmitter":
+    def emitter(self, source: str, redelivers: bool = True) -> SourceEmitter:
         """The ``emit`` for one source. ``redelivers``: the source's transport sends what was
         not acknowledged again (MQTT): duplicates are checked, and a failed write drops the
         held uplinks. Otherwise (a radio on serial) no duplicate check, and a failed write
@@ -77,8 +76,9 @@ class IngestAcceptor:
         return em
 
     # ---- duplicates -----------------------------------------------------------------
-    def remember(self, up: RawUplink) -> bool:
-        """Record the uplink's key; False (and counted) when it is a duplicate."""
+    def remember(self, up: RawUplink, count: bool = True) -> bool:
+        """Record the uplink's key; False (and counted, unless ``count`` is False) when it is
+        a duplicate."""
         found = dedup_key(up)
         if found is None:
             return True
@@ -86,7 +86,8 @@ class IngestAcceptor:
         with self._seen_lock:
             if key in self._seen:
                 self._seen.move_to_end(key)
-                self.metrics.inc("uplinks_duplicate_total", source=up.source or "?", reason=reason)
+                if count:
+                    self.metrics.inc("uplinks_duplicate_total", source=up.source or "?", reason=reason)
                 return False
             self._seen[key] = None
             if len(self._seen) > self.dedup_horizon:
@@ -130,7 +131,7 @@ class IngestAcceptor:
         seq > ``after`` to the pipeline (before the sources start). Returns how many."""
         n = 0
         for up in self.log.records(0):
-            self.remember(up)
+            self.remember(up, count=False)
             if up.seq > after:
                 self.deliver(up)
                 n += 1

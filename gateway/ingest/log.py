@@ -129,8 +129,8 @@ class IngestLog:
         last_seq = 0
         for i, (first, path) in enumerate(found):
             good = 0
-            for good, seq, _ in _scan(path):
-                last_seq = max(last_seq, seq)
+            for end, seq, _ in _scan(path):
+                good, last_seq = end, max(last_seq, seq)
             size = path.stat().st_size
             if good < size:
                 if i == len(found) - 1:
@@ -207,7 +207,7 @@ class IngestLog:
             os.close(fd)
             raise
         self._size += len(buf)
-        for up, s in zip(uplinks, seqs):
+        for up, s in zip(uplinks, seqs, strict=True):
             up.seq = s
         self.metrics.inc("ingest_log_records_total", len(uplinks))
         self.metrics.inc("ingest_log_syncs_total")
@@ -216,7 +216,7 @@ class IngestLog:
     def records(self, after: int = 0) -> Iterator[RawUplink]:
         """Every good record with seq > ``after``, oldest first, read from disk."""
         segs = self._segments
-        for i, (first, path) in enumerate(segs):
+        for i, (_, path) in enumerate(segs):
             nxt = segs[i + 1][0] if i + 1 < len(segs) else None
             if nxt is not None and nxt - 1 <= after:
                 continue

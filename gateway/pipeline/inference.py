@@ -34,6 +34,9 @@ from gateway.pipeline.windows import DeviceWindow
 
 log = logging.getLogger(__name__)
 
+INFERENCE_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_WINDOWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
 
 @dataclass(slots=True)
 class DueWindow:
@@ -44,6 +47,7 @@ class DueWindow:
     raw: np.ndarray
     timestamp: float
     state: _DeviceState
+    ingested: float | None = None  # monotonic time its reading entered the pipeline (latency)
 
 
 @dataclass(slots=True)
@@ -90,6 +94,9 @@ class InferenceEngine:
         self._retired: list[Any] = []  # runtimes replaced by swap_runtime, closed at the next batch
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
+        metrics.histogram("inference_batch_seconds", INFERENCE_SECONDS_BUCKETS,
+                          "Seconds one ONNX Runtime call took (one batch of windows)")
+        metrics.histogram("inference_batch_windows", BATCH_WINDOWS_BUCKETS, "Windows in one ONNX Runtime call")
         metrics.describe("score_trim_windows_total",
                          "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
@@ -251,6 +258,8 @@ class InferenceEngine:
             m.inc("windows_scored_total", len(group))
             m.set("inference_last_batch_size", len(group))
             m.set("inference_last_batch_seconds", elapsed)
+            m.observe("inference_batch_seconds", elapsed)
+            m.observe("inference_batch_windows", len(group))
             if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
                 m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()

@@ -122,9 +122,10 @@ class Checkpointer:
 
     def __init__(self, store: CheckpointStore, codec: DeviceStateCodec, metrics: Metrics, interval_s: float,
                  on_written: Callable[[int], None] | None = None,
-                 barriers: list[Callable[[], None]] | None = None) -> None:
+                 barriers: list[Callable[[], object]] | None = None) -> None:
         """``barriers`` run before each capture: what must be durable elsewhere before the
-        position may pass it (the telemetry of the readings the checkpoint covers)."""
+        position may pass it (the telemetry of the readings the checkpoint covers); one
+        returning False postpones the capture (counted, ``checkpoint_errors_total{op=barrier}``)."""
         self.store = store
         self.barriers = list(barriers or ())
         self.codec = codec
@@ -183,7 +184,11 @@ class Checkpointer:
         started = time.perf_counter()
         self._last = time.monotonic()
         for barrier in self.barriers:
-            barrier()
+            if barrier() is False:  # e.g. telemetry not yet on disk: the position may not pass it
+                self.metrics.inc("checkpoint_errors_total", op="barrier")
+                log.warning("checkpoint at log position %d postponed: %s did not complete", seq,
+                            getattr(barrier, "__qualname__", barrier))
+                return False
         key = self.codec.model_key()
         dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted(), set()
         rows: dict[str, tuple[float, bytes]] = {}

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.config import StateSection
 from gateway.ingest.accept import IngestAcceptor, SourceEmitter
 from gateway.ingest.log import IngestLog
 from gateway.metrics import Metrics
@@ -38,21 +39,21 @@ log = logging.getLogger(__name__)
 
 
 class Durability:
-    def __init__(self, state_dir: Path, options: object, pipeline: Pipeline, metrics: Metrics,
-                 barriers: list[Callable[[], None]] | None = None) -> None:
+    def __init__(self, state_dir: Path, options: StateSection, pipeline: Pipeline, metrics: Metrics,
+                 barriers: list[Callable[[], object]] | None = None) -> None:
         """``options``: the ``[state]`` section. ``barriers`` run on the pipeline thread before
         each checkpoint (the telemetry fan-out's flush: telemetry of the readings a checkpoint
         covers must be in the outbox, or a crash right after it would lose that telemetry)."""
         self.options = options
         self.pipeline = pipeline
         self.metrics = metrics
-        self.log = IngestLog(state_dir / "ingest-log", metrics, segment_bytes=options.segment_bytes,  # type: ignore[attr-defined]
-                             keep_segments=options.keep_segments, fsync=options.fsync)  # type: ignore[attr-defined]
+        self.log = IngestLog(state_dir / "ingest-log", metrics, segment_bytes=options.segment_bytes,
+                             keep_segments=options.keep_segments, fsync=options.fsync)
         self.acceptor = IngestAcceptor(self.log, pipeline.ingest_logged, metrics,
-                                       dedup_horizon=options.dedup_horizon)  # type: ignore[attr-defined]
+                                       dedup_horizon=options.dedup_horizon)
         self.codec = DeviceStateCodec(pipeline.windows, pipeline.engine, pipeline.policy)
         self.checkpointer = Checkpointer(CheckpointStore(state_dir / "checkpoint.sqlite", metrics), self.codec, metrics,
-                                         options.checkpoint_interval_s,  # type: ignore[attr-defined]
+                                         options.checkpoint_interval_s,
                                          on_written=self.acceptor.release_through, barriers=barriers)
         pipeline.checkpointer = self.checkpointer
         metrics.describe("ingest_log_replayed_total", "Ingest-log records handled again after a restart")
