@@ -115,6 +115,7 @@ class ScoreObserver(Protocol):
         """Take note of one window's score (``details``: top ``channel``, per-channel scores)."""
 
 
+@runtime_checkable
 class PartitionedSource(Protocol):
     """A source whose devices move between gateways (a cluster worker): it hands device
     state over through the pipeline (``gateway.pipeline.handoff.PipelineHandoff``) and
