@@ -1,7 +1,8 @@
-"""A private RabbitMQ node, and a confirm-mode publisher, for tests and benchmarks.
+"""A private RabbitMQ node and a confirm-mode publisher, for tests and benchmarks.
 
-The node is Debian's ``rabbitmq-server`` started as the current user on loopback, with its own node name, ports, data and log directories, and
-its own epmd port, so it neither needs nor touches a system RabbitMQ service.
+The node is Debian's ``rabbitmq-server`` started as the current user on loopback, with its
+own node name, ports, data and log directories, and its own epmd port, so it neither needs
+nor touches a system RabbitMQ service.
 
 ``RabbitNode(workdir).start()`` returns once the broker accepts AMQP connections (about
 5-10 s on a loaded 2-core box); ``stop()`` stops the node (``rabbitmqctl stop``, then
@@ -22,8 +23,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pika
 

@@ -43,10 +43,10 @@ def add_commands(sub: Any) -> None:
                              ("status", _status, "partition queues: ready messages, consumers")):
         p = csub.add_parser(name, help=text)
         p.add_argument("--config", type=Path, help="gateway config whose first rabbitmq source gives the settings")
-        p.add_argument("--host", help="RabbitMQ host (default: the config's, else 127.0.0.1)")
-        p.add_argument("--port", type=int, help="RabbitMQ AMQP port (default: the config's, else 5672)")
-        p.add_argument("--vhost", help="RabbitMQ virtual host (default: the config's, else /)")
-        p.add_argument("--username", help="RabbitMQ user (default: the config's, else guest)")
+        p.add_argument("--host", help="RabbitMQ host (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="AMQP port (default 5672)")
+        p.add_argument("--vhost", help="virtual host (default /)")
+        p.add_argument("--username", help="user name (default guest)")
         p.add_argument("--password-env", help="environment variable holding the password")
         p.add_argument("--prefix", help="name prefix of the cluster's exchanges and queues (default lora)")
         p.add_argument("--partitions", type=int, help="number of partition queues (default 16)")
@@ -64,7 +64,7 @@ def settings(args: argparse.Namespace) -> ClusterSettings:
         found = [opts for kind, _, opts in cfg.source_options if kind == "rabbitmq"]
         if not found:
             raise UserError(f"{args.config} has no [[sources]] entry with type = \"rabbitmq\"")
-        src = found[0]
+        src: Any = found[0]  # the rabbitmq source's options (its plugin's model)
         for key in ("host", "port", "vhost", "username", "prefix", "partitions", "source_exchange", "binding_key"):
             setattr(out, key, getattr(src, key))
         try:

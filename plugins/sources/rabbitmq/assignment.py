@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 
 def _weight(worker: str, partition: int) -> int:

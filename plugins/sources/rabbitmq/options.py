@@ -18,7 +18,8 @@ class RabbitSourceOptions(BaseModel):
     username: str = Field("guest", description="User name.")
     password_env: str | None = Field(None, description="Environment variable holding the password.")
     password_file: Path | None = Field(None, description="File holding the password (first line).")
-    worker_id: str | None = Field(None, description="This worker's name in the cluster (unique per worker); default: the gateway id and the process id.")
+    worker_id: str | None = Field(
+        None, description="This worker's name in the cluster (unique per worker); default: the gateway id and the process id.")
     prefix: str = Field("lora", description="Name prefix of the cluster's exchanges and queues (as given to `cluster init`).")
     partitions: int = Field(16, ge=1, le=1000, description="Number of partition queues (as given to `cluster init`).")
     source_exchange: str = Field("amq.topic", description="Exchange the network server publishes uplinks to.")
@@ -27,8 +28,12 @@ class RabbitSourceOptions(BaseModel):
     prefetch: int = Field(500, ge=2, le=65535, description="Unacknowledged uplinks per partition (basic.qos).")
     checkpoint_every: int = Field(200, ge=1, description="Snapshot a partition (and ack its uplinks) after this many uplinks...")
     checkpoint_interval_s: float = Field(1.0, gt=0, description="...or this long after the first uplink not yet acknowledged.")
-    full_snapshot_every: int = Field(16, ge=1, le=SNAPSHOT_KEEP // 2, description="Every this many checkpoints a partition's snapshot holds all its devices; the others hold the devices that took uplinks since the previous one.")
-    duplicate_window: int = Field(1024, ge=1, description="A redelivered uplink whose fCnt is this close below the device's last one is a duplicate.")
+    full_snapshot_every: int = Field(
+        16, ge=1, le=SNAPSHOT_KEEP // 2,
+        description="Every this many checkpoints a partition's snapshot holds all its devices; "
+        "the others hold the devices that took uplinks since the previous one.")
+    duplicate_window: int = Field(
+        1024, ge=1, description="A redelivered uplink whose fCnt is this close below the device's last one is a duplicate.")
     heartbeat_s: int = Field(10, ge=1, description="AMQP heartbeat (how fast the broker notices a dead worker's silent link).")
     member_heartbeat_s: float = Field(0.5, gt=0, description="How often a worker announces itself to the others.")
     member_timeout_s: float = Field(3.0, gt=0, description="A worker unheard for this long is gone: its partitions are reassigned.")
@@ -39,7 +44,7 @@ class RabbitSourceOptions(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="Reconnect back-off cap.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RabbitSourceOptions":
+    def _consistent(self) -> RabbitSourceOptions:
         if self.checkpoint_every >= self.prefetch:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be below prefetch ({self.prefetch}): "
                              "uplinks are acknowledged only at checkpoints")

@@ -47,7 +47,7 @@ class PartitionSnapshot:
         return MAGIC + _LEN.pack(len(header)) + header + self.state
 
     @classmethod
-    def decode(cls, data: bytes) -> "PartitionSnapshot":
+    def decode(cls, data: bytes) -> PartitionSnapshot:
         if data[:4] != MAGIC or len(data) < 8:
             raise SnapshotError("not a partition snapshot")
         (n,) = _LEN.unpack_from(data, 4)

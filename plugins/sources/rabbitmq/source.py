@@ -30,7 +30,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -38,8 +39,7 @@ import pika.exceptions
 from gateway.cluster.topology import Topology
 from plugins.sources.rabbitmq.assignment import Membership, assign
 from plugins.sources.rabbitmq.options import RabbitSourceOptions
-from plugins.sources.rabbitmq.partition import (Partition, PartitionMismatch, check_partitions, parse_delivery,
-                                                 read_snapshots)
+from plugins.sources.rabbitmq.partition import Partition, PartitionMismatch, check_partitions, parse_delivery, read_snapshots
 
 log = logging.getLogger(__name__)
 
