@@ -205,6 +205,10 @@ def main() -> int:
                     problems.append(f"{name}: not in Home Assistant")
                 elif state in (None, "unknown", "unavailable"):
                     problems.append(f"{name}: state {state}")
+                device = (want[name]["config"].get("device") or {}).get("name", "")
+                slug = "".join(c if c.isalnum() else "_" for c in device.lower())
+                if got is not None and not got["entity"].split(".", 1)[1].startswith(slug):
+                    problems.append(f"{name}: entity id {got['entity']} is not named after its device {device!r}")
             alert_states = {n: have[n].get("state") for n in want if n.endswith(" Alert") and n in have}
             if sorted(alert_states.values()) != ["off", "off", "on"]:
                 problems.append(f"alert sensors should be off, off, on (battery_low on the third): {alert_states}")
