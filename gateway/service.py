@@ -1,8 +1,9 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
-Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
-sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
+(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
+fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
+command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
 input), the pipeline drains its queue and flushes the last batch, the recorder writes what
 it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
@@ -24,16 +25,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
+from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, ScoreObserver, Source
 from gateway.alerts.dispatcher import Dispatcher
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.plugin_manager import Registry
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.ingest.quarantine import Quarantine
@@ -89,7 +93,7 @@ def load_model(config: GatewayConfig, model_dir: Path) -> ModelRuntime:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+    def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
         self.config = config
@@ -117,6 +121,7 @@ class Gateway:
         self._model_labels: dict[str, str] | None = None
         self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
         self.commands: ModelCommandListener | None = None
+        self.durability: Any = None  # gateway.state.durability.Durability with [state] durable_ingest
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
         self.metrics.zero(DASHBOARD_COUNTERS)
 
@@ -207,8 +212,7 @@ class Gateway:
         self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
-            factory = self.registry.handlers[kind][0]
-            handler = factory(name, options, context)
+            handler = self.registry.handlers[kind][0](name, options, context)
             handler.start()
             self.handlers.append(handler)
         outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
@@ -226,7 +230,7 @@ class Gateway:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
-        observers: list[ReadingObserver] = [self.telemetry]
+        observers: list[ReadingObserver | ScoreObserver] = [self.telemetry]
         if self.recorder is not None:
             observers.append(self.recorder)
         if self.on_reading is not None:
@@ -243,18 +247,24 @@ class Gateway:
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             observers=observers,
-            score_observers=[self.status] if self.status is not None else [],
             settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
                                       max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
                                       queue_size=cfg.gateway.ingest_queue_size,
                                       block_s=cfg.gateway.ingest_block_s),
         )
         self.pipeline.add_periodic(self._watchdog)
+        if cfg.state.durable_ingest:
+            from gateway.state.durability import Durability
+
+            self.durability = Durability(state_dir, cfg.state, self.pipeline, self.metrics,
+                                         barriers=[self.telemetry.flush])
+            self.durability.restore()
         self.pipeline.start()
+        if self.durability is not None:
+            self.durability.replay()
         for kind, name, options in cfg.source_options:
-            factory = self.registry.sources[kind][0]
-            source = factory(name, options, context)
-            source.start(self.pipeline.ingest)
+            source = self.registry.sources[kind][0](name, options, context)
+            source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
             from gateway.metrics_http import serve_metrics
@@ -270,7 +280,7 @@ class Gateway:
         if cfg.commands.enabled:
             self.commands = ModelCommandListener(cfg.commands, cfg.gateway.id, self, self.metrics)
             self.commands.start()
-        self._wait_sources_up(timeout=5.0)
+        self._wait_sources_up(cfg.gateway.sources_ready_timeout_s, cfg.gateway.allow_degraded_start)
         self.ready.set()
         sdnotify.notify("READY=1")
         log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
@@ -282,13 +292,18 @@ class Gateway:
             if isinstance(handler, ReconnectNotifier):
                 handler.add_reconnect_callback(lambda name=handler.name: dispatcher.retry_now(name))
 
-    def _wait_sources_up(self, timeout: float) -> None:
+    def _wait_sources_up(self, timeout: float, allow_degraded: bool) -> None:
+        """Wait up to ``timeout`` for every source; then a StartupError (systemd restarts
+        the service), or with ``allow_degraded`` a warning (they keep retrying)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(s.connected() for s in self.sources):
             time.sleep(0.05)
-        for s in self.sources:
-            if not s.connected():
-                log.warning("source %s not connected yet; it keeps retrying", s.name)
+        down = [s.name for s in self.sources if not s.connected()]
+        if down and not allow_degraded:
+            raise StartupError(f"source(s) {', '.join(down)} not connected within {timeout:g} s "
+                               "(set [gateway] allow_degraded_start = true to start without them)")
+        for name in down:
+            log.warning("source %s not connected yet; it keeps retrying (allow_degraded_start)", name)
 
     def health(self) -> dict[str, Any]:
         """Readiness: the model serves and every source is connected."""
@@ -319,10 +334,17 @@ class Gateway:
         if self.commands is not None:
             steps.append(("model commands", self.commands.stop))
         steps += [(f"source {s.name}", s.stop) for s in self.sources]
+        durability = self.durability
+        if durability is not None:
+            steps.append(("ingest log", durability.stop_intake))
+        pipeline_done = [False]
         if self.pipeline is not None:
-            steps.append(("pipeline", self.pipeline.stop))
+            pipeline = self.pipeline
+            steps.append(("pipeline", lambda: pipeline_done.__setitem__(0, pipeline.stop())))
         if self.telemetry is not None:
             steps.append(("telemetry", self.telemetry.stop))
+        if durability is not None:
+            steps.append(("checkpoint", lambda: durability.close(pipeline_done[0])))
         if self.recorder is not None:
             steps.append(("recorder", self.recorder.stop))
         if self.dispatcher is not None:

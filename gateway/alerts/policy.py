@@ -248,6 +248,36 @@ class AlertPolicy:
     def __len__(self) -> int:
         return len(self._devices)
 
+    # ------------------------------------------------------------------ state (gateway.state.codec)
+
+    def export_device(self, device_id: str) -> _Device | None:
+        """The policy's live state of one device (not a copy: encode it before the next input)."""
+        with self._lock:
+            return self._devices.get(device_id)
+
+    def import_device(self, device_id: str, dev: Any) -> bool:
+        """Install a device's state (from ``export_device``, decoded) as its most recent one."""
+        if not isinstance(dev, _Device) or (dev.tracks is not None and not all(
+                isinstance(t, _Track) for t in dev.tracks.values())):
+            return False
+        with self._lock:
+            self._devices[device_id] = dev
+            self._devices.move_to_end(device_id)
+            while len(self._devices) > self.config.max_devices:
+                self._devices.popitem(last=False)
+                self.metrics.inc("alert_policy_evictions_total")
+        return True
+
+    def remove_device(self, device_id: str) -> bool:
+        """Forget a device's state (handed to another gateway)."""
+        with self._lock:
+            return self._devices.pop(device_id, None) is not None
+
+    @staticmethod
+    def state_classes() -> dict[str, type]:
+        """The classes of the policy's device state, for ``gateway.state.tree.unpack``."""
+        return {f"{c.__module__}.{c.__qualname__}": c for c in (_Device, _Track)}
+
     # ------------------------------------------------------------------ rules
 
     def _battery(self, device_id: str, dev: _Device, ts: float, value: float, unit: str,

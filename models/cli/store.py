@@ -105,14 +105,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loads(model_dir: Path) -> None:
+    """Load and warm up ``model_dir`` on the CPU (then close it): the store's active pointer
+    moves only to a model that loads, so the daemon's SIGHUP reload does not find a model it
+    cannot serve (the MQTT command topic loads in the daemon itself before it commits)."""
+    from models.runtime import ModelLoadError, ModelRuntime
+
+    try:
+        ModelRuntime.load(Path(model_dir), ["CPUExecutionProvider"]).close()
+    except ModelLoadError as exc:
+        raise UserError(f"not activated: the model does not load: {exc}") from exc
+
+
 def cmd_activate(args: argparse.Namespace) -> int:
-    """Activate an installed base or merged model and tell the daemon."""
+    """Load (warm-up included) an installed base or merged model, activate it and tell the daemon."""
     from models.store import notify_daemon, parse_ref
 
     name, version = parse_ref(args.ref)
     store = _store(args)
     if version is None:
         version = store.get(name).version
+    _loads(store.get(f"{name}@{version}").path)
     model = store.activate(name, version)
     print(f"active: {model.ref}")
     if not args.no_notify:

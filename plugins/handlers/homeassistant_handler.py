@@ -32,6 +32,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from paho.mqtt import client as mqtt
 from pydantic import ConfigDict, Field
 
 from gateway.contracts import PluginContext
@@ -111,8 +112,8 @@ class HomeAssistantHandler:
         self._announce_gateway()
         self._publish_all_configs()
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == f"{self.options.discovery_prefix}/status" and payload == b"online":
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if message.topic == f"{self.options.discovery_prefix}/status" and message.payload == b"online":
             log.info("%s: Home Assistant came online; re-publishing discovery", self.name)
             self._publish_all_configs()
 
