@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.alerts.policy import AlertPolicyConfig
 from gateway.control.command_topic import CommandsSection
@@ -72,14 +72,29 @@ class ModelSection(Strict):
         description="Execution providers in order of preference; filtered by what onnxruntime offers on this box.",
     )
     intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads (1 plus batching is fastest on small boxes).")
+    cuda_tf32: bool = Field(False, description="Let CUDA use TF32 for float32 matrix products (faster on recent GPUs, outputs differ from the CPU by up to about 4e-3). Off: CPU and GPU decide alike. Passed as the CUDA provider option `use_tf32`.")
     adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapter name -> `.onnx_adapter` file; device profiles pick one with `adapter`.")
     calibration_steps: int | None = Field(None, ge=8, description="Readings per device whose mean/std standardise its channels (unset: the model manifest's value).")
     calibration_windows: int | None = Field(None, ge=8, description="Windows per device that calibrate its normal score profile before its scores count (unset: the manifest's value).")
 
 
 class BatcherSection(Strict):
-    max_batch: int = Field(64, ge=1, description="Most windows in one ONNX Runtime call.")
-    max_delay_ms: float = Field(20.0, ge=0, description="Longest a due window waits for others before the batch runs.")
+    max_batch: int | Literal["auto"] = Field("auto", description="Most windows in one ONNX Runtime call; \"auto\": the measured batch table's value for the execution provider serving (gateway/pipeline/batch_table.json, `lora-gateway doctor` prints it).")
+    max_delay_ms: float | Literal["auto"] = Field("auto", description="Longest a due window waits for others before the batch runs; \"auto\": the batch table's value for the provider serving.")
+
+    @field_validator("max_batch", "max_delay_ms", mode="before")
+    @classmethod
+    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """One clear error per bad value (not one per member of the union)."""
+        if value == "auto":
+            return value
+        integral = info.field_name == "max_batch"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (integral and value != int(value)):
+            raise ValueError(f"must be \"auto\" or {'an integer' if integral else 'a number'}, got {value!r}")
+        if (integral and value < 1) or value < 0:
+            raise ValueError(f"must be \"auto\" or {'>= 1' if integral else '>= 0'}, got {value!r}")
+        return int(value) if integral else float(value)
 
 
 class OutboxSection(Strict):

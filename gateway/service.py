@@ -30,8 +30,19 @@ import pluggy
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, ScoreObserver, Source
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.contracts import (
+    AlertHandler,
+    PartitionedSource,
+    PluginContext,
+    ReadingObserver,
+    ReconnectNotifier,
+    ScoreObserver,
+    Source,
+)
+from gateway.pipeline.batching import BatchTableError, resolve_batching
+from gateway.pipeline.handoff import PipelineHandoff
+from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
@@ -89,7 +100,7 @@ def load_model(config: GatewayConfig, model_dir: Path) -> ModelRuntime:
     ``doctor`` checks (the same call, so doctor fails where run would). ModelLoadError."""
     adapters = {name: Path(p) for name, p in config.model.adapters.items()}
     return ModelRuntime.load(model_dir, config.model.providers, intra_op_threads=config.model.intra_op_threads,
-                             adapters=adapters or None)
+                             adapters=adapters or None, cuda_tf32=config.model.cuda_tf32)
 
 
 class Gateway:
@@ -129,9 +140,7 @@ class Gateway:
     def load_runtime(self, model_dir: Path) -> ModelRuntime:
         runtime = load_model(self.config, model_dir)
         log.info("model %s serving on %s", model_dir, ", ".join(runtime.providers_in_use))
-        for note in runtime.provider_notes:
-            log.info("execution provider skipped: %s", note)
-        return runtime
+        return runtime  # skipped providers: ModelRuntime.load logged them in one line
 
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
@@ -228,6 +237,12 @@ class Gateway:
                 self.recorder.start()
             except OSError as exc:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
+        try:
+            batching = resolve_batching(cfg.batcher.max_batch, cfg.batcher.max_delay_ms, self.runtime.providers_in_use[0])
+        except BatchTableError as exc:
+            raise StartupError(f"batcher: {exc}") from exc
+        log.info("batcher: max_batch %d, deadline %.2f ms for %s (%s)", batching.max_batch, batching.max_delay_ms,
+                 batching.provider, batching.source)
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
         observers: list[ReadingObserver | ScoreObserver] = [self.telemetry]
@@ -247,8 +262,8 @@ class Gateway:
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             observers=observers,
-            settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
-                                      max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+            settings=PipelineSettings(max_batch=batching.max_batch,
+                                      max_delay_s=batching.max_delay_ms / 1000.0,
                                       queue_size=cfg.gateway.ingest_queue_size,
                                       block_s=cfg.gateway.ingest_block_s),
         )
@@ -264,6 +279,9 @@ class Gateway:
             self.durability.replay()
         for kind, name, options in cfg.source_options:
             source = self.registry.sources[kind][0](name, options, context)
+            if isinstance(source, PartitionedSource):
+                source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
+                                                     recorder=self.recorder))
             source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
@@ -309,9 +327,21 @@ class Gateway:
         """Readiness: the model serves and every source is connected."""
         sources = {s.name: s.connected() for s in self.sources}
         serving = self.runtime is not None and self.pipeline is not None
-        return {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
-                "model_serving": serving, "sources": sources,
-                "providers": self.runtime.providers_in_use if self.runtime else []}
+        out = {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
+               "model_serving": serving, "sources": sources,
+               "providers": self.runtime.providers_in_use if self.runtime else []}
+        cluster = {s.name: s.health_details() for s in self.sources if isinstance(s, PartitionedSource)}
+        if cluster:
+            out["cluster"] = cluster
+        return out
+
+    def state_codec(self) -> DeviceStateCodec:
+        """The device-state codec over the pipeline's windows, engine and policy (the
+        durable ingest's, when it is on)."""
+        if self.durability is not None:
+            return self.durability.codec  # type: ignore[no-any-return]
+        assert self.pipeline is not None
+        return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 
     def _watchdog(self) -> None:
         self.metrics.set("pipeline_heartbeat_timestamp", time.time())

@@ -144,9 +144,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     operator token, secrets named by ``*_env``/``*_file`` options, the state directory."""
     import onnxruntime as ort
 
+    from gateway.pipeline.batching import BatchTableError, resolve_batching
     from gateway.service import load_model, resolve_model_dir
     from gateway.status.config import operator_token
-    from models.providers import choose_providers
+    from models.providers import GPU_PROVIDERS, choose_providers, gpu_name
     from models.runtime import ModelLoadError
 
     config, _, _ = load_everything(args.config)
@@ -166,6 +167,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
               f"window {runtime.window_length}, serving on {', '.join(runtime.providers_in_use)}; adapters: {adapters}")
         for note in runtime.provider_notes:
             print(f"  note        {note}")
+        serving = runtime.providers_in_use[0]
+        print(f"provider      {serving}" + (f", GPU {gpu_name()}" if serving in GPU_PROVIDERS else ""))
+        try:
+            b = resolve_batching(config.batcher.max_batch, config.batcher.max_delay_ms, serving)
+            print(f"batcher       max_batch {b.max_batch}, deadline {b.max_delay_ms:g} ms ({b.source})")
+        except BatchTableError as exc:
+            problems.append("batcher")
+            print(f"batcher       FAILED: {exc}")
         runtime.close()
     except ModelLoadError as exc:
         problems.append("model")

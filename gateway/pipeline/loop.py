@@ -2,8 +2,8 @@
 
 One pipeline thread owns the windows and the batcher, so they need no lock; the bounded
 ingest queue is what sources feed from their own threads, and the alert policy takes its
-own lock because a model switch replaces its config from another thread. Alerts go to the durable outbox before any handler sees them. The loop also runs
-the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
+own lock because a model switch replaces its config from another thread. Alerts go to the
+durable outbox before any handler sees them. The loop also runs the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
 loop stops the pings (systemd then restarts the service).
 """
 
@@ -22,6 +22,7 @@ from gateway.contracts import ReadingObserver, ScoreObserver
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
+from gateway.pipeline.batching import Batcher
 from gateway.pipeline.inference import DueWindow, InferenceEngine
 from gateway.pipeline.windows import WindowStore
 from gateway.types import Alert, RawUplink, Reading
@@ -32,13 +33,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
 # publish-to-decision: from the source's hand-off (``ingest``) to the alert decision
 DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _Call:
+    """A job queued behind the uplinks (``Pipeline.call_soon``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config)."""
+    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config;
+    the service resolves ``"auto"`` batching to numbers first, see ``batching.resolve_batching``)."""
 
     max_batch: int = 64
     max_delay_s: float = 0.02
@@ -89,8 +101,7 @@ class Pipeline:
         self.block_s = settings.block_s
         self._periodic_jobs: list[Callable[[], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._due: list[DueWindow] = []
-        self._due_since: float | None = None
+        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self._thread: threading.Thread | None = None
         self._running = False
         self._clock_offset = 0.0
@@ -136,6 +147,14 @@ class Pipeline:
         self._thread = None
         return done
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline thread once every uplink queued before it has been
+        handled and its due windows scored (the pending batch is flushed first), so ``fn``
+        sees device state that reflects exactly those uplinks. Never dropped: blocks while
+        the queue is full. An exception from ``fn`` is logged and counted
+        (``pipeline_calls_failed_total``); the loop goes on."""
+        self._queue.put((_Call(fn), None))
+
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
@@ -165,10 +184,9 @@ class Pipeline:
     # ---- the loop -------------------------------------------------------------------
     def _run(self) -> None:
         get = self._queue.get
+        batcher = self._batcher
         while True:
-            timeout = 0.5
-            if self._due_since is not None:
-                timeout = max(0.0, self._due_since + self.max_delay_s - time.monotonic())
+            timeout = batcher.wait_s(0.5)
             try:
                 item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -179,8 +197,8 @@ class Pipeline:
             if item is not None:
                 self.idle.clear()
                 self._handle(*item)
-                # take what else is already waiting, up to a batch's worth, before deciding
-                for _ in range(self.max_batch * 4):
+                # take what else is already waiting before deciding; the deadline still holds
+                for _ in range(min(self.max_batch * 4, DRAIN_MAX)):
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
@@ -189,14 +207,23 @@ class Pipeline:
                         self._flush()
                         return
                     self._handle(*nxt)
-            if self._due and (len(self._due) >= self.max_batch or item is None
-                              or (self._due_since is not None and time.monotonic() - self._due_since >= self.max_delay_s)):
-                self._flush()
+                    overdue = batcher.due()
+                    if overdue:
+                        self._score(overdue)
+            if item is None:
+                self._flush()  # the wait ended with nothing new: the deadline (or idleness) is reached
+            else:
+                overdue = batcher.due()
+                if overdue:
+                    self._score(overdue)
             self._periodic()
-            if item is None and not self._due and self._queue.empty():
+            if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
-    def _handle(self, uplink: RawUplink, ingested: float | None = None) -> None:
+    def _handle(self, uplink: RawUplink | _Call, ingested: float | None = None) -> None:
+        if isinstance(uplink, _Call):
+            self._run_call(uplink)
+            return
         if uplink.seq:
             self.handled_seq = uplink.seq
         decoded = self.decoder.decode(uplink)
@@ -224,19 +251,25 @@ class Pipeline:
         due = self.engine.observe(window)
         if due is not None:
             due.ingested = ingested
-            if not self._due:
-                self._due_since = time.monotonic()
-            self._due.append(due)
-            if len(self._due) >= self.max_batch:
-                self._flush()
+            full = self._batcher.add(due)
+            if full:
+                self._score(full)
+
+    def _run_call(self, call: _Call) -> None:
+        self._flush()
+        try:
+            call.fn()
+        except Exception:  # noqa: BLE001 - a failing job must not stop the loop; counted and logged
+            self.metrics.inc("pipeline_calls_failed_total")
+            log.exception("a job queued on the pipeline failed")
 
     def _flush(self) -> None:
-        if not self._due:
-            self._due_since = None
-            return
-        windows = self._due
-        self._due = []
-        self._due_since = None
+        """Score whatever is pending now."""
+        windows = self._batcher.take()
+        if windows:
+            self._score(windows)
+
+    def _score(self, windows: list[DueWindow]) -> None:
         try:
             results = self.engine.score(windows)
         except Exception as exc:  # noqa: BLE001 - inference failure is counted; the loop goes on
