@@ -11,6 +11,7 @@ page only (its feedback form), with a body of at most 8 KiB.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.status.page import StatusPage
 
 MAX_POST_BYTES = 8192
+log = logging.getLogger(__name__)
 
 
 class _Collector:
@@ -115,6 +117,7 @@ def serve_metrics(listen: str, metrics: Metrics, health: Callable[[], dict[str, 
             try:
                 r = page.handle(method, self.path, dict(self.headers.items()), body)
             except Exception as exc:  # noqa: BLE001 - a page bug must not take the metrics endpoint down
+                log.exception("status page failed on %s %s", method, self.path)
                 self._send(500, "text/plain", f"status page error: {type(exc).__name__}\n".encode(), {})
                 return
             self._send(r.status, r.content_type, r.body, r.headers)

@@ -134,6 +134,8 @@ def _screenshot(driver: Any, tmp_path: Path, name: str) -> None:
 
 def test_status_page_in_headless_chromium(demo: Demo, browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.wait import WebDriverWait
 
     # the devices, each with its radio and calibration state
     browser.get(demo.url + "?refresh=0")
@@ -145,7 +147,7 @@ def test_status_page_in_headless_chromium(demo: Demo, browser: Any, tmp_path: Pa
 
     # node 3's chart: readings and scores with the threshold, its anomaly as a shaded span
     browser.find_element(By.LINK_TEXT, "3").click()
-    assert browser.current_url.rstrip("/").endswith("/device/3")
+    WebDriverWait(browser, 20).until(lambda d: d.current_url.rstrip("/").endswith("/device/3"))
     browser.get(demo.url + "device/3?refresh=0")
     chart = browser.find_element(By.CSS_SELECTOR, "svg.device-chart")
     spans = chart.find_elements(By.CSS_SELECTOR, "rect.alert-span")
@@ -166,8 +168,10 @@ def test_status_page_in_headless_chromium(demo: Demo, browser: Any, tmp_path: Pa
     row.find_element(By.NAME, "token").send_keys(demo.token)
     row.find_element(By.NAME, "note").send_keys("sensor in the sun")
     row.find_element(By.CSS_SELECTOR, "button.false-alarm").click()
-    row = browser.find_element(By.CSS_SELECTOR, f'tr.alert[data-key="{key}"]')
-    assert "false alarm" in row.find_element(By.CSS_SELECTOR, ".verdict").text
+    # the POST answers 303 back to the page, which then shows the verdict (wait for the new page)
+    verdict = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, f'tr.alert[data-key="{key}"] .verdict')])
+    assert "false alarm" in verdict[0]
     stored = load_feedback(demo.state_dir)
     assert stored[key]["label"] == "false_alarm" and stored[key]["note"] == "sensor in the sun"
     assert stored[key]["alert"]["device_id"] == "3" and stored[key]["alert"]["kind"] == "anomaly"

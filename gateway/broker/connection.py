@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -169,6 +169,15 @@ class MqttConnection:
         no PUBACK arrives within ``timeout`` seconds (paho may still deliver it later: a
         duplicate the receiver drops by idempotency key).
         """
+        info = self.enqueue(topic, payload, qos=qos, retain=retain, user_properties=user_properties)
+        if qos > 0:
+            self.wait_published(info, topic, timeout)
+
+    def enqueue(self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: dict[str, str] | None = None) -> Any:
+        """``publish``'s first half: hand the message to paho (messages leave in the order
+        they were enqueued) and return paho's message info for ``wait_published``.
+        DeliveryError when not connected or the credentials were refused."""
         client = self._client
         if self._auth_failed:
             raise DeliveryError(f"broker refused the credentials ({self._auth_failed})")
@@ -179,10 +188,12 @@ class MqttConnection:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = list(user_properties.items())
         info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if qos == 0:
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise DeliveryError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            return
+        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise DeliveryError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    def wait_published(self, info: Any, topic: str, timeout: float) -> None:
+        """``publish``'s second half: wait for the broker's acknowledgement of a QoS > 0 message."""
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
