@@ -22,6 +22,7 @@ from gateway.control.command_topic import CommandsSection
 from gateway.ingest.profiles import ProfileConfig
 from gateway.plugin_manager import Registry
 from gateway.recording.config import RecordConfig, record_config_errors
+from gateway.status.config import StatusSection
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
 SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
@@ -47,6 +48,17 @@ class GatewaySection(Strict):
     ingest_block_s: float = Field(5.0, ge=0, description="How long a source waits for room in the ingest queue before dropping.")
     max_devices: int = Field(10000, ge=1, description="Devices tracked at once; the least recently seen is evicted (counted) beyond this.")
     drain_timeout_s: float = Field(10.0, gt=0, description="On SIGTERM, how long to keep delivering pending alerts before exiting.")
+    sources_ready_timeout_s: float = Field(30.0, gt=0, description="At start, how long to wait for every source to connect before READY=1; past it the start fails (systemd restarts the service) unless allow_degraded_start.")
+    allow_degraded_start: bool = Field(False, description="Start (READY=1) even when a source is not connected within sources_ready_timeout_s; it keeps retrying and /health answers 503 until it connects.")
+
+
+class StateSection(Strict):
+    durable_ingest: bool = Field(True, description="Acknowledge an uplink (MQTT PUBACK) only once it is in the ingest log in the state dir (one fsync per received chunk), checkpoint device state and replay the log after a restart. Off: uplinks are acknowledged on arrival and device state lives in memory only.")
+    checkpoint_interval_s: float = Field(60.0, ge=0, description="How often per-device state (windows, standardisation, score profiles, alert state, last seen) is checkpointed to <state_dir>/checkpoint.sqlite; 0: only at a clean stop.")
+    fsync: bool = Field(True, description="fsync the ingest log per received chunk (off only for benchmarks or disposable test boxes).")
+    segment_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="Ingest-log segment size; segments a checkpoint covers are deleted.")
+    keep_segments: int = Field(2, ge=1, description="Newest ingest-log segments kept after a checkpoint (the redelivery check reloads their keys at start).")
+    dedup_horizon: int = Field(65536, ge=16, description="Uplink ids remembered to drop redelivered duplicates (ChirpStack deduplicationId, else DevEUI+fCnt+payload).")
 
 
 class PluginsSection(Strict):
@@ -113,9 +125,11 @@ class GatewayConfig(Strict):
     batcher: BatcherSection = Field(default_factory=BatcherSection)
     alerts: AlertPolicyConfig = Field(default_factory=AlertPolicyConfig)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    state: StateSection = Field(default_factory=StateSection, description="Durable ingest (ack after the ingest log), checkpoints of device state and the replay after a restart.")
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
     commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
+    status: StatusSection = Field(default_factory=StatusSection, description="The status page beside /metrics: devices, charts, recent alerts with an operator's verdict; read-only unless an operator token is set.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
     source_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
@@ -129,8 +143,15 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, in our words where its own would puzzle a reader."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])
+
+
 def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    return [f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return [f"{_loc(prefix + tuple(e['loc']))}: {_message(e)}" for e in exc.errors()]
 
 
 def validate_config(data: dict[str, Any], registry: Registry, source: str = "config") -> GatewayConfig:

@@ -104,3 +104,12 @@ class ReadingObserver(Protocol):
 
     def observe_reading(self, reading: Reading, profile: "ProfileConfig", uplink: RawUplink) -> None:
         """Take note of one accepted reading and the uplink it came from."""
+
+
+@runtime_checkable
+class ScoreObserver(Protocol):
+    """Sees every window score the alert policy decides on, on the pipeline thread; must
+    not block (the status page keeps a bounded copy)."""
+
+    def observe_score(self, device_id: str, timestamp: float, score: float, details: dict[str, Any]) -> None:
+        """Take note of one window's score (``details``: top ``channel``, per-channel scores)."""

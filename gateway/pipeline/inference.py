@@ -34,6 +34,9 @@ from gateway.pipeline.windows import DeviceWindow
 
 log = logging.getLogger(__name__)
 
+INFERENCE_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_WINDOWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
 
 @dataclass(slots=True)
 class DueWindow:
@@ -44,6 +47,7 @@ class DueWindow:
     raw: np.ndarray
     timestamp: float
     state: _DeviceState
+    ingested: float | None = None  # monotonic time its reading entered the pipeline (latency)
 
 
 @dataclass(slots=True)
@@ -56,6 +60,15 @@ class _DeviceState:
     # the frozen calibration's mean (row 0) and std (row 1), float64 [2, C], taken once
     # when it froze (one array, not two: 10,000 devices)
     norm: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class KeptState:
+    """What ``InferenceEngine.import_device`` kept of a device's stored state."""
+
+    standardised: bool = False  # frozen standardisation, or the calibration in progress
+    score_profile: bool = False  # the score state as stored (same model)
+    recalibrating: bool = False  # score state new: re-learnt from the first scored windows
 
 
 def standardize(due: list[DueWindow]) -> np.ndarray:
@@ -78,31 +91,100 @@ class InferenceEngine:
         self.calibration_steps = int(self.scorer.settings["calibration_steps"])
         # calibration-reading blocks per channel count (models.scoring.calibration.ReadingsPool)
         self._pools: dict[int, ReadingsPool] = {}
+        self._retired: list[Any] = []  # runtimes replaced by swap_runtime, closed at the next batch
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
+        metrics.histogram("inference_batch_seconds", INFERENCE_SECONDS_BUCKETS,
+                          "Seconds one ONNX Runtime call took (one batch of windows)")
+        metrics.histogram("inference_batch_windows", BATCH_WINDOWS_BUCKETS, "Windows in one ONNX Runtime call")
         metrics.describe("score_trim_windows_total",
                          "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
     def swap_runtime(self, runtime: ModelRuntime) -> None:
-        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
+        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt.
+        The replaced runtime is closed on the pipeline thread at the next batch (no batch or
+        calibration can still be using it then)."""
         self.scorer = WindowScorer(runtime.manifest, **self._overrides)
-        self.runtime = runtime
+        old, self.runtime = self.runtime, runtime
+        if old is not runtime:
+            self._retired.append(old)
         self.generation += 1
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            old = self._retired.pop()
+            try:
+                old.close()
+            except Exception as exc:  # noqa: BLE001 - a runtime that fails to close is only logged
+                log.warning("closing the replaced model failed: %s", exc)
+            self.metrics.inc("model_runtimes_closed_total")
 
     def _state(self, window: DeviceWindow) -> _DeviceState:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            pool = self._pools.get(c)
-            if pool is None:
-                pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=pool), self.scorer.new_state(c),
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=self._pool(c)), self.scorer.new_state(c),
                               self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
             st.generation = self.generation
         return st
+
+    # ---- device state (gateway.state.codec) ----------------------------------------------
+    def export_device(self, window: DeviceWindow) -> dict[str, Any] | None:
+        """The engine's state of one device as plain data (the score state is the live object:
+        encode it before the next batch); None before its first reading."""
+        st = window.state
+        if not isinstance(st, _DeviceState):
+            return None
+        return {"norm": st.norm,
+                "calibration": None if st.calibration is None else st.calibration.export_state(),
+                "score": st.score_state if st.generation == self.generation else None}
+
+    def import_device(self, window: DeviceWindow, state: dict[str, Any] | None, keep_score: bool) -> KeptState:
+        """Install a device's engine state on its (restored) window. ``keep_score`` False
+        (another model or score settings) or an unusable score state: a new score state that
+        re-learns from the device's first scored windows, standardisation kept. Without a
+        usable standardisation the device calibrates from its next readings."""
+        kept = KeptState()
+        window.state = None
+        if not state:
+            return kept
+        c = len(window.channels)
+        norm, cal_state = state.get("norm"), state.get("calibration")
+        calibration: SeriesCalibration | None = None
+        if norm is not None:
+            norm = np.asarray(norm, dtype=np.float64)
+            if norm.shape != (2, c):
+                return kept
+        elif cal_state is not None and int(cal_state.get("calibration_steps", -1)) == self.calibration_steps:
+            try:
+                calibration = SeriesCalibration.from_state(cal_state, pool=self._pool(c))
+            except (ValueError, KeyError, TypeError):
+                return kept
+        else:
+            return kept
+        kept.standardised = True
+        score = state.get("score")
+        if keep_score and isinstance(score, DeviceScoreState) and score.n_channels == c:
+            kept.score_profile = True
+        else:
+            score = self.scorer.new_state(c)
+            kept.recalibrating = norm is not None
+        window.state = _DeviceState(calibration, score, self.generation, norm)
+        return kept
+
+    @staticmethod
+    def state_classes() -> dict[str, type]:
+        """The classes of the engine's device state, for ``gateway.state.tree.unpack``."""
+        return {f"{DeviceScoreState.__module__}.{DeviceScoreState.__qualname__}": DeviceScoreState}
+
+    def _pool(self, c: int) -> ReadingsPool:
+        pool = self._pools.get(c)
+        if pool is None:
+            pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
+        return pool
 
     def observe(self, window: DeviceWindow) -> DueWindow | None:
         """Account for the reading just pushed; a snapshot when the window is due for scoring."""
@@ -153,6 +235,8 @@ class InferenceEngine:
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
         (due window, score, details) for windows of calibrated devices."""
+        if self._retired:
+            self._close_retired()
         runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
         scorer = self.scorer
         groups: dict[tuple[str | None, int], list[DueWindow]] = {}
@@ -174,6 +258,8 @@ class InferenceEngine:
             m.inc("windows_scored_total", len(group))
             m.set("inference_last_batch_size", len(group))
             m.set("inference_last_batch_seconds", elapsed)
+            m.observe("inference_batch_seconds", elapsed)
+            m.observe("inference_batch_windows", len(group))
             if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
                 m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()
