@@ -113,3 +113,15 @@ class ScoreObserver(Protocol):
 
     def observe_score(self, device_id: str, timestamp: float, score: float, details: dict[str, Any]) -> None:
         """Take note of one window's score (``details``: top ``channel``, per-channel scores)."""
+
+
+class PartitionedSource(Protocol):
+    """A source whose devices move between gateways (a cluster worker): it hands device
+    state over through the pipeline (``gateway.pipeline.handoff.PipelineHandoff``) and
+    reports which share of the feed it owns."""
+
+    def bind_pipeline(self, handoff: Any) -> None:
+        """Called once, before ``start``, with the gateway's ``PipelineHandoff``."""
+
+    def health_details(self) -> dict[str, Any]:
+        """What ``/health`` shows under ``cluster.<source name>`` (worker id, partitions owned)."""

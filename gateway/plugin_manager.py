@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.decoders.dragino_lse01",
     "plugins.decoders.milesight_em300",
     "plugins.sources.mqtt.source",
+    "plugins.sources.rabbitmq.plugin",
     "plugins.sources.serial_source",
     "plugins.handlers.log_handler",
     "plugins.handlers.file_handler",

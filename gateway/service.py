@@ -30,9 +30,19 @@ import pluggy
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, ScoreObserver, Source
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.contracts import (
+    AlertHandler,
+    PartitionedSource,
+    PluginContext,
+    ReadingObserver,
+    ReconnectNotifier,
+    ScoreObserver,
+    Source,
+)
 from gateway.pipeline.batching import BatchTableError, resolve_batching
+from gateway.pipeline.handoff import PipelineHandoff
+from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
@@ -269,6 +279,9 @@ class Gateway:
             self.durability.replay()
         for kind, name, options in cfg.source_options:
             source = self.registry.sources[kind][0](name, options, context)
+            if isinstance(source, PartitionedSource):
+                source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
+                                                     recorder=self.recorder))
             source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
@@ -314,9 +327,21 @@ class Gateway:
         """Readiness: the model serves and every source is connected."""
         sources = {s.name: s.connected() for s in self.sources}
         serving = self.runtime is not None and self.pipeline is not None
-        return {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
-                "model_serving": serving, "sources": sources,
-                "providers": self.runtime.providers_in_use if self.runtime else []}
+        out = {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
+               "model_serving": serving, "sources": sources,
+               "providers": self.runtime.providers_in_use if self.runtime else []}
+        cluster = {s.name: s.health_details() for s in self.sources if isinstance(s, PartitionedSource)}
+        if cluster:
+            out["cluster"] = cluster
+        return out
+
+    def state_codec(self) -> DeviceStateCodec:
+        """The device-state codec over the pipeline's windows, engine and policy (the
+        durable ingest's, when it is on)."""
+        if self.durability is not None:
+            return self.durability.codec  # type: ignore[no-any-return]
+        assert self.pipeline is not None
+        return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 
     def _watchdog(self) -> None:
         self.metrics.set("pipeline_heartbeat_timestamp", time.time())

@@ -245,6 +245,11 @@ class AlertPolicy:
                     out[kind] = t is not None and t.raised
             return out
 
+    def device_ids(self) -> list[str]:
+        """Every device the policy holds state for."""
+        with self._lock:
+            return list(self._devices)
+
     def __len__(self) -> int:
         return len(self._devices)
 

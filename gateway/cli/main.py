@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.record",
     "gateway.cli.serial",
     "models.cli.main",
+    "gateway.cli.cluster",
 )
 
 

@@ -2,8 +2,8 @@
 
 One pipeline thread owns the windows and the batcher, so they need no lock; the bounded
 ingest queue is what sources feed from their own threads, and the alert policy takes its
-own lock because a model switch replaces its config from another thread. Alerts go to the durable outbox before any handler sees them. The loop also runs
-the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
+own lock because a model switch replaces its config from another thread. Alerts go to the
+durable outbox before any handler sees them. The loop also runs the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
 loop stops the pings (systemd then restarts the service).
 """
 
@@ -36,6 +36,15 @@ _STOP = object()
 DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
 # publish-to-decision: from the source's hand-off (``ingest``) to the alert decision
 DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Call:
+    """A job queued behind the uplinks (``Pipeline.call_soon``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,10 @@ class Pipeline:
                           "on the window it completed (queueing, batching and inference included)")
         self.max_batch = settings.max_batch
         self.max_delay_s = settings.max_delay_s
-        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self.block_s = settings.block_s
         self._periodic_jobs: list[Callable[[], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
+        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self._thread: threading.Thread | None = None
         self._running = False
         self._clock_offset = 0.0
@@ -137,6 +146,14 @@ class Pipeline:
         done = not self._thread.is_alive()
         self._thread = None
         return done
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline thread once every uplink queued before it has been
+        handled and its due windows scored (the pending batch is flushed first), so ``fn``
+        sees device state that reflects exactly those uplinks. Never dropped: blocks while
+        the queue is full. An exception from ``fn`` is logged and counted
+        (``pipeline_calls_failed_total``); the loop goes on."""
+        self._queue.put((_Call(fn), None))
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -203,7 +220,10 @@ class Pipeline:
             if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
-    def _handle(self, uplink: RawUplink, ingested: float | None = None) -> None:
+    def _handle(self, uplink: RawUplink | _Call, ingested: float | None = None) -> None:
+        if isinstance(uplink, _Call):
+            self._run_call(uplink)
+            return
         if uplink.seq:
             self.handled_seq = uplink.seq
         decoded = self.decoder.decode(uplink)
@@ -234,6 +254,14 @@ class Pipeline:
             full = self._batcher.add(due)
             if full:
                 self._score(full)
+
+    def _run_call(self, call: _Call) -> None:
+        self._flush()
+        try:
+            call.fn()
+        except Exception:  # noqa: BLE001 - a failing job must not stop the loop; counted and logged
+            self.metrics.inc("pipeline_calls_failed_total")
+            log.exception("a job queued on the pipeline failed")
 
     def _flush(self) -> None:
         """Score whatever is pending now."""
