@@ -75,3 +75,16 @@ def test_a_model_that_cannot_load_on_cpu_still_raises(tmp_path: Path) -> None:
     chosen, _ = choose_providers(["cpu"])
     with pytest.raises(Exception, match="(?i)protobuf|parse|load"):
         create_session(bad, ort.SessionOptions(), chosen)
+
+
+def test_gpu_name_is_unknown_without_a_gpu_or_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from models.providers import gpu_name
+
+    if shutil.which("nvidia-smi") or any(d.device.type == ort.OrtHardwareDeviceType.GPU
+                                         for d in getattr(ort, "get_ep_devices", list)()):
+        assert gpu_name() != ""  # a GPU box: whatever its name, never empty
+        return
+    monkeypatch.setenv("PATH", "")
+    assert gpu_name() == "unknown"
