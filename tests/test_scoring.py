@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
+from models.scoring.level import LevelTracker
 from models.scoring.settings import DEFAULTS, settings_from
 from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
@@ -31,7 +32,8 @@ def run(session, x: np.ndarray) -> dict[str, np.ndarray]:  # type: ignore[no-unt
 
 def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, batch: int = 16):  # type: ignore[no-untyped-def]
     """The daemon's path, reading by reading: value calibration, score calibration from the
-    retained readings, then windows scored in small batches in time order, hysteresis."""
+    retained readings, the level tracker fed each reading, then windows scored in small
+    batches in time order, hysteresis."""
     t_len = manifest.window_length
     n, c = values.shape
     scorer = WindowScorer(manifest)
@@ -39,16 +41,22 @@ def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, 
     state = scorer.new_state(c)
     scores = np.full(n, np.nan)
     pending: list[int] = []
+    level: LevelTracker | None = None
+    offset = np.zeros(c)
     for t in range(n):
         if not cal.frozen:
             if cal.update(values[t]):
                 windows = cal.calibration_windows(t_len)
                 scorer.calibrate_windows(state, windows, run(session, windows))
                 cal.release()
+                rate = scorer.settings["level_follow"]
+                level = LevelTracker(windows[-1].mean(axis=0), calibration_steps, t_len, rate) if rate > 0 else None
             continue
+        if level is not None:
+            offset = level.update(cal.standardize(values[t : t + 1]))[-1]
         pending.append(t)
         if len(pending) == batch or t == n - 1:
-            x = np.stack([cal.standardize(values[i - t_len + 1 : i + 1]) for i in pending])
+            x = np.stack([cal.standardize(values[i - t_len + 1 : i + 1]) - offset.astype(np.float32) for i in pending])
             s = scorer.score(x, run(session, x), [state] * len(pending))
             for i, v in zip(pending, s):
                 scores[i] = v
