@@ -88,14 +88,17 @@ def test_folds_leave_out_overlapping_windows_and_oas_shrinks_harder_with_fewer_s
 
 
 def test_level_tracker_moves_at_most_its_bound() -> None:
+    # a slow ramp (0.5 std per calibration length) is followed at full speed
     tracker = LevelTracker(np.zeros(2), calibration_steps=100, window=8, rate=1.0)
-    off = tracker.update(np.tile([10.0, np.nan], (50, 1)))
-    assert np.all(np.diff(off[:, 0]) <= 0.01 + 1e-12) and off[-1, 0] == pytest.approx(0.5)
+    ramp = np.column_stack([np.arange(1, 301) * 0.005, np.full(300, np.nan)])
+    off = tracker.update(ramp)
+    assert np.all(np.diff(off[:, 0]) <= 0.01 + 1e-12) and abs(off[-1, 0] - ramp[-1, 0]) < 0.1
     assert np.all(off[:, 1] == 0.0)  # a missing reading leaves its channel alone
+    # a jump of 15 stds (a fault) moves it far slower than the bound: GATE / 15 of it
     z = np.zeros((300, 1))
-    z[200:] = 3.0
+    z[200:] = 15.0
     offsets = follow_offsets(z, 200, 8, 1.0)
-    assert np.all(offsets[:200] == 0.0) and 0.0 < offsets[-1, 0] <= 100 / 200 + 1e-12
+    assert np.all(offsets[:200] == 0.0) and 0.0 < offsets[-1, 0] <= 0.3 * 100 / 200
 
 
 # --- the scorer -------------------------------------------------------------------------
