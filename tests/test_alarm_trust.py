@@ -94,11 +94,11 @@ def test_level_tracker_moves_at_most_its_bound() -> None:
     off = tracker.update(ramp)
     assert np.all(np.diff(off[:, 0]) <= 0.01 + 1e-12) and abs(off[-1, 0] - ramp[-1, 0]) < 0.1
     assert np.all(off[:, 1] == 0.0)  # a missing reading leaves its channel alone
-    # a jump of 15 stds (a fault) moves it far slower than the bound: GATE / 15 of it
+    # a jump of 15 stds (a fault) moves it by the bound only: 100 readings, 0.5 std
     z = np.zeros((300, 1))
     z[200:] = 15.0
     offsets = follow_offsets(z, 200, 8, 1.0)
-    assert np.all(offsets[:200] == 0.0) and 0.0 < offsets[-1, 0] <= 0.3 * 100 / 200
+    assert np.all(offsets[:200] == 0.0) and 0.4 < offsets[-1, 0] <= 100 / 200 + 1e-12
 
 
 # --- the scorer -------------------------------------------------------------------------
