@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from gateway import __version__
+
 from models.cli.errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge gateway for LoRa sensor networks: uplinks in, ONNX model, alerts out.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
