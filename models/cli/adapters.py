@@ -47,7 +47,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             rank=args.rank, alpha=args.alpha, epochs=args.epochs, patience=args.patience, lr=args.lr,
             batch_size=args.batch_size, val_fraction=args.val_fraction, stride=args.stride, seed=args.seed,
             name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
-            label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows)
+            label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows,
+            gate=not args.skip_gate)
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
@@ -138,6 +139,9 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without improvement")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--skip-gate", action="store_true",
+                   help="export even an adapter that does worse than the base on its validation rows "
+                        "(for comparisons; the gate's figures are not computed)")
     p.add_argument("--train-rows", type=int, default=None,
                    help="use only the leading N rows (a device's calibration stretch); the rest is ignored")
     p.add_argument("--val-fraction", type=float, default=0.25, help="last part of the rows (by time) validates")
