@@ -62,8 +62,11 @@ class LevelTracker:
         level, offset, beta, step = self.level, self.offset, self.beta, self.step
         for i, row in enumerate(rows):
             ok = np.isfinite(row)
-            level = np.where(ok, level + beta * (np.where(ok, row, 0.0) - level), level)
-            offset = offset + np.clip(level - offset, -step, step)
+            if ok.all():  # the usual case, without the masking
+                level = level + beta * (row - level)
+            else:
+                level = np.where(ok, level + beta * (np.where(ok, row, 0.0) - level), level)
+            offset = offset + np.minimum(np.maximum(level - offset, -step), step)
             out[i] = offset
         self.level, self.offset = level, offset
         return out
