@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.export import onnx_session  # noqa: E402
 from models.manifest import base_model_dir, load_manifest  # noqa: E402
-from models.scoring.level import LevelTracker  # noqa: E402
+from models.scoring.level import LevelTracker, window_level  # noqa: E402
 from models.scoring.scorer import WindowScorer  # noqa: E402
 
 
@@ -60,9 +60,9 @@ def main() -> int:
             reps = max(20, 4000 // n)
             dt_model = timed(lambda x=x: session.run(None, {"window": x}), reps)
             dt_score = timed(lambda x=x, out=out: new.score_details(x, out, [st] * n), reps)
-            tracker = LevelTracker(np.zeros(c), 1008, t)
-            row = rng.normal(size=(1, c))
-            dt_level = timed(lambda: tracker.update(row), 2000)
+            tracker = LevelTracker(c, 1008)
+            win = rng.normal(size=(t, c))
+            dt_level = timed(lambda: tracker.update(window_level(win)), 2000)
             print(f"{n:>3} {c:>2} {dt_model / n * 1e6:>12.1f} {dt_score / n * 1e6:>13.1f} "
                   f"{dt_score / dt_model:>6.2f} {dt_level * 1e6:>16.1f}")
         print(f"    calibration of one device, C={c}, 977 windows: target thresholds {t_new * 1e3:.1f} ms, "

@@ -17,7 +17,7 @@ from gateway.types import Reading
 from models.evaluate import score_recording
 from models.manifest import base_model_dir
 from models.runtime import ModelRuntime
-from models.scoring.level import LevelTracker, follow_offsets
+from models.scoring.level import LevelTracker, follow_offsets, window_level
 from models.scoring.settings import settings_from
 from models.scoring.tail import effective_samples, fold_slices, oas_shrinkage, tail_quantile
 
@@ -89,16 +89,23 @@ def test_folds_leave_out_overlapping_windows_and_oas_shrinks_harder_with_fewer_s
 
 def test_level_tracker_moves_at_most_its_bound() -> None:
     # a slow ramp (0.5 std per calibration length) is followed at full speed
-    tracker = LevelTracker(np.zeros(2), calibration_steps=100, window=8, rate=1.0)
+    tracker = LevelTracker(2, calibration_steps=100, rate=1.0)
     ramp = np.column_stack([np.arange(1, 301) * 0.005, np.full(300, np.nan)])
     off = tracker.update(ramp)
     assert np.all(np.diff(off[:, 0]) <= 0.01 + 1e-12) and abs(off[-1, 0] - ramp[-1, 0]) < 0.1
-    assert np.all(off[:, 1] == 0.0)  # a missing reading leaves its channel alone
-    # a jump of 15 stds (a fault) moves it by the bound only: 100 readings, 0.5 std
+    assert np.all(off[:, 1] == 0.0)  # a missing level leaves its channel alone
+    # a jump of 15 stds (a fault) moves it by the bound only, from when it fills half the
+    # window (median): 97 readings, 0.485 std
     z = np.zeros((300, 1))
     z[200:] = 15.0
     offsets = follow_offsets(z, 200, 8, 1.0)
-    assert np.all(offsets[:200] == 0.0) and 0.4 < offsets[-1, 0] <= 100 / 200 + 1e-12
+    assert np.all(offsets[:203] == 0.0) and offsets[-1, 0] == pytest.approx(97 / 200)
+    # a fault that ended leaves nothing behind once it has left half the window, then
+    # the offset walks back at the bound
+    z[260:] = 0.0
+    back = follow_offsets(z, 200, 8, 1.0)
+    assert back[263, 0] > back[262, 0] and back[264, 0] < back[263, 0]
+    assert window_level(np.array([[0.0], [1.0], [9.0]])).tolist() == [1.0]
 
 
 # --- the scorer -------------------------------------------------------------------------

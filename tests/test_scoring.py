@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
-from models.scoring.level import LevelTracker
+from models.scoring.level import LevelTracker, window_level
 from models.scoring.settings import DEFAULTS, settings_from
 from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
@@ -50,10 +50,10 @@ def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, 
                 scorer.calibrate_windows(state, windows, run(session, windows))
                 cal.release()
                 rate = scorer.settings["level_follow"]
-                level = LevelTracker(windows[-1].mean(axis=0), calibration_steps, t_len, rate) if rate > 0 else None
+                level = LevelTracker(c, calibration_steps, rate) if rate > 0 else None
             continue
         if level is not None:
-            offset = level.update(cal.standardize(values[t : t + 1]))[-1]
+            offset = level.update(window_level(cal.standardize(values[t - t_len + 1 : t + 1])))[-1]
         pending.append(t)
         if len(pending) == batch or t == n - 1:
             x = np.stack([cal.standardize(values[i - t_len + 1 : i + 1]) - offset.astype(np.float32) for i in pending])

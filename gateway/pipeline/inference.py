@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
-from models.scoring.level import LevelTracker
+from models.scoring.level import LevelTracker, window_level
 from gateway.metrics import Metrics
 from models.scoring.scorer import DeviceScoreState, WindowScorer
 from gateway.pipeline.windows import DeviceWindow
@@ -125,19 +125,19 @@ class InferenceEngine:
             st.norm = np.stack([cal.mean, cal.std, cal.mean])
             self._calibrate_scores(window, st, cal)
             st.calibration = None
-        elif st.level is not None:
-            self._follow(st, window.latest())
+        elif st.level is not None and window.count >= window.length:
+            self._follow(st, window)
         if window.count < window.length:
             return None
         return DueWindow(window, window.values(), window.last_timestamp, st)
 
     @staticmethod
-    def _follow(st: _DeviceState, reading: np.ndarray) -> None:
-        """Feed the newest reading to the device's level tracker; the windows scored from
-        the next batch on are standardised with the moved level (models.scoring.level)."""
+    def _follow(st: _DeviceState, window: DeviceWindow) -> None:
+        """Feed the newest window's level to the device's level tracker; the windows scored
+        from the next batch on are standardised with the moved level (models.scoring.level)."""
         norm, level = st.norm, st.level
         assert norm is not None and level is not None
-        offset = level.update((reading - norm[2]) / norm[1])[-1]
+        offset = level.update(window_level((window.values() - norm[2]) / norm[1]))[-1]
         norm[0] = norm[2] + offset * norm[1]
 
     def _adapter_for(self, window: DeviceWindow, runtime: Any) -> str | None:
@@ -153,7 +153,7 @@ class InferenceEngine:
             windows = cal.calibration_windows(window.length)
             rate = self.scorer.settings["level_follow"]
             if rate > 0 and len(windows):
-                st.level = LevelTracker(windows[-1].mean(axis=0), self.calibration_steps, window.length, rate)
+                st.level = LevelTracker(len(window.channels), self.calibration_steps, rate)
             if len(windows) >= 8:
                 runtime = self.runtime
                 outputs = runtime.run(windows, adapter=self._adapter_for(window, runtime))

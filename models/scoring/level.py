@@ -9,8 +9,10 @@ fault stayed alarmed (issue 11).
 
 ``LevelTracker`` lets the level follow, with one hard bound: per reading it moves at most
 ``rate`` calibration stds per calibration length (``level_follow``, 1.0 by default: one
-std per ``calibration_steps`` readings), towards a short moving average of the readings
-(time constant one window). It is not gated by the score: a process that keeps drifting
+std per ``calibration_steps`` readings), towards the median of the newest window (a fault
+moves that median only once it fills half the window, and it is back half a window
+after the fault ends; an exponential average instead kept pulling for ~140 readings after
+a 15-std fault and the demo's faulty node re-alarmed on the offset it left). It is not gated by the score: a process that keeps drifting
 during an alarm is still followed, so the alarm can end once the fault does. The bound is
 what keeps faults visible: a shift of ``k`` stds needs at least ``k`` calibration lengths
 to be absorbed (a 5-std shift over a week-long calibration: 5 weeks), far longer than the
@@ -36,49 +38,53 @@ import numpy as np
 class LevelTracker:
     """Bounded-rate follower of a device's channel levels (see the module docstring).
 
-    ``start [C]``: the level at the end of calibration (z units; the mean of its last
-    window). ``calibration_steps``: readings in the calibration, which sets the step bound
-    ``rate / calibration_steps`` per reading; ``window``: time constant of the moving
-    average, in readings. ``offset [C]``: the current level shift in z units (starts at 0:
-    windows are first standardised exactly as the calibration's were).
+    ``calibration_steps``: readings in the calibration, which sets the step bound
+    ``rate / calibration_steps`` per reading. ``offset [C]``: the current level shift in z
+    units (starts at 0: windows are first standardised exactly as the calibration's were).
+    The caller feeds, per reading, the level to follow: the median of the newest window
+    in z units (``window_level``), robust to a fault until it fills half the window and
+    back as soon as it has left half of it.
     """
 
-    __slots__ = ("level", "offset", "step", "beta")
+    __slots__ = ("offset", "step")
 
-    def __init__(self, start: np.ndarray, calibration_steps: int, window: int, rate: float = 1.0) -> None:
-        if calibration_steps < 1 or window < 1 or rate < 0:
-            raise ValueError("need calibration_steps >= 1, window >= 1 and rate >= 0")
-        self.level = np.nan_to_num(np.asarray(start, dtype=np.float64).copy())
-        self.offset = np.zeros_like(self.level)
+    def __init__(self, n_channels: int, calibration_steps: int, rate: float = 1.0) -> None:
+        if n_channels < 1 or calibration_steps < 1 or rate < 0:
+            raise ValueError("need n_channels >= 1, calibration_steps >= 1 and rate >= 0")
+        self.offset = np.zeros(n_channels)
         self.step = rate / calibration_steps
-        self.beta = 1.0 / window
 
-    def update(self, z: np.ndarray) -> np.ndarray:
-        """Feed readings ``[K, C]`` (or one ``[C]``) in z units, oldest first; non-finite
-        values leave their channel as it is. Returns the offset after each reading
-        ``[K, C]`` (float64)."""
-        rows = np.asarray(z, dtype=np.float64).reshape(-1, self.level.size)
+    def update(self, levels: np.ndarray) -> np.ndarray:
+        """Feed the level of each new reading ``[K, C]`` (or one ``[C]``), oldest first, in z
+        units; a non-finite level leaves its channel as it is. Returns the offset after
+        each ``[K, C]`` (float64)."""
+        rows = np.asarray(levels, dtype=np.float64).reshape(-1, self.offset.size)
         out = np.empty_like(rows)
-        level, offset, beta, step = self.level, self.offset, self.beta, self.step
+        offset, step = self.offset, self.step
         for i, row in enumerate(rows):
-            ok = np.isfinite(row)
-            if ok.all():  # the usual case, without the masking
-                level = level + beta * (row - level)
-            else:
-                level = np.where(ok, level + beta * (np.where(ok, row, 0.0) - level), level)
-            offset = offset + np.minimum(np.maximum(level - offset, -step), step)
+            move = np.minimum(np.maximum(row - offset, -step), step)
+            offset = offset + (move if np.isfinite(row).all() else np.where(np.isfinite(row), move, 0.0))
             out[i] = offset
-        self.level, self.offset = level, offset
+        self.offset = offset
         return out
+
+
+def window_level(z_window: np.ndarray) -> np.ndarray:
+    """The level a window shows, ``[T, C]`` (or ``[N, T, C]``) in z units -> ``[C]`` (``[N, C]``):
+    its median over time (NaN where a channel has a missing value)."""
+    return np.median(np.asarray(z_window, dtype=np.float64), axis=-2)
 
 
 def follow_offsets(z: np.ndarray, calibration_rows: int, window: int, rate: float) -> np.ndarray:
     """Offsets ``[L, C]`` for a whole recording in z units: 0 over the calibration rows,
-    then a ``LevelTracker`` fed row by row (what ``model score``/``eval`` apply)."""
+    then a ``LevelTracker`` fed row by row with the level of the window ending at that row
+    (what ``model score``/``eval`` apply)."""
     out = np.zeros(z.shape, dtype=np.float64)
     if rate <= 0 or calibration_rows >= z.shape[0]:
         return out
-    start = np.nanmean(z[max(0, calibration_rows - window) : calibration_rows], axis=0)
-    tracker = LevelTracker(start, calibration_rows, window, rate)
-    out[calibration_rows:] = tracker.update(z[calibration_rows:])
+    w = min(window, calibration_rows)
+    views = np.lib.stride_tricks.sliding_window_view(z[calibration_rows - w + 1 :], w, axis=0)
+    levels = np.median(views, axis=-1)  # [L - calibration_rows, C]: the window ending at each later row
+    tracker = LevelTracker(z.shape[1], calibration_rows, rate)
+    out[calibration_rows:] = tracker.update(levels)
     return out
