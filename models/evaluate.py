@@ -8,7 +8,8 @@ raise/clear hysteresis. Each channel's level follows the device at the bounded r
 ``level_follow`` (models.scoring.level), fed row by row; the daemon feeds it reading by
 reading and applies it from its next batch, so the two can differ by a batch's worth of
 one bounded step. The PCA baseline (``PCABaseline``) is calibrated on the same windows,
-with its own fixed thresholds (99.5 % quantile x 1.5) and frozen levels: the reference. Rows before the end of calibration get score NaN and no alert; metrics
+with its own fixed thresholds (99.5 % quantile x 1.5) and frozen levels: the reference.
+Rows before the end of calibration get score NaN and no alert; metrics
 count only the rows after it.
 """
 

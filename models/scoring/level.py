@@ -12,7 +12,8 @@ fault stayed alarmed (issue 11).
 std per ``calibration_steps`` readings), towards the median of the newest window (a fault
 moves that median only once it fills half the window, and it is back half a window
 after the fault ends; an exponential average instead kept pulling for ~140 readings after
-a 15-std fault and the demo's faulty node re-alarmed on the offset it left). It is not gated by the score: a process that keeps drifting
+a 15-std fault and the demo's faulty node re-alarmed on the offset it left). It is not
+gated by the score: a process that keeps drifting
 during an alarm is still followed, so the alarm can end once the fault does. The bound is
 what keeps faults visible: a shift of ``k`` stds needs at least ``k`` calibration lengths
 to be absorbed (a 5-std shift over a week-long calibration: 5 weeks), far longer than the
