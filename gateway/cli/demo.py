@@ -20,7 +20,7 @@ from typing import Any
 from models.cli.errors import UserError
 from gateway.types import Alert, Reading
 
-CALIBRATION_STEPS = 576
+CALIBRATION_STEPS = 1008
 COLOURS = {"raised": "\033[1;31m", "cleared": "\033[1;32m", "reset": "\033[0m"}
 
 
@@ -70,7 +70,8 @@ def demo_config(sim_path: str, out: Path, nodes: int) -> dict[str, Any]:
                       # soil moisture trends for days (drying); scoring it needs recalibration
                       # over weeks, so the demo scores the two channels with a daily cycle
                       "channels": {"temperature": "temperature_1", "humidity": "humidity_2"}}],
-        # four simulated days of readings calibrate each node (the manifest's default is a week)
+        # a simulated week of readings calibrates each node (the manifest's default): four days
+        # did not span the weather of the days after, and healthy nodes alarmed near 1.0
         "model": {"calibration_steps": CALIBRATION_STEPS},
         "alerts": {"min_interval_s": 0},
         "metrics": {"listen": None},
@@ -88,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "alerts.jsonl").unlink(missing_ok=True)
     interval = 600.0
-    # calibration (CALIBRATION_STEPS readings, 4 simulated days at one reading per 10 min)
+    # calibration (CALIBRATION_STEPS readings, 7 simulated days at one reading per 10 min)
     # comes first; the fault starts two days later and lasts half a day
     start_k = CALIBRATION_STEPS + 288
     fault_text = args.fault or f"shift:node={min(3, args.nodes)},start={start_k * interval:.0f},end={(start_k + 72) * interval:.0f},size=40"
@@ -110,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except StartupError as exc:
             raise UserError(str(exc)) from exc
         print(f"model serving on {', '.join(gateway.runtime.providers_in_use) if gateway.runtime else '?'}; "
-              f"learning each node's normal for 4 simulated days before scoring")
+              f"learning each node's normal for 7 simulated days before scoring")
         deadline = time.monotonic() + args.duration
         try:
             while time.monotonic() < deadline:
