@@ -9,7 +9,10 @@
   else the first non-numeric column; parsed as UNIX seconds (a number) or ISO 8601 text
   (``2013-12-02 21:15:00``, ``...T...Z``; no zone = UTC). No timestamp column: row index.
 - Channels: the named columns in that order, else every numeric column other than the
-  timestamp and label columns.
+  timestamp and label columns and other than a column whose name says it holds labels
+  (``LABEL_NAMES``: ``anomaly``, ``changepoint``, ``label``...; a 0/1 annotation must never
+  be scored as a sensor). Those are listed in ``SeriesTable.excluded``; name one in
+  ``channels`` to score it anyway.
 - Labels: ``0/1``, ``true/false``, ``yes/no``, ``anomaly/normal`` (any non-zero number is 1).
 
 Every unusable file raises ``DatasetError`` (a ValueError) with a one-line reason.
@@ -22,13 +25,19 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 TIMESTAMP_NAMES = ("timestamp", "time", "date", "datetime", "ts", "time_stamp")
+LABEL_NAMES = frozenset({
+    "label", "labels", "anomaly", "anomalies", "anomalous", "is_anomaly", "anomaly_label", "changepoint",
+    "change_point", "changepoints", "fault", "faults", "is_fault", "outlier", "is_outlier", "attack", "alarm",
+    "target", "class", "ground_truth",
+})
+"""Column names (case-insensitive) never taken as a channel unless named in ``channels``."""
 MISSING = {"", "nan", "na", "n/a", "null", "none", "-"}
 _TRUE = {"1", "true", "yes", "y", "anomaly", "fault", "abnormal"}
 _FALSE = {"0", "false", "no", "n", "normal", "ok"}
@@ -51,6 +60,7 @@ class SeriesTable:
     timestamp_column: str | None
     label_column: str | None
     delimiter: str
+    excluded: list[str] = field(default_factory=list)  # label-like columns left out of the channels
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -171,16 +181,19 @@ def load_csv(
                 h for h in header if h != label_column and _numeric_fraction(columns[h][:200], decimal_comma) < 0.9
             ]
             timestamp_column = text_cols[0] if text_cols else None
+    excluded: list[str] = []
     if channels:
         for c in channels:
             need(c, "channel")
         chosen = list(channels)
     else:
-        chosen = [
+        numeric = [
             h
             for h in header
             if h not in (timestamp_column, label_column) and _numeric_fraction(columns[h], decimal_comma) >= 0.9
         ]
+        excluded = [h for h in numeric if h.strip().lower() in LABEL_NAMES]
+        chosen = [h for h in numeric if h not in excluded]
     if not chosen:
         raise DatasetError(f"{p}: no numeric channel columns (columns: {', '.join(header)})")
     if timestamp_column in chosen or (label_column is not None and label_column in chosen):
@@ -210,7 +223,7 @@ def load_csv(
     labels = None
     if label_column is not None:
         labels = np.array([_label(c, i + 2, label_column) for i, c in enumerate(columns[label_column])], dtype=bool)
-    return SeriesTable(str(p), chosen, values, ts, labels, timestamp_column, label_column, delimiter)
+    return SeriesTable(str(p), chosen, values, ts, labels, timestamp_column, label_column, delimiter, excluded)
 
 
 def load_label_windows(path: str | Path, data_file: str | Path) -> list[tuple[float, float]]:

@@ -4,8 +4,12 @@
 value calibration on the first ``calibration_rows`` rows (``SeriesCalibration``), sliding
 windows of T rows (stride 1, the window ending at row t scores row t), the ONNX model,
 ``WindowScorer`` calibrated on the windows that end inside the calibration rows, and the
-raise/clear hysteresis. The PCA baseline (``PCABaseline``) is calibrated and thresholded
-the same way. Rows before the end of calibration get score NaN and no alert; metrics
+raise/clear hysteresis. Each channel's level follows the device at the bounded rate of
+``level_follow`` (models.scoring.level), fed row by row; the daemon feeds it reading by
+reading and applies it from its next batch, so the two can differ by a batch's worth of
+one bounded step. The PCA baseline (``PCABaseline``) is calibrated on the same windows,
+with its own fixed thresholds (99.5 % quantile x 1.5) and frozen levels: the reference.
+Rows before the end of calibration get score NaN and no alert; metrics
 count only the rows after it.
 """
 
@@ -19,6 +23,7 @@ import numpy as np
 
 from models.scoring.calibration import SeriesCalibration, fill_forward
 from models.scoring.decision import Hysteresis, debounced_flags
+from models.scoring.level import follow_offsets
 from models.scoring.scorer import DeviceScoreState, WindowScorer
 from models.pca_baseline import PCABaseline
 
@@ -93,6 +98,10 @@ def score_recording(
         cal.freeze()  # the calibration rows had gaps: use their finite readings
     z = cal.standardize(x)
     windows = sliding_windows(z, t)  # window i ends at row i + t - 1
+    plain = windows
+    if settings["level_follow"] > 0:  # the level follows the device at a bounded rate (models.scoring.level)
+        offsets = follow_offsets(z.astype(np.float64), calibration_rows, t, settings["level_follow"])
+        windows = windows - offsets[t - 1 :, None, :].astype(np.float32)
     outputs = run_model(session, windows)
     scorer = WindowScorer(None, **dict(settings))
     n_cal = calibration_rows - t + 1  # windows ending inside the calibration rows
@@ -114,9 +123,9 @@ def score_recording(
         channel_scores[rows] = res.channel_scores
     pca_score = np.full(n_rows, np.nan, dtype=np.float32)
     if with_pca:
-        pca = PCABaseline(quantile=settings["score_quantile"], margin=settings["score_margin"])
+        pca = PCABaseline()  # the fixed reference: its own 99.5 % x 1.5 thresholds, frozen levels
         pca.fit(cal_windows)
-        pca_score[calibration_rows:] = pca.score(windows[rest])
+        pca_score[calibration_rows:] = pca.score(plain[rest])
     evaluated = np.zeros(n_rows, dtype=bool)
     evaluated[calibration_rows:] = True
     return RecordingScores(

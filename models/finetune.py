@@ -154,19 +154,61 @@ def _supervised(models: dict[str, torch.nn.Module], values: np.ndarray, labels: 
     return out
 
 
+class AdapterRejected(ValueError):
+    """The adapter did worse than the base on its own validation rows; nothing was written.
+    The message is one line saying what and by how much."""
+
+
+def _gate(base: torch.nn.Module, adapted: torch.nn.Module, values: np.ndarray, labels: np.ndarray | None,
+          split: int, T: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Score the validation rows (from ``split`` on) as the gateway would, calibrating the
+    scorer on the training rows (the rows the adapter learnt: exactly what a device serving
+    it meets), with the base and with the adapter. The adapter passes when its false-alarm
+    rate on the normal validation rows is no higher than the base's, and, where the
+    validation rows hold labelled anomalies, its recall no lower."""
+    settings = settings_from(manifest)
+    y = labels if labels is not None else np.zeros(len(values), dtype=bool)
+    cal = scorer_calibration_rows(y, split)
+    evaluated = np.arange(len(values)) >= split
+    out: dict[str, Any] = {"calibration_rows": cal, "validation_rows": int(evaluated.sum()),
+                           "false_alarm_target": settings["false_alarm_target"]}
+    for key, model in (("base", base), ("adapter", adapted)):
+        scores = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings,
+                                 with_pca=False)
+        m = point_metrics(y, scores.alert, evaluated)
+        normal = evaluated & ~y
+        over = float(np.mean(np.nan_to_num(scores.score[normal]) >= settings["raise"])) if normal.any() else 0.0
+        out[key] = {"false_alarm_rate": m.false_alarm_rate, "recall": m.recall if y[evaluated].any() else None,
+                    "normal_windows_over_threshold": round(over, 6)}
+    b, a = out["base"], out["adapter"]
+    reasons = []
+    if a["false_alarm_rate"] > b["false_alarm_rate"]:
+        reasons.append(f"raises the false-alarm rate on its validation rows {b['false_alarm_rate']:.4f} -> "
+                       f"{a['false_alarm_rate']:.4f}")
+    if b["recall"] is not None and a["recall"] < b["recall"]:
+        reasons.append(f"lowers recall on its validation rows {b['recall']:.3f} -> {a['recall']:.3f}")
+    out["passed"], out["reasons"] = not reasons, reasons
+    return out
+
+
 def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, channels: list[str] | None = None,
              timestamp_column: str | None = None, label_column: str | None = None, rank: int = 8,
              alpha: int = 16, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
              val_fraction: float = 0.25, stride: int = 1, max_windows: int = 20000,
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
              device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True,
-             label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN) -> FinetuneResult:
+             label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN, train_rows: int | None = None,
+             gate: bool = True) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
     ``timestamp_column``, ``label_column``, ``device_id``), or a time-ordered array
     ``[rows, channels]`` (unlabelled). ``label_weight``/``label_margin``: the supervised
-    term, used only when the training part has labelled anomalous rows. Raises SiteDataError for data it cannot use (too few
+    term, used only when the training part has labelled anomalous rows. ``train_rows``: use
+    only the leading rows (a device's calibration stretch); the rest of the data is ignored.
+    ``gate``: refuse (``AdapterRejected``, nothing written) an adapter that raises the
+    false-alarm rate or lowers recall on its own validation rows (``_gate``).
+    Raises SiteDataError for data it cannot use (too few
     rows, unknown columns, nothing normal to learn from) and ValueError for bad settings.
     Writes ``out_dir`` (created; existing adapter files in it are replaced).
     """
@@ -188,6 +230,14 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         if not channels:
             raise SiteDataError("name the channels to train on (--channels)")
         data = load_site_data(Path(data), channels, timestamp_column, label_column, device_id)
+    if train_rows is not None:
+        if train_rows < 2 * T:
+            raise ValueError(f"--train-rows must be at least {2 * T} (two windows)")
+        if train_rows < data.rows:
+            data = SiteData(values=data.values[:train_rows], timestamps=data.timestamps[:train_rows],
+                            channels=data.channels, labels=None if data.labels is None else data.labels[:train_rows],
+                            source=data.source, sha256=data.sha256,
+                            notes=[*data.notes, f"trained on the leading {train_rows} of {data.rows} rows"])
     L = data.rows
     split = int(round(L * (1 - val_fraction)))
     if split < 2 * T or L - split < T:
@@ -280,6 +330,15 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         except ValueError as exc:  # too few rows to calibrate the scorer
             evaluation["supervised"] = {"skipped": str(exc)}
 
+    if gate:
+        try:
+            evaluation["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
+        except ValueError as exc:  # too few rows to calibrate the scorer on the training part
+            evaluation["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
+        if not evaluation["gate"]["passed"]:
+            raise AdapterRejected(f"adapter not exported: it {' and '.join(evaluation['gate']['reasons'])} "
+                                  f"(scorer calibrated on the {evaluation['gate']['calibration_rows']} training rows)")
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("adapter_model.safetensors", "adapter_config.json", "README.md", integrity.MANIFEST):
@@ -306,7 +365,7 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
             "data_file": data.source, "data_sha256": data.sha256, "rows": L, "channels": data.channels,
             "timestamp_column": timestamp_column, "label_column": label_column,
             "time_range": [float(data.timestamps[0]), float(data.timestamps[-1])],
-            "split": {"train_rows": split, "val_rows": L - split, "order": "time"},
+            "split": {"train_rows": split, "val_rows": L - split, "order": "time", "leading_rows_used": L},
             "train_windows": int(len(train)), "window_length": T, "stride": stride,
             "standardisation": {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]},
             "optimizer": {"name": "AdamW", "lr": lr, "batch_size": batch_size},

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.scoring.settings import DEFAULTS
-
 _EPS = 1e-9
 
 
@@ -24,8 +22,8 @@ class PCABaseline:
         self,
         variance: float = 0.95,
         max_components: int = 32,
-        quantile: float = DEFAULTS["score_quantile"],
-        margin: float = DEFAULTS["score_margin"],
+        quantile: float = 0.995,
+        margin: float = 1.5,
     ) -> None:
         self.variance, self.max_components, self.quantile, self.margin = variance, max_components, quantile, margin
         self.mean: np.ndarray | None = None

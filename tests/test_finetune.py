@@ -31,7 +31,7 @@ def test_finetune_lowers_validation_loss(base: Path, tmp_path: Path) -> None:
     labels = write_site_csv(csv_path)
     out = tmp_path / "adapter"
     result = finetune(base, csv_path, out, channels=["temp_c", "rh"], timestamp_column="time",
-                      label_column="fault", epochs=10, patience=3, rank=4, alpha=8, progress=False)
+                      label_column="fault", epochs=10, patience=3, rank=4, alpha=8, progress=False, gate=False)
     assert result.val_loss_after < 0.8 * result.val_loss_before, (result.val_loss_before, result.val_loss_after)
     assert 1 <= result.best_epoch <= result.epochs_run <= 10
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",

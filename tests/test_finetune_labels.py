@@ -63,7 +63,8 @@ def test_supervised_term_raises_the_labelled_windows_over_the_normal_ones(base: 
     split = int(round(1600 * 0.75))
     assert labels[:split].any() and labels[split:].any()
     common = dict(channels=["temp_c", "rh"], timestamp_column="time", label_column="fault", epochs=6,
-                  patience=6, rank=4, alpha=8, progress=False, label_margin=1000.0)
+                  patience=6, rank=4, alpha=8, progress=False, label_margin=1000.0,
+                  gate=False)  # the training mechanics; the export gate: tests/test_adapter_gate.py
     plain = finetune(base, csv_path, tmp_path / "plain", label_weight=0.0, **common)
     sup = finetune(base, csv_path, tmp_path / "sup", label_weight=1.0, **common)
     objective = sup.manifest["training"]["label_objective"]

@@ -67,7 +67,12 @@ def test_load_csv_decimal_comma(tmp_path: Path) -> None:
     write_csv(tmp_path / "b.csv", decimal_comma=True)
     a, b = load_csv(tmp_path / "a.csv"), load_csv(tmp_path / "b.csv")
     assert np.allclose(a.values, b.values, equal_nan=True)
-    assert "fault" in a.channels  # without --label-column a 0/1 column is just numeric
+    # a label-like column is never a channel unless named (issue 11: a benchmark's
+    # `changepoint` column was scored as a sensor)
+    assert "fault" not in a.channels and a.excluded == ["fault"]
+    assert load_csv(tmp_path / "a.csv", channels=["temperature", "fault"]).channels == ["temperature", "fault"]
+    with_label = load_csv(tmp_path / "a.csv", label_column="fault")
+    assert with_label.excluded == [] and with_label.channels == a.channels
 
 
 @pytest.mark.parametrize(
@@ -190,3 +195,29 @@ def test_pretrain_cli_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert m.training["recipe"]["steps"] == 120 and verify_files(m, tmp_path / "m") == []
     assert "model_lora.onnx" in m.files and m.extra["lora_graph"]["file"] == "model_lora.onnx"
     assert main(["model", "pretrain", "--out", str(tmp_path / "n"), "--steps", "0"]) == 1
+
+
+def test_eval_folder_pools_counts_prints_target_and_states_settings(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder: every *.csv under it is one run (a row per file), metrics pooled over one
+    confusion matrix; the declared false-alarm target is printed beside the achieved rate;
+    the JSON holds the settings really used and the columns left out as labels."""
+    runs = tmp_path / "runs"
+    (runs / "b").mkdir(parents=True)
+    write_csv(runs / "a.csv", seed=4)
+    write_csv(runs / "b" / "c.csv", seed=5)
+    rc = main(["model", "eval", str(runs), "--label-column", "fault", "--calibration-rows", str(CAL),
+               "--json", str(tmp_path / "m.json")])
+    text = capsys.readouterr().out
+    assert rc == 0 and "a.csv:" in text and "b/c.csv:" in text and "pooled over 2 files" in text
+    assert "false-alarm target: 0.01 % of normal windows" in text and "achieved:" in text
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert [Path(f["file"]).name for f in data["files"]] == ["a.csv", "c.csv"]
+    name = next(k for k in data["metrics"] if k != "PCA T2+Q baseline")
+    for key in ("true_positives", "false_positives", "false_negatives", "true_negatives"):
+        assert data["metrics"][name][key] == sum(f["metrics"][name][key] for f in data["files"])
+    assert data["settings"]["false_alarm_target"] == data["false_alarm_target"] == 1e-4
+    assert data["settings"]["level_follow"] == 1.0 and data["files"][0]["calibration_rows"] == CAL
+    assert 0.0 <= data["achieved"]["normal_windows_over_threshold"] <= 1.0
+    assert main(["model", "eval", str(runs), "--label-column", "fault", "--record"]) == 1
+    assert "take one file" in capsys.readouterr().err

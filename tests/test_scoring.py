@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
+from models.scoring.level import LevelTracker, window_level
 from models.scoring.settings import DEFAULTS, settings_from
 from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
@@ -31,7 +32,8 @@ def run(session, x: np.ndarray) -> dict[str, np.ndarray]:  # type: ignore[no-unt
 
 def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, batch: int = 16):  # type: ignore[no-untyped-def]
     """The daemon's path, reading by reading: value calibration, score calibration from the
-    retained readings, then windows scored in small batches in time order, hysteresis."""
+    retained readings, the level tracker fed each reading, then windows scored in small
+    batches in time order, hysteresis."""
     t_len = manifest.window_length
     n, c = values.shape
     scorer = WindowScorer(manifest)
@@ -39,16 +41,22 @@ def stream(values: np.ndarray, session, manifest, calibration_steps: int = CAL, 
     state = scorer.new_state(c)
     scores = np.full(n, np.nan)
     pending: list[int] = []
+    level: LevelTracker | None = None
+    offset = np.zeros(c)
     for t in range(n):
         if not cal.frozen:
             if cal.update(values[t]):
                 windows = cal.calibration_windows(t_len)
                 scorer.calibrate_windows(state, windows, run(session, windows))
                 cal.release()
+                rate = scorer.settings["level_follow"]
+                level = LevelTracker(c, calibration_steps, rate) if rate > 0 else None
             continue
+        if level is not None:
+            offset = level.update(window_level(cal.standardize(values[t - t_len + 1 : t + 1])))[-1]
         pending.append(t)
         if len(pending) == batch or t == n - 1:
-            x = np.stack([cal.standardize(values[i - t_len + 1 : i + 1]) for i in pending])
+            x = np.stack([cal.standardize(values[i - t_len + 1 : i + 1]) - offset.astype(np.float32) for i in pending])
             s = scorer.score(x, run(session, x), [state] * len(pending))
             for i, v in zip(pending, s):
                 scores[i] = v
@@ -123,27 +131,31 @@ def test_settings_precedence(manifest) -> None:  # type: ignore[no-untyped-def]
 def test_sustained_level_shift_detected_for_its_whole_duration(session, manifest) -> None:  # type: ignore[no-untyped-def]
     """A 3-sigma shift in one channel, and a 4-sigma shift in three, each lasting 300
     readings (50 hours): alerted on (nearly) every reading after the raise delay, cleared
-    after the end. Measured: alert fraction 1.0, median score 2.1, 219 and 7.0."""
-    for seed, channels, size in ((1, (1,), 3.0), (2, (0, 1, 2), -4.0), (3, (3,), 3.0)):
+    after the end. Measured with the false_alarm_target thresholds: alert fraction 0.71,
+    1.0, 1.0, median score 1.54, 105, 2.2 (before them, in-sample quantile x 1.5: 1.0 for
+    all three, median 2.1, 219, 7.0, at 4-7x the false alarms of test_quiet_on_normal_data)."""
+    for seed, channels, size, least in ((1, (1,), 3.0, 0.65), (2, (0, 1, 2), -4.0, 0.97), (3, (3,), 3.0, 0.97)):
         start, end = CAL + 400, CAL + 700
         fault = Fault("level_shift", channels, start, end, size)
         dev = generate_device(seed, CAL + 1000, kinds=KINDS, interval_s=600, faults=[fault], events=False)
         scores, alerts = stream(dev.values, session, manifest)
         during = alerts[start + 4 : end]
         median = float(np.median(scores[start + 4 : end]))
-        assert during.mean() >= 0.97, (seed, during.mean())
-        assert median > 1.5, (seed, median)
+        assert during.mean() >= least, (seed, during.mean())
+        assert median > 1.3, (seed, median)
         assert not alerts[end + 60 :].all()
 
 
 @pytest.mark.parametrize(
     ("kinds", "max_mean", "max_each", "max_p99"),
     [
-        # machine channels with motor starts. Measured: alert fraction 0.0-0.005, p99 0.55-0.75
-        (("current", "vibration"), 0.01, 0.02, 1.0),
+        # machine channels with motor starts. Measured: alert fraction 0.0 on all four, p99
+        # 0.29-0.47 (before false_alarm_target: 0.0-0.005, p99 0.55-0.75)
+        (("current", "vibration"), 0.002, 0.004, 0.7),
         # weather-driven channels and events (rain, motor starts). Measured: alert fraction
-        # 0.008-0.054 (mean 0.022), p99 score 0.71-1.64 (median 0.85)
-        (KINDS, 0.045, 0.09, 1.2),
+        # 0.0-0.013 (mean 0.003), p99 score 0.53-0.90 (median 0.76); before
+        # false_alarm_target: 0.008-0.054 (mean 0.022), p99 0.71-1.64 (median 0.85)
+        (KINDS, 0.01, 0.03, 1.0),
     ],
 )
 def test_quiet_on_normal_data(session, manifest, kinds, max_mean, max_each, max_p99) -> None:  # type: ignore[no-untyped-def]
@@ -236,9 +248,11 @@ def test_holdout_thresholds_are_not_lower(session, manifest) -> None:  # type: i
     cal.update(dev.values)
     w = cal.calibration_windows(32)
     out = run(session, w)
-    plain, held = WindowScorer(manifest).new_state(4), WindowScorer(manifest, holdout=0.3).new_state(4)
-    WindowScorer(manifest).calibrate_windows(plain, w, out)
-    WindowScorer(manifest, holdout=0.3).calibrate_windows(held, w, out)
+    # holdout belongs to the legacy thresholds (false_alarm_target 0)
+    legacy, legacy_held = WindowScorer(manifest, false_alarm_target=0), WindowScorer(manifest, false_alarm_target=0, holdout=0.3)
+    plain, held = legacy.new_state(4), legacy_held.new_state(4)
+    legacy.calibrate_windows(plain, w, out)
+    legacy_held.calibrate_windows(held, w, out)
     assert held.distance_threshold >= plain.distance_threshold
     assert np.array_equal(held.mu, plain.mu)  # the profile itself is fitted on every window
 
@@ -310,7 +324,11 @@ def test_packed_and_low_rank_profiles_score_alike_and_mix_in_one_batch(session, 
     low.calibrate_windows(sl, w, out)
     assert sp.rank == 0 and sp.precision is not None and sp.basis is None and sp.precision.shape == (528,)
     assert sl.rank == 15 and sl.basis is not None and sl.basis.shape == (32, 15) and sl.precision is None
-    assert np.array_equal(sp.mu, sl.mu) and np.array_equal(sp.residual_threshold, sl.residual_threshold)
+    assert np.array_equal(sp.mu, sl.mu)
+    # the residual thresholds share each channel's own tail quantile; the joint factor that
+    # makes the window score meet the target depends on the distance, so on the form
+    ratio = sp.residual_threshold / sl.residual_threshold
+    assert np.allclose(ratio, ratio[0], rtol=1e-5)
     # sl's own precision, stored packed
     assert sl.profile is not None and sl.inv_eig is not None and sl.mu is not None
     repacked = DeviceScoreState(2, calibrated=True, dim=32, rank=0, inv_rest=sl.inv_rest,

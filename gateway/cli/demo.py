@@ -25,9 +25,9 @@ from typing import Any
 from models.cli.errors import UserError
 from gateway.types import Alert, Reading
 
-CALIBRATION_STEPS = 576
+CALIBRATION_STEPS = 1008
 INTERVAL_S = 600.0
-CALIBRATION_DAYS = CALIBRATION_STEPS * INTERVAL_S / 86400  # 4 simulated days
+CALIBRATION_DAYS = CALIBRATION_STEPS * INTERVAL_S / 86400  # 7 simulated days
 TOKEN_ENV = "LORA_GATEWAY_DEMO_TOKEN"
 COLOURS = {"raised": "\033[1;31m", "cleared": "\033[1;32m", "reset": "\033[0m"}
 
@@ -86,7 +86,8 @@ def demo_config(sim_path: str, out: Path, nodes: int, listen: str | None = None)
                       # soil moisture trends for days (drying); scoring it needs recalibration
                       # over weeks, so the demo scores the two channels with a daily cycle
                       "channels": {"temperature": "temperature_1", "humidity": "humidity_2"}}],
-        # four simulated days of readings calibrate each node (the manifest's default is a week)
+        # a simulated week of readings calibrates each node (the manifest's default): four days
+        # did not span the weather of the days after, and healthy nodes alarmed near 1.0
         "model": {"calibration_steps": CALIBRATION_STEPS},
         "alerts": {"min_interval_s": 0},
         "metrics": {"listen": listen},
@@ -118,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "alerts.jsonl").unlink(missing_ok=True)
     interval = INTERVAL_S
-    # calibration (CALIBRATION_STEPS readings, 4 simulated days at one reading per 10 min)
+    # calibration (CALIBRATION_STEPS readings, 7 simulated days at one reading per 10 min)
     # comes first; the fault starts two days later and lasts half a day
     start_k = CALIBRATION_STEPS + 288
     fault_text = args.fault or f"shift:node={min(3, args.nodes)},start={start_k * interval:.0f},end={(start_k + 72) * interval:.0f},size=40"

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.decode",
     "gateway.cli.record",
     "gateway.cli.serial",
+    "gateway.cli.alerts",
     "models.cli.main",
     "gateway.cli.cluster",
 )

@@ -7,7 +7,10 @@ windows are standardised by device, never per window), and the moment that calib
 freezes the model runs once over the windows cut from those same readings to fit the
 device's normal score profile (models.scoring.scorer, the path ``model score`` takes too). The
 readings are then released. Due windows are grouped by (adapter, channel count), one ONNX
-Runtime call per group.
+Runtime call per group. From then on each reading moves the device's standardisation
+level by at most a bounded step (``level_follow``, models.scoring.level), so slow legitimate
+change is followed and an alarm can end once a fault does; windows are standardised with
+the level as it stands when their batch is scored.
 
 ``swap_runtime`` replaces the model between batches (an attribute swap, atomic under the
 GIL); device score profiles are then re-learnt from the first ``calibration_windows``
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
+from models.scoring.level import LevelTracker, window_level
 from gateway.metrics import Metrics
 from models.scoring.scorer import DeviceScoreState, WindowScorer
 from models.runtime import ModelRuntime
@@ -57,9 +61,12 @@ class _DeviceState:
     calibration: SeriesCalibration | None
     score_state: DeviceScoreState
     generation: int
-    # the frozen calibration's mean (row 0) and std (row 1), float64 [2, C], taken once
-    # when it froze (one array, not two: 10,000 devices)
+    # float64 [3, C], set when the calibration froze (one array: 10,000 devices): the level
+    # windows are standardised with (row 0: the frozen mean + the tracker's offset x std),
+    # the frozen std (row 1) and the frozen mean (row 2)
     norm: np.ndarray | None = None
+    # each channel's level following the device at a bounded rate (None: level_follow 0)
+    level: LevelTracker | None = None
 
 
 @dataclass(slots=True)
@@ -198,12 +205,23 @@ class InferenceEngine:
                 cal.update(window.latest())
                 if not cal.frozen:
                     return None
-            st.norm = np.stack([cal.mean, cal.std])  # frozen: constant from here on
+            st.norm = np.stack([cal.mean, cal.std, cal.mean])
             self._calibrate_scores(window, st, cal)
             st.calibration = None
+        elif st.level is not None and window.count >= window.length:
+            self._follow(st, window)
         if window.count < window.length:
             return None
         return DueWindow(window, window.values(), window.last_timestamp, st)
+
+    @staticmethod
+    def _follow(st: _DeviceState, window: DeviceWindow) -> None:
+        """Feed the newest window's level to the device's level tracker; the windows scored
+        from the next batch on are standardised with the moved level (models.scoring.level)."""
+        norm, level = st.norm, st.level
+        assert norm is not None and level is not None
+        offset = level.update(window_level((window.values() - norm[2]) / norm[1]))[-1]
+        norm[0] = norm[2] + offset * norm[1]
 
     def _adapter_for(self, window: DeviceWindow, runtime: ModelRuntime) -> str | None:
         adapter = window.adapter if window.adapter in runtime.adapter_names else None
@@ -216,6 +234,9 @@ class InferenceEngine:
         On failure the state stays uncalibrated and learns from its first scored windows."""
         try:
             windows = cal.calibration_windows(window.length)
+            rate = self.scorer.settings["level_follow"]
+            if rate > 0 and len(windows):
+                st.level = LevelTracker(len(window.channels), self.calibration_steps, rate)
             if len(windows) >= 8:
                 runtime = self.runtime
                 outputs = runtime.run(windows, adapter=self._adapter_for(window, runtime))

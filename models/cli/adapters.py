@@ -46,7 +46,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             rank=args.rank, alpha=args.alpha, epochs=args.epochs, patience=args.patience, lr=args.lr,
             batch_size=args.batch_size, val_fraction=args.val_fraction, stride=args.stride, seed=args.seed,
             name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
-            label_weight=args.label_weight, label_margin=args.label_margin)
+            label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows,
+            gate=not args.skip_gate)
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
@@ -58,6 +59,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         b, a = sup["base"], sup["adapter"]
         print(f"validation detection (point-wise): F1 {b['f1']:.3f} -> {a['f1']:.3f}, "
               f"false-alarm rate {b['false_alarm_rate']:.4f} -> {a['false_alarm_rate']:.4f}")
+    gate = ev.get("gate", {})
+    if "adapter" in gate:
+        b, a = gate["base"], gate["adapter"]
+        print(f"validation false alarms (scorer calibrated on the training rows): {b['false_alarm_rate']:.4f} -> "
+              f"{a['false_alarm_rate']:.4f}; normal windows over threshold {b['normal_windows_over_threshold']:.4f} -> "
+              f"{a['normal_windows_over_threshold']:.4f}")
     if result.best_epoch == 0:
         print("warning: no epoch improved the validation loss; the adapter changes nothing")
     return 0
@@ -106,7 +113,9 @@ def add_adapter_commands(model_sub: Any) -> None:
                              description="Self-supervised LoRA fine-tuning on a site's normal readings; "
                                          "with a label column, anomalous rows of the training part are left "
                                          "out of the reconstruction loss and feed a supervised margin term; "
-                                         "and detection metrics are reported.")
+                                         "and detection metrics are reported. The adapter is refused (nothing "
+                                         "written) when, on its own validation rows scored as the gateway would, "
+                                         "it raises the false-alarm rate or lowers recall against the base.")
     p.add_argument("--data", required=True, help="CSV (comma or semicolon; `lora-gateway record export` writes one), "
                    "or the gateway's recording: its directory or a .jsonl file")
     p.add_argument("--channels", required=True, help="comma-separated channel column names")
@@ -129,6 +138,11 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without improvement")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
     p.add_argument("--batch-size", type=int, default=128, help="windows per training step (default 128)")
+    p.add_argument("--skip-gate", action="store_true",
+                   help="export even an adapter that does worse than the base on its validation rows "
+                        "(for comparisons; the gate's figures are not computed)")
+    p.add_argument("--train-rows", type=int, default=None,
+                   help="use only the leading N rows (a device's calibration stretch); the rest is ignored")
     p.add_argument("--val-fraction", type=float, default=0.25, help="last part of the rows (by time) validates")
     p.add_argument("--stride", type=int, default=1, help="rows between window starts")
     p.add_argument("--seed", type=int, default=0, help="random seed of the training run (default 0)")

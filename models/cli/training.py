@@ -20,9 +20,7 @@ from models.scoring.settings import settings_from
 from models.datasets import (
     DatasetError,
     SeriesTable,
-    labels_from_windows,
     load_csv,
-    load_label_windows,
 )
 from models.manifest import (
     Manifest,
@@ -51,7 +49,8 @@ def add_model_commands(model_sub: Any) -> None:
         ("eval", "score a labelled CSV and report precision/recall/F1 and false alarms, model beside PCA"),
     ):
         q = model_sub.add_parser(name, help=helptext)
-        q.add_argument("csv", type=Path, help="CSV file (comma/semicolon/tab, header row)")
+        q.add_argument("csv", type=Path, help="CSV file (comma/semicolon/tab, header row)"
+                       + ("; for eval also a folder: every *.csv under it is one run, counts pooled" if name == "eval" else ""))
         q.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped base model)")
         q.add_argument("--channels", default=None, help="comma-separated channel columns (default: every numeric column)")
         q.add_argument("--timestamp-column", default=None, help="timestamp column (default: auto-detected)")
@@ -76,7 +75,7 @@ def add_model_commands(model_sub: Any) -> None:
                 action="store_true",
                 help="also record the metrics in the model's manifest.json (evaluation section)",
             )
-            q.set_defaults(func=cmd_eval)
+            q.set_defaults(func=_eval)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -141,15 +140,16 @@ def _load_model(path: Path | None) -> tuple[Manifest, Any, Path]:
     return manifest, session, Path(directory)
 
 
-def _load_table(args: argparse.Namespace) -> SeriesTable:
+def _load_table(args: argparse.Namespace, path: Path | None = None) -> SeriesTable:
     channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
     try:
-        return load_csv(args.csv, timestamp_column=args.timestamp_column, channels=channels, label_column=args.label_column)
+        return load_csv(path or args.csv, timestamp_column=args.timestamp_column, channels=channels,
+                        label_column=args.label_column)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
 
 
-def _score(args: argparse.Namespace, table: SeriesTable) -> tuple[Manifest, Any, dict[str, float], int]:
+def _score(args: argparse.Namespace, table: SeriesTable, path: Path | None = None) -> tuple[Manifest, Any, dict[str, float], int]:
     from models.evaluate import score_recording
 
     manifest, session, _ = _load_model(args.model)
@@ -163,7 +163,7 @@ def _score(args: argparse.Namespace, table: SeriesTable) -> tuple[Manifest, Any,
     try:
         scores = score_recording(table.values, session, manifest.window_length, cal, settings)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{path.name}: {exc}" if path is not None else str(exc)) from None
     return manifest, scores, settings, cal
 
 
@@ -192,48 +192,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from models.evaluate import point_metrics
+def _eval(args: argparse.Namespace) -> int:
+    from models.cli.evaluation import cmd_eval
 
-    if (args.label_column is None) == (args.windows is None):
-        raise UserError("give exactly one of --label-column or --windows")
-    table = _load_table(args)
-    if args.windows is not None:
-        if table.timestamp_column is None:
-            raise UserError("--windows needs a timestamp column")
-        try:
-            labels = labels_from_windows(table.timestamps, load_label_windows(args.windows, args.csv))
-        except DatasetError as exc:
-            raise UserError(str(exc)) from None
-    else:
-        assert table.labels is not None
-        labels = table.labels
-    manifest, s, settings, cal = _score(args, table)
-    rows = {
-        f"{manifest.name} {manifest.version}": point_metrics(labels, s.alert, s.evaluated),
-        "PCA T2+Q baseline": point_metrics(labels, s.pca_alert, s.evaluated),
-    }
-    print(f"{args.csv.name}: {len(table)} rows, {len(table.channels)} channel(s), calibration rows {cal}, "
-          f"evaluated rows {int(s.evaluated.sum())} ({int(labels[s.evaluated].sum())} anomalous)")
-    print(f"{'detector':<32} {'precision':>9} {'recall':>7} {'F1':>6} {'false-alarm':>11} {'missed':>7} {'events':>7}")
-    for name, m in rows.items():
-        print(f"{name:<32} {m.precision:>9.3f} {m.recall:>7.3f} {m.f1:>6.3f} {m.false_alarm_rate:>11.4f} "
-              f"{m.missed_alarm_rate:>7.3f} {m.events_detected:>3}/{m.events:<3}")
-    print("point-wise metrics over the evaluated rows (no point adjustment); events = labelled runs with >= 1 alert")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "file": str(args.csv), "rows": len(table), "channels": table.channels, "calibration_rows": cal,
-            "model": f"{manifest.name}@{manifest.version}", "settings": settings,
-            "metrics": {k: v.as_dict() for k, v in rows.items()},
-        }, indent=2) + "\n")
-    if args.record:
-        _record(args, manifest, rows, cal, len(table))
-    if args.report:
-        from models.report import write_report
-
-        try:
-            write_report(args.report, table, labels, s, title=f"{args.csv.name}: {manifest.name} {manifest.version}")
-        except ModuleNotFoundError as exc:
-            raise UserError(train_extra_missing(exc.name)) from None
-        print(f"wrote {args.report}")
-    return 0
+    return cmd_eval(args)

@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from models.scoring.settings import DEFAULTS, settings_from
+from models.scoring.tail import effective_samples, fold_slices, oas_shrinkage, tail_quantile
 from models.scoring.trim import diagonal_distance, trim_mask
 
 _EPS = 1e-9
@@ -111,13 +112,14 @@ class DeviceScoreState:
     rank: int = 0  # K of the low-rank form; 0: packed precision
     inv_rest: float = 0.0  # 1/variance of the remaining directions
     distance_threshold: float = math.nan
+    calm: int = 0  # consecutive scored windows below adapt_below (gates _adapt)
 
     def reset(self) -> None:
         """Forget the calibration (e.g. after a sensor was replaced)."""
         self.calibrated, self.seen = False, 0
         self._emb = self._res = self._flat = None
         self.profile, self.dim, self.rank = None, 0, 0
-        self.inv_rest, self.distance_threshold = 0.0, math.nan
+        self.inv_rest, self.distance_threshold, self.calm = 0.0, math.nan, 0
 
     def _part(self, start: int, stop: int | None) -> np.ndarray | None:
         return None if self.profile is None else self.profile[start:stop]
@@ -254,6 +256,8 @@ class WindowScorer:
         centred = flat - mu
         cov = centred.T @ centred / max(m - 1, 1)
         lam = self.settings["shrinkage"]
+        if self.settings["shrinkage_auto"] > 0:  # OAS for the effectively independent windows
+            lam = max(lam, oas_shrinkage(cov, effective_samples(centred)))
         shrunk = (1.0 - lam) * cov + (lam * np.trace(cov) / f + 1e-6) * np.eye(f)
         eig, vec = np.linalg.eigh(shrunk)  # ascending
         k = int(min(f, self.settings["max_rank"]))
@@ -273,6 +277,7 @@ class WindowScorer:
         embeddings: np.ndarray,
         residuals: np.ndarray,
         flatness: np.ndarray | None = None,
+        gap: int = 32,
     ) -> int:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
         ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
@@ -297,22 +302,16 @@ class WindowScorer:
             flat, res, m = flat[keep], res[keep], int(keep.sum())
             flatness = None if flatness is None else np.asarray(flatness)[keep]
         mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
-        dist = self._profile_distance(flat, mu, basis, inv_eig, inv_rest)
-        hold = int(m * self.settings["holdout"])
-        if hold >= 8 and m - hold >= 8:
-            # distances of the last windows to a profile fitted without them: what the
-            # scorer will meet out of sample (a later stretch of the same normal)
-            part = self._fit_profile(flat[: m - hold])
-            held = self._profile_distance(flat[m - hold :], *part)
-            dist = np.concatenate([dist, held])
-        q, margin = self.settings["score_quantile"], self.settings["score_margin"]
         f, k = basis.shape
-        residual_threshold = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
-        flat_threshold = (
-            np.full(c, np.inf, dtype=np.float32)
-            if flatness is None
-            else np.maximum(np.quantile(np.asarray(flatness, dtype=np.float64), q, axis=0) * margin, 0.5).astype(np.float32)
-        )
+        fl = None if flatness is None else np.asarray(flatness, dtype=np.float64)
+        if self.settings["false_alarm_target"] > 0:
+            residual_threshold, distance_threshold = self._target_thresholds(
+                flat, res, (mu, basis, inv_eig, inv_rest), gap)
+            flat_threshold = (np.full(c, np.inf, dtype=np.float32) if fl is None
+                              else np.maximum(fl.max(axis=0) * 1.5, 0.5).astype(np.float32))
+        else:  # legacy: in-sample quantile x margin
+            residual_threshold, flat_threshold, distance_threshold = self._quantile_thresholds(
+                flat, res, fl, (mu, basis, inv_eig, inv_rest))
         if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
             tail = [packed_precision(basis, inv_eig, inv_rest).astype(np.float32)]
             state.rank = 0
@@ -322,10 +321,53 @@ class WindowScorer:
         state.profile = np.concatenate([mu.astype(np.float32), residual_threshold, flat_threshold, *tail])
         state.dim = f
         state.inv_rest = inv_rest
-        state.distance_threshold = float(max(np.quantile(dist, q), 1e-3) * margin)
-        state.calibrated = True
+        state.distance_threshold = distance_threshold
+        state.calibrated, state.calm = True, 0
         state._emb = state._res = state._flat = None
         return trimmed
+
+    def _target_thresholds(
+        self, flat: np.ndarray, res: np.ndarray, profile: tuple[np.ndarray, np.ndarray, np.ndarray, float], gap: int
+    ) -> tuple[np.ndarray, float]:
+        """Residual ``[C]`` and distance thresholds a normal window exceeds with probability
+        ``false_alarm_target`` (models.scoring.tail), from statistics the fit did not see:
+        each calibration window's distance to a profile fitted on the other folds
+        (``calibration_folds`` contiguous blocks, ``gap`` windows either side left out),
+        and the residuals (the model never trained on the device). Each statistic is first
+        scaled by its own tail quantile, then both are multiplied by the tail quantile of
+        the largest scaled statistic, so the *window score* (their maximum) meets the
+        target, not each statistic alone. Times ``score_margin`` (1.0: none)."""
+        m, c = res.shape
+        target, margin = self.settings["false_alarm_target"], self.settings["score_margin"]
+        held = self._profile_distance(flat, *profile)
+        folds = int(self.settings["calibration_folds"])
+        if folds >= 2:
+            for train, block in fold_slices(m, folds, gap):
+                if train.size >= 8:
+                    held[block] = self._profile_distance(flat[block], *self._fit_profile(flat[train]))
+        d_scale = max(tail_quantile(held, target), 1e-3)
+        r_scale = np.array([max(tail_quantile(res[:, j], target), 1e-4) for j in range(c)])
+        joint = max(tail_quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1)), target), 1.0) * margin
+        return (r_scale * joint).astype(np.float32), float(d_scale * joint)
+
+    def _quantile_thresholds(
+        self, flat: np.ndarray, res: np.ndarray, flatness: np.ndarray | None,
+        profile: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The thresholds before issue 11 (``false_alarm_target = 0``): in-sample
+        ``score_quantile`` x ``score_margin``; ``holdout`` > 0 adds the last windows'
+        distances to a profile fitted without them."""
+        m, c = res.shape
+        dist = self._profile_distance(flat, *profile)
+        hold = int(m * self.settings["holdout"])
+        if hold >= 8 and m - hold >= 8:
+            part = self._fit_profile(flat[: m - hold])
+            dist = np.concatenate([dist, self._profile_distance(flat[m - hold :], *part)])
+        q, margin = self.settings["score_quantile"], self.settings["score_margin"]
+        residual = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
+        flat_thr = (np.full(c, np.inf, dtype=np.float32) if flatness is None
+                    else np.maximum(np.quantile(flatness, q, axis=0) * margin, 0.5).astype(np.float32))
+        return residual, flat_thr, float(max(np.quantile(dist, q), 1e-3) * margin)
 
     def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
         """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
@@ -360,7 +402,7 @@ class WindowScorer:
         number of windows dropped as anomalous (``calibrate``)."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x))
+        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x), gap=x.shape[1])
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
@@ -405,7 +447,9 @@ class WindowScorer:
                     st._flat.append(flatline[i].copy())
                 st.seen += 1
                 if st.seen >= st.calibration_windows and st._emb and st._res and st._flat:
-                    trimmed += self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat))
+                    every = max(1, -(-st.calibration_windows // MAX_FALLBACK_WINDOWS))
+                    trimmed += self.calibrate(st, np.stack(st._emb), np.stack(st._res), np.stack(st._flat),
+                                              gap=-(-x.shape[1] // every))
         idx = np.flatnonzero(ready)
         if idx.size:
             sts = [states[int(i)] for i in idx]
@@ -464,17 +508,18 @@ class WindowScorer:
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate
-        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below``:
-        a fault never teaches the profile, so a sustained shift stays detected."""
+        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below`` (well
+        inside the threshold) that come after at least ``adapt_calm`` such windows in a row
+        (``state.calm``): no window of an excursion, nor the windows still holding its
+        readings, ever teaches the profile, so a sustained fault stays detected."""
         rate = self.settings["adapt_rate"]
-        if rate <= 0.0:
-            return
-        ok = scores < self.settings["adapt_below"]
-        if not ok.any():
-            return
+        below, need = self.settings["adapt_below"], int(self.settings["adapt_calm"])
         groups: dict[int, list[int]] = {}
-        for j in np.flatnonzero(ok):
-            groups.setdefault(id(sts[j]), []).append(int(j))
+        for j, ok in enumerate((scores < below).tolist()):  # windows in time order per state
+            st = sts[j]
+            st.calm = st.calm + 1 if ok else 0
+            if ok and st.calm > need and rate > 0.0:
+                groups.setdefault(id(st), []).append(j)
         for members in groups.values():
             st = sts[members[0]]
             assert st.mu is not None

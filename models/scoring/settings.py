@@ -12,27 +12,44 @@ from typing import Any
 DEFAULTS: dict[str, float] = {
     "calibration_steps": 1008,
     "calibration_windows": 1008,
+    "false_alarm_target": 1e-4,
+    "calibration_folds": 5,
     "score_quantile": 0.995,
-    "score_margin": 1.5,
+    "score_margin": 1.0,
     "raise": 1.0,
     "clear": 0.7,
     "raise_after": 2,
     "clear_after": 3,
     "recency_halflife": 8.0,
     "shrinkage": 0.2,
+    "shrinkage_auto": 1.0,
     "max_rank": 32,
     "holdout": 0.0,
     "adapt_rate": 0.003,
-    "adapt_below": 1.0,
-    "calibration_trim": 0.2,
+    "adapt_below": 0.5,
+    "adapt_calm": 32,
+    "level_follow": 1.0,
+    "calibration_trim": 0.0,
     "calibration_trim_z": 8.0,
 }
 """Scoring settings used where the manifest's ``thresholds`` do not give one.
 
-``calibration_trim``: the largest fraction of score-calibration windows that may be dropped
-as anomalous before the profile and thresholds are fitted (0 turns trimming off);
-``calibration_trim_z``: the robust log-z beyond which a window counts as anomalous
-(models.scoring.trim)."""
+``false_alarm_target``: the declared false-alarm rate, the probability that a window of
+the device's normal behaviour scores at or over 1.0 (1e-4: one window per 10,000 normal
+windows); thresholds are set for it on held-out calibration statistics
+(models.scoring.tail). 0 selects the thresholds from before it: the in-sample
+``score_quantile`` x ``score_margin``. ``calibration_folds``: cross-fitting folds for the
+held-out distances. ``score_margin``: a factor on every threshold (1.0 with a target).
+``shrinkage``: the least covariance shrinkage; ``shrinkage_auto`` 1: the OAS intensity for
+the calibration's effectively independent windows where larger. ``adapt_rate``,
+``adapt_below``, ``adapt_calm``: the profile mean follows windows scoring below
+``adapt_below`` after ``adapt_calm`` of them in a row. ``level_follow``: how fast each
+channel's standardisation level may follow the device (calibration stds per calibration
+length; models.scoring.level; 0 = frozen). ``calibration_trim``: the largest fraction of
+score-calibration windows that may be dropped as anomalous before the profile and
+thresholds are fitted (0, the default, turns trimming off: it dropped rare normal events,
+docs/models.md); ``calibration_trim_z``: the robust log-z beyond which a window counts as
+anomalous (models.scoring.trim)."""
 
 
 def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:
