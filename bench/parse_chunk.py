@@ -118,7 +118,7 @@ def variants(chunk: list[bytes]) -> dict[str, Callable[[], Any]]:
     out: dict[str, Callable[[], Any]] = {}
     loads = json.loads
     out["parse only: stdlib json.loads"] = lambda: [loads(b) for b in chunk]
-    dec = shapes._JSON  # the project's decoder (NaN/Infinity refused, finite floats)
+    dec = shapes.JSON_DECODER  # the project's decoder (NaN/Infinity refused, finite floats)
     out["parse only: stdlib, project's decoder"] = lambda: [dec.decode(b.decode()) for b in chunk]
     parse = shapes.parse_uplink
     out["to RawUplink: project (stdlib json + shapes)"] = lambda: [parse(t, b, "chirpstack_v4") for t, b in zip(topics, chunk)]

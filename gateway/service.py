@@ -28,9 +28,11 @@ from typing import Any, Callable
 import pluggy
 
 from gateway import sdnotify
-from gateway.alerts.policy import AlertPolicy
-from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.alerts.outbox import Outbox
+from gateway.alerts.policy import AlertPolicy
+from gateway.alerts.telemetry import TelemetryFanout
+from gateway.config import GatewayConfig
 from gateway.contracts import (
     AlertHandler,
     PartitionedSource,
@@ -40,24 +42,23 @@ from gateway.contracts import (
     ScoreObserver,
     Source,
 )
+from gateway.control.command_topic import ModelCommandListener
+from gateway.ingest.decoding import UplinkDecoder
+from gateway.ingest.profiles import ProfileSet
+from gateway.ingest.quarantine import Quarantine
+from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.pipeline.batching import BatchTableError, resolve_batching
 from gateway.pipeline.handoff import PipelineHandoff
-from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
-from gateway.metrics import DASHBOARD_COUNTERS, Metrics
-from gateway.control.command_topic import ModelCommandListener
-from gateway.alerts.outbox import Outbox
-from gateway.pipeline.loop import Pipeline, PipelineSettings
-from gateway.plugin_manager import Registry
-from gateway.ingest.decoding import UplinkDecoder
-from gateway.ingest.profiles import ProfileConfig, ProfileSet
-from gateway.ingest.quarantine import Quarantine
-from gateway.recording.recorder import ReadingRecorder
-from gateway.recording.config import recording_dir
-from gateway.alerts.telemetry import TelemetryFanout
-from gateway.types import Alert, RawUplink, Reading
+from gateway.pipeline.loop import CallbackObserver, Pipeline, PipelineSettings
 from gateway.pipeline.windows import WindowStore
+from gateway.plugin_manager import Registry
+from gateway.recording.config import recording_dir
+from gateway.recording.recorder import ReadingRecorder
+from gateway.serving import load_model, resolve_model_dir
+from gateway.state.codec import DeviceStateCodec
 from gateway.status.wiring import new_page, new_tracker
+from gateway.types import Alert, Reading
 from models.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -65,42 +66,8 @@ log = logging.getLogger(__name__)
 SIGNAL_POLL_S = 0.2  # the main thread wakes this often so signal handlers run promptly
 
 
-class CallbackObserver:
-    """A ``ReadingObserver`` calling a plain function with each reading (embedding, tests)."""
-
-    def __init__(self, callback: Callable[[Reading], None]) -> None:
-        self.callback = callback
-
-    def observe_reading(self, reading: Reading, profile: ProfileConfig, uplink: RawUplink) -> None:
-        self.callback(reading)
-
-
 class StartupError(Exception):
     """The gateway could not start; the message says which part and why."""
-
-
-def resolve_model_dir(config: GatewayConfig) -> Path:
-    """The configured model dir, else the store's active model, else the bundled base model."""
-    if config.model.path is not None:
-        return config.model.path
-    try:
-        from models.store import ModelStore, NoActiveModel
-
-        try:
-            return Path(ModelStore.for_state_dir(config.gateway.state_dir).active())
-        except NoActiveModel:
-            pass
-    except Exception as exc:  # noqa: BLE001 - an unusable store falls back to the bundled model, loudly
-        log.warning("model store unusable (%s); serving the bundled base model", exc)
-    return DEFAULT_MODEL_DIR
-
-
-def load_model(config: GatewayConfig, model_dir: Path) -> ModelRuntime:
-    """The model with its configured adapters, warmed up: what ``run`` serves and what
-    ``doctor`` checks (the same call, so doctor fails where run would). ModelLoadError."""
-    adapters = {name: Path(p) for name, p in config.model.adapters.items()}
-    return ModelRuntime.load(model_dir, config.model.providers, intra_op_threads=config.model.intra_op_threads,
-                             adapters=adapters or None, cuda_tf32=config.model.cuda_tf32)
 
 
 class Gateway:

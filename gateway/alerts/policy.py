@@ -23,112 +23,31 @@ receiver never keeps a stale raised state.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 import threading
-from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.alerts.policy_config import AlertPolicyConfig
+from gateway.alerts.policy_state import (
+    HOUR,
+    INTERVAL_HISTORY,
+    KIND_BIT,
+    KINDS,
+    DeviceAlerts,
+    KindTrack,
+    Severity,
+    alert_key,
+    guess_battery_unit,
+    link_message,
+    push_bounded,
+)
 from gateway.metrics import Metrics
 from gateway.types import Alert, AlertState, Reading
 
 __all__ = ["AlertPolicy", "AlertPolicyConfig", "alert_key"]
-
-Severity = Literal["info", "warning", "critical"]
-KINDS = ("anomaly", "battery_low", "link_quality", "frame_gap", "device_silent")
-_KIND_BIT = {kind: 1 << i for i, kind in enumerate(KINDS)}
-_HOUR = 3600.0
-_INTERVAL_HISTORY = 16
-
-
-def _battery_unit(reading: Reading, value: float) -> str:
-    """Volts when the value came from a voltage-named channel, else percent."""
-    for name, v in reading.values.items():
-        if v == value:
-            low = name.lower()
-            if low.endswith("_v") or "volt" in low or low in ("bat_v", "vbat", "vbatt"):
-                return "V"
-    return "%"
-
-
-def alert_key(device_id: str, kind: str, state: AlertState, episode_start: float) -> str:
-    """Idempotency key of one alert event: 32 hex digits of sha256 over its identity.
-
-    The same (device, kind, state, episode start) always gives the same key, so a replayed
-    or re-generated event is recognisably the same event.
-    """
-    ident = f"{device_id}\x1f{kind}\x1f{state}\x1f{episode_start:.6f}"
-    return hashlib.sha256(ident.encode("utf-8")).hexdigest()[:32]
-
-
-@dataclass(slots=True)
-class _Track:
-    """Lifecycle of one (device, kind)."""
-
-    raised: bool = False
-    run: int = 0  # consecutive inputs pushing towards the other state
-    run_start: float | None = None  # timestamp of the first input of that run
-    episode_start: float = 0.0
-    held: bool = False  # a raise is being held back by a rate limit (counted once)
-    last_raise: float | None = None
-    channel: str | None = None  # the channel named by the raise; its clear names the same one
-
-
-def _link_message(rssi: float | None, snr: float | None) -> str:
-    """``link quality low: median RSSI -121 dBm, SNR -7.5 dB``: the medians with ``%g``
-    (they are floats); one not taken (its rule disabled, no values) is left out."""
-    medians = ([] if rssi is None else [f"RSSI {rssi:g} dBm"]) + ([] if snr is None else [f"SNR {snr:g} dB"])
-    return "link quality low: median " + ", ".join(medians)
-
-
-def _push_bounded(values: array | None, value: float, limit: int) -> array:
-    """Append ``value`` to a flat float array holding at most ``limit`` values (oldest
-    dropped); creates the array on first use."""
-    if values is None:
-        return array("d", (value,))
-    if len(values) >= limit:
-        del values[: len(values) - limit + 1]
-    values.append(value)
-    return values
-
-
-@dataclass(slots=True)
-class _Device:
-    """Everything the policy remembers about one device (bounded, and small: the policy
-    keeps up to ``max_devices`` of these). A kind's ``_Track`` is created the first time
-    its condition pushes (until then it would hold only defaults), ``seen`` remembers which
-    kinds had an input (``raised()`` lists them), and the recent-value windows are flat
-    float arrays created on first use (an empty deque alone is 760 bytes)."""
-
-    tracks: dict[str, _Track] | None = None
-    seen: int = 0  # one _KIND_BIT per kind that had an input
-    raises: list[float] | None = None  # raise times within the last hour, at most the hourly limit
-    last_seen: float | None = None
-    intervals: array | None = None  # the last _INTERVAL_HISTORY reading intervals
-    expected_interval_s: float | None = None
-    rssi: array | None = None  # the last link_window values
-    snr: array | None = None
-    last_fcnt: int | None = None
-
-    def track(self, kind: str) -> _Track:
-        """The kind's track, created (with defaults) if it has none yet."""
-        tracks = self.tracks
-        if tracks is None:
-            tracks = self.tracks = {}
-        t = tracks.get(kind)
-        if t is None:
-            t = tracks[kind] = _Track()
-        self.seen |= _KIND_BIT[kind]
-        return t
-
-    def existing_track(self, kind: str) -> _Track | None:
-        return self.tracks.get(kind) if self.tracks else None
-
 
 class AlertPolicy:
     """Turns scores and readings into raise/clear alerts; see the module docstring."""
@@ -138,7 +57,7 @@ class AlertPolicy:
         # config already resolved against the serving model's manifest
         self.config = (config or AlertPolicyConfig()).resolved()
         self.metrics = metrics or Metrics()
-        self._devices: OrderedDict[str, _Device] = OrderedDict()
+        self._devices: OrderedDict[str, DeviceAlerts] = OrderedDict()
         self._lock = threading.Lock()
         self.metrics.describe("alerts_raised_total", "Alerts raised, by kind")
         self.metrics.describe("alerts_cleared_total", "Alerts cleared, by kind")
@@ -192,7 +111,7 @@ class AlertPolicy:
                 out.append(self._emit(reading.device_id, dev, "device_silent", silent, "cleared", ts,
                                       self.config.clear_severity, "device reporting again", None, {}))
             if battery_value is not None:
-                unit = battery_unit or _battery_unit(reading, battery_value)
+                unit = battery_unit or guess_battery_unit(reading, battery_value)
                 self._battery(reading.device_id, dev, ts, battery_value, unit, out)
             self._link(reading, dev, out)
             self._frame_gap(reading, dev, out)
@@ -240,7 +159,7 @@ class AlertPolicy:
                 return {}
             out: dict[str, bool] = {}
             for kind in KINDS:
-                if dev.seen & _KIND_BIT[kind]:
+                if dev.seen & KIND_BIT[kind]:
                     t = dev.existing_track(kind)
                     out[kind] = t is not None and t.raised
             return out
@@ -255,15 +174,15 @@ class AlertPolicy:
 
     # ------------------------------------------------------------------ state (gateway.state.codec)
 
-    def export_device(self, device_id: str) -> _Device | None:
+    def export_device(self, device_id: str) -> DeviceAlerts | None:
         """The policy's live state of one device (not a copy: encode it before the next input)."""
         with self._lock:
             return self._devices.get(device_id)
 
     def import_device(self, device_id: str, dev: Any) -> bool:
         """Install a device's state (from ``export_device``, decoded) as its most recent one."""
-        if not isinstance(dev, _Device) or (dev.tracks is not None and not all(
-                isinstance(t, _Track) for t in dev.tracks.values())):
+        if not isinstance(dev, DeviceAlerts) or (dev.tracks is not None and not all(
+                isinstance(t, KindTrack) for t in dev.tracks.values())):
             return False
         with self._lock:
             self._devices[device_id] = dev
@@ -281,11 +200,11 @@ class AlertPolicy:
     @staticmethod
     def state_classes() -> dict[str, type]:
         """The classes of the policy's device state, for ``gateway.state.tree.unpack``."""
-        return {f"{c.__module__}.{c.__qualname__}": c for c in (_Device, _Track)}
+        return {f"{c.__module__}.{c.__qualname__}": c for c in (DeviceAlerts, KindTrack)}
 
     # ------------------------------------------------------------------ rules
 
-    def _battery(self, device_id: str, dev: _Device, ts: float, value: float, unit: str,
+    def _battery(self, device_id: str, dev: DeviceAlerts, ts: float, value: float, unit: str,
                  out: list[Alert]) -> None:
         c = self.config
         if unit == "V":
@@ -302,13 +221,13 @@ class AlertPolicy:
         if alert:
             out.append(alert)
 
-    def _link(self, reading: Reading, dev: _Device, out: list[Alert]) -> None:
+    def _link(self, reading: Reading, dev: DeviceAlerts, out: list[Alert]) -> None:
         c = self.config
         k = c.link_window
         if reading.radio.rssi is not None and c.rssi_floor is not None:
-            dev.rssi = _push_bounded(dev.rssi, reading.radio.rssi, k)
+            dev.rssi = push_bounded(dev.rssi, reading.radio.rssi, k)
         if reading.radio.snr is not None and c.snr_floor is not None:
-            dev.snr = _push_bounded(dev.snr, reading.radio.snr, k)
+            dev.snr = push_bounded(dev.snr, reading.radio.snr, k)
         rssi = statistics.median(dev.rssi) if dev.rssi is not None and len(dev.rssi) >= k else None
         snr = statistics.median(dev.snr) if dev.snr is not None and len(dev.snr) >= k else None
         if rssi is None and snr is None:
@@ -323,11 +242,11 @@ class AlertPolicy:
                            clear_after=1, severity="warning", score=None,
                            details={"median_rssi": rssi, "median_snr": snr, "rssi_floor": c.rssi_floor,
                                     "snr_floor": c.snr_floor, "window": k},
-                           message=_link_message(rssi, snr) if bad else "")
+                           message=link_message(rssi, snr) if bad else "")
         if alert:
             out.append(alert)
 
-    def _frame_gap(self, reading: Reading, dev: _Device, out: list[Alert]) -> None:
+    def _frame_gap(self, reading: Reading, dev: DeviceAlerts, out: list[Alert]) -> None:
         if reading.f_cnt is None:
             return
         lost = self._lost_frames(dev, reading.f_cnt)
@@ -342,7 +261,7 @@ class AlertPolicy:
         if alert:
             out.append(alert)
 
-    def _lost_frames(self, dev: _Device, fcnt: int) -> int | None:
+    def _lost_frames(self, dev: DeviceAlerts, fcnt: int) -> int | None:
         """Frames lost between the previous counter and ``fcnt``; None when not judgeable."""
         last, dev.last_fcnt = dev.last_fcnt, fcnt
         if last is None:
@@ -363,7 +282,7 @@ class AlertPolicy:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _step(self, device_id: str, dev: _Device, kind: str, ts: float, *, bad: bool, good: bool,
+    def _step(self, device_id: str, dev: DeviceAlerts, kind: str, ts: float, *, bad: bool, good: bool,
               raise_after: int, clear_after: int, severity: Severity, score: float | None,
               details: dict[str, Any], message: str) -> Alert | None:
         """Advance the (device, kind) lifecycle by one input; return the alert of a transition.
@@ -371,7 +290,7 @@ class AlertPolicy:
         otherwise and format nothing per reading."""
         t = dev.existing_track(kind)
         if t is None:
-            dev.seen |= _KIND_BIT[kind]
+            dev.seen |= KIND_BIT[kind]
             if not bad:  # a fresh track would stay as it is: create none
                 return None
             t = dev.track(kind)
@@ -393,7 +312,7 @@ class AlertPolicy:
             return None
         return self._try_raise(device_id, dev, kind, t, ts, severity, message, score, details)
 
-    def _try_raise(self, device_id: str, dev: _Device, kind: str, t: _Track, ts: float,
+    def _try_raise(self, device_id: str, dev: DeviceAlerts, kind: str, t: KindTrack, ts: float,
                    severity: Severity, message: str, score: float | None,
                    details: dict[str, Any]) -> Alert | None:
         c = self.config
@@ -402,7 +321,7 @@ class AlertPolicy:
             reason = "min_interval"
         else:
             raises = dev.raises
-            while raises and ts - raises[0] >= _HOUR:
+            while raises and ts - raises[0] >= HOUR:
                 raises.pop(0)
             if raises and len(raises) >= c.max_alerts_per_device_per_hour:
                 reason = "hourly_limit"
@@ -418,7 +337,7 @@ class AlertPolicy:
         dev.raises.append(ts)
         return self._emit(device_id, dev, kind, t, "raised", ts, severity, message, score, details)
 
-    def _emit(self, device_id: str, dev: _Device, kind: str, t: _Track, state: AlertState, ts: float,
+    def _emit(self, device_id: str, dev: DeviceAlerts, kind: str, t: KindTrack, state: AlertState, ts: float,
               severity: Severity, message: str, score: float | None, details: dict[str, Any]) -> Alert:
         if state == "raised":
             t.raised = True
@@ -439,10 +358,10 @@ class AlertPolicy:
 
     # ------------------------------------------------------------------ device state
 
-    def _device(self, device_id: str) -> _Device:
+    def _device(self, device_id: str) -> DeviceAlerts:
         dev = self._devices.get(device_id)
         if dev is None:
-            dev = self._devices[device_id] = _Device()
+            dev = self._devices[device_id] = DeviceAlerts()
             while len(self._devices) > self.config.max_devices:
                 self._devices.popitem(last=False)
                 self.metrics.inc("alert_policy_evictions_total")
@@ -450,13 +369,13 @@ class AlertPolicy:
             self._devices.move_to_end(device_id)
         return dev
 
-    def _learn_interval(self, dev: _Device, ts: float) -> None:
+    def _learn_interval(self, dev: DeviceAlerts, ts: float) -> None:
         if dev.last_seen is not None and ts > dev.last_seen:
-            dev.intervals = _push_bounded(dev.intervals, ts - dev.last_seen, _INTERVAL_HISTORY)
+            dev.intervals = push_bounded(dev.intervals, ts - dev.last_seen, INTERVAL_HISTORY)
         if dev.last_seen is None or ts > dev.last_seen:
             dev.last_seen = ts
 
-    def _usual_interval(self, dev: _Device) -> float | None:
+    def _usual_interval(self, dev: DeviceAlerts) -> float | None:
         if dev.expected_interval_s:
             return dev.expected_interval_s
         if dev.intervals is None or len(dev.intervals) < self.config.silent_learn_intervals:

@@ -145,7 +145,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
     from gateway.pipeline.batching import BatchTableError, resolve_batching
-    from gateway.service import load_model, resolve_model_dir
+    from gateway.serving import load_model, resolve_model_dir
     from gateway.status.config import operator_token
     from models.providers import GPU_PROVIDERS, choose_providers, gpu_name
     from models.runtime import ModelLoadError

@@ -145,7 +145,8 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             return None
-        return {"norm": st.norm,
+        level = None if st.level is None else {"offset": st.level.offset.copy(), "step": float(st.level.step)}
+        return {"norm": st.norm, "level": level,
                 "calibration": None if st.calibration is None else st.calibration.export_state(),
                 "score": st.score_state if st.generation == self.generation else None}
 
@@ -161,10 +162,16 @@ class InferenceEngine:
         c = len(window.channels)
         norm, cal_state = state.get("norm"), state.get("calibration")
         calibration: SeriesCalibration | None = None
+        level: LevelTracker | None = None
         if norm is not None:
             norm = np.asarray(norm, dtype=np.float64)
-            if norm.shape != (2, c):
+            if norm.shape == (2, c):  # a checkpoint from before level following: no offset yet
+                norm = np.stack([norm[0], norm[1], norm[0]])
+            if norm.shape != (3, c):
                 return kept
+            level = self._restored_level(state.get("level"), c)
+            if level is None or not level.offset.any():
+                norm[0] = norm[2]  # no offset kept: windows standardised as the calibration's were
         elif cal_state is not None and int(cal_state.get("calibration_steps", -1)) == self.calibration_steps:
             try:
                 calibration = SeriesCalibration.from_state(cal_state, pool=self._pool(c))
@@ -179,8 +186,21 @@ class InferenceEngine:
         else:
             score = self.scorer.new_state(c)
             kept.recalibrating = norm is not None
-        window.state = _DeviceState(calibration, score, self.generation, norm)
+        window.state = _DeviceState(calibration, score, self.generation, norm, level)
         return kept
+
+    def _restored_level(self, stored: Any, c: int) -> LevelTracker | None:
+        """The device's level tracker from a checkpoint (None when level following is off, or
+        the stored one does not fit: then a fresh tracker starts at offset 0)."""
+        rate = self.scorer.settings["level_follow"]
+        if rate <= 0:
+            return None
+        tracker = LevelTracker(c, self.calibration_steps, rate)
+        if isinstance(stored, dict):
+            offset = np.asarray(stored.get("offset"), dtype=np.float64)
+            if offset.shape == (c,) and np.isfinite(offset).all():
+                tracker.offset = offset
+        return tracker
 
     @staticmethod
     def state_classes() -> dict[str, type]:

@@ -312,3 +312,13 @@ def _battery(reading: Reading, profile: ProfileConfig) -> float | None:
     """The profile's battery field; decoders keep battery fields out of ``values`` otherwise."""
     field = profile.battery_field
     return reading.values.get(field) if field else None
+
+
+class CallbackObserver:
+    """A ``ReadingObserver`` calling a plain function with each reading (embedding, tests)."""
+
+    def __init__(self, callback: Callable[[Reading], None]) -> None:
+        self.callback = callback
+
+    def observe_reading(self, reading: Reading, profile: ProfileConfig, uplink: RawUplink) -> None:
+        self.callback(reading)

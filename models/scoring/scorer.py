@@ -60,16 +60,19 @@ models.scoring.calibration, and the PCA baseline ``model eval`` reports in model
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models.scoring.settings import DEFAULTS, settings_from
-from models.scoring.tail import effective_samples, fold_slices, oas_shrinkage, tail_quantile
+from models.scoring.profile import fit_profile, profile_distance, rank_k_distance
+from models.scoring.settings import settings_from
+from models.scoring.state import DeviceScoreState, packed_precision, unpack_index
+from models.scoring.tail import fold_slices, tail_quantile
 from models.scoring.trim import diagonal_distance, trim_mask
+
+__all__ = ["DeviceScoreState", "ScoreResult", "WindowScorer", "packed_precision"]
 
 _EPS = 1e-9
 TRIM_PASSES = 4
@@ -77,113 +80,6 @@ TRIM_PASSES = 4
 MAX_FALLBACK_WINDOWS = 256
 """At most this many scored windows are kept by an uncalibrated state (every k-th):
 about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
-
-
-@dataclass(slots=True)
-class DeviceScoreState:
-    """Per-device scoring state: calibration buffer, then the fitted normal profile.
-
-    Create one per device (``n_channels`` fixed; a device whose channel set changes needs
-    a new state). ``calibrated`` turns True once fitted (``WindowScorer.calibrate_windows``
-    or after ``calibration_windows`` scored windows). The fallback buffers (``_emb``,
-    ``_res``, ``_flat``) exist only while such a state collects windows.
-
-    The fitted profile is one float32 array (``profile``; 10,000 devices are tracked at
-    once, so one array instead of five), read through the properties below:
-    ``[mu (F) | residual_threshold (C) | flat_threshold (C) | precision]`` with
-    ``F = C*D``. The precision is kept in whichever form is smaller, fixed by F and
-    ``K = min(F, max_rank)``: the packed lower triangle of the ``[F, F]`` matrix
-    (``F(F+1)/2`` floats, ``rank == 0``) when ``F + 1 <= 2K``, else ``basis [F, K]`` then
-    ``inv_eig [K]`` (``rank == K``) with ``inv_rest``. A state calibrated without flatness
-    keeps ``inf`` as its flat threshold (``flat_threshold`` is then None). Memory after
-    calibration: ``4 * (F + 2C + min(F(F+1)/2, F*K + K))`` bytes plus about 300 of object
-    headers, e.g. 2.4 KB for the bundled model (D = 16) at C = 2, 17 KB at C = 8.
-    """
-
-    n_channels: int
-    calibration_windows: int = int(DEFAULTS["calibration_windows"])
-    calibrated: bool = False
-    seen: int = 0
-    _emb: list[np.ndarray] | None = field(default=None, repr=False)
-    _res: list[np.ndarray] | None = field(default=None, repr=False)
-    _flat: list[np.ndarray] | None = field(default=None, repr=False)
-    profile: np.ndarray | None = field(default=None, repr=False)  # the layout above
-    dim: int = 0  # F = C*D
-    rank: int = 0  # K of the low-rank form; 0: packed precision
-    inv_rest: float = 0.0  # 1/variance of the remaining directions
-    distance_threshold: float = math.nan
-    calm: int = 0  # consecutive scored windows below adapt_below (gates _adapt)
-
-    def reset(self) -> None:
-        """Forget the calibration (e.g. after a sensor was replaced)."""
-        self.calibrated, self.seen = False, 0
-        self._emb = self._res = self._flat = None
-        self.profile, self.dim, self.rank = None, 0, 0
-        self.inv_rest, self.distance_threshold, self.calm = 0.0, math.nan, 0
-
-    def _part(self, start: int, stop: int | None) -> np.ndarray | None:
-        return None if self.profile is None else self.profile[start:stop]
-
-    @property
-    def mu(self) -> np.ndarray | None:
-        """``[F]`` mean embedding (a view; assigning writes into the profile)."""
-        return self._part(0, self.dim)
-
-    @mu.setter
-    def mu(self, value: np.ndarray) -> None:
-        assert self.profile is not None
-        self.profile[: self.dim] = value
-
-    @property
-    def residual_threshold(self) -> np.ndarray | None:
-        """``[C]``."""
-        return self._part(self.dim, self.dim + self.n_channels)
-
-    @property
-    def flat_threshold(self) -> np.ndarray | None:
-        """``[C]``, None when calibrated without flatness (the check is off)."""
-        part = self._part(self.dim + self.n_channels, self.dim + 2 * self.n_channels)
-        return None if part is None or np.isinf(part).all() else part
-
-    @property
-    def precision(self) -> np.ndarray | None:
-        """``[F(F+1)/2]`` packed lower triangle of the precision (None in the low-rank form)."""
-        return self._part(self.dim + 2 * self.n_channels, None) if self.rank == 0 else None
-
-    @property
-    def basis(self) -> np.ndarray | None:
-        """``[F, K]`` principal directions (None in the packed form)."""
-        start = self.dim + 2 * self.n_channels
-        part = self._part(start, start + self.dim * self.rank) if self.rank else None
-        return None if part is None else part.reshape(self.dim, self.rank)
-
-    @property
-    def inv_eig(self) -> np.ndarray | None:
-        """``[K]`` inverse eigenvalues (None in the packed form)."""
-        return self._part(self.dim + 2 * self.n_channels + self.dim * self.rank, None) if self.rank else None
-
-
-_UNPACK: dict[int, np.ndarray] = {}
-
-
-def _unpack_index(f: int) -> np.ndarray:
-    """``[F, F]`` positions in a packed lower triangle (``np.tril_indices`` order) that
-    rebuild the symmetric matrix: ``packed[..., _unpack_index(F)]``."""
-    idx = _UNPACK.get(f)
-    if idx is None:
-        i, j = np.indices((f, f))
-        hi, lo = np.maximum(i, j), np.minimum(i, j)
-        idx = _UNPACK[f] = hi * (hi + 1) // 2 + lo
-    return idx
-
-
-def packed_precision(basis: np.ndarray, inv_eig: np.ndarray, inv_rest: float) -> np.ndarray:
-    """The packed lower triangle ``[F(F+1)/2]`` (float64) of the precision
-    ``basis diag(inv_eig - inv_rest) basis' + inv_rest I`` (what ``WindowScorer`` keeps
-    instead of the low-rank form where it is smaller)."""
-    f = basis.shape[0]
-    full = (basis * (inv_eig - inv_rest)) @ basis.T + inv_rest * np.eye(f)
-    return full[np.tril_indices(f)]
 
 
 @dataclass
@@ -239,38 +135,6 @@ class WindowScorer:
         the channel did not change at all in the window: stuck-at, frozen firmware)."""
         return np.asarray(np.mean(np.diff(inputs, axis=1) == 0.0, axis=1, dtype=np.float32))
 
-    @staticmethod
-    def _distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance / dim with a rank-K + isotropic precision.
-        ``diff [N, F]``, ``basis [N, F, K]``, ``inv_eig [N, K]``, ``inv_rest [N]``."""
-        proj = np.einsum("nf,nfk->nk", diff, basis)
-        inside = np.einsum("nk,nk->n", proj * proj, inv_eig)
-        rest = np.maximum(np.einsum("nf,nf->n", diff, diff) - np.einsum("nk,nk->n", proj, proj), 0.0)
-        return (inside + rest * inv_rest) / diff.shape[1]
-
-    def _fit_profile(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Mean, top eigen-directions, their inverse eigenvalues and the inverse rest
-        variance of the shrunk covariance of ``flat [M, F]``."""
-        m, f = flat.shape
-        mu = flat.mean(axis=0)
-        centred = flat - mu
-        cov = centred.T @ centred / max(m - 1, 1)
-        lam = self.settings["shrinkage"]
-        if self.settings["shrinkage_auto"] > 0:  # OAS for the effectively independent windows
-            lam = max(lam, oas_shrinkage(cov, effective_samples(centred)))
-        shrunk = (1.0 - lam) * cov + (lam * np.trace(cov) / f + 1e-6) * np.eye(f)
-        eig, vec = np.linalg.eigh(shrunk)  # ascending
-        k = int(min(f, self.settings["max_rank"]))
-        basis, top, rest = vec[:, ::-1][:, :k], eig[::-1][:k], eig[::-1][k:]
-        inv_rest = 1.0 / float(rest.mean()) if rest.size else 0.0
-        return mu, basis, 1.0 / top, inv_rest
-
-    def _profile_distance(
-        self, flat: np.ndarray, mu: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, inv_rest: float
-    ) -> np.ndarray:
-        m = flat.shape[0]
-        return self._distance(flat - mu, basis[None].repeat(m, 0), inv_eig[None].repeat(m, 0), np.full(m, inv_rest))
-
     def calibrate(
         self,
         state: DeviceScoreState,
@@ -301,7 +165,7 @@ class WindowScorer:
         if trimmed:
             flat, res, m = flat[keep], res[keep], int(keep.sum())
             flatness = None if flatness is None else np.asarray(flatness)[keep]
-        mu, basis, inv_eig, inv_rest = self._fit_profile(flat)
+        mu, basis, inv_eig, inv_rest = fit_profile(flat, self.settings)
         f, k = basis.shape
         fl = None if flatness is None else np.asarray(flatness, dtype=np.float64)
         if self.settings["false_alarm_target"] > 0:
@@ -339,12 +203,12 @@ class WindowScorer:
         target, not each statistic alone. Times ``score_margin`` (1.0: none)."""
         m, c = res.shape
         target, margin = self.settings["false_alarm_target"], self.settings["score_margin"]
-        held = self._profile_distance(flat, *profile)
+        held = profile_distance(flat, *profile)
         folds = int(self.settings["calibration_folds"])
         if folds >= 2:
             for train, block in fold_slices(m, folds, gap):
                 if train.size >= 8:
-                    held[block] = self._profile_distance(flat[block], *self._fit_profile(flat[train]))
+                    held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings))
         d_scale = max(tail_quantile(held, target), 1e-3)
         r_scale = np.array([max(tail_quantile(res[:, j], target), 1e-4) for j in range(c)])
         joint = max(tail_quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1)), target), 1.0) * margin
@@ -358,11 +222,11 @@ class WindowScorer:
         ``score_quantile`` x ``score_margin``; ``holdout`` > 0 adds the last windows'
         distances to a profile fitted without them."""
         m, c = res.shape
-        dist = self._profile_distance(flat, *profile)
+        dist = profile_distance(flat, *profile)
         hold = int(m * self.settings["holdout"])
         if hold >= 8 and m - hold >= 8:
-            part = self._fit_profile(flat[: m - hold])
-            dist = np.concatenate([dist, self._profile_distance(flat[m - hold :], *part)])
+            part = fit_profile(flat[: m - hold], self.settings)
+            dist = np.concatenate([dist, profile_distance(flat[m - hold :], *part)])
         q, margin = self.settings["score_quantile"], self.settings["score_margin"]
         residual = (np.maximum(np.quantile(res, q, axis=0), 1e-4) * margin).astype(np.float32)
         flat_thr = (np.full(c, np.inf, dtype=np.float32) if flatness is None
@@ -382,12 +246,12 @@ class WindowScorer:
         cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
         if cap < 1 or flat.shape[0] - cap < 8:
             return keep
-        first = self._profile_distance(flat, *self._fit_profile(flat))
+        first = profile_distance(flat, *fit_profile(flat, self.settings))
         keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
         if keep.all():
             return keep
         for _ in range(TRIM_PASSES - 1):
-            refit = self._profile_distance(flat, *self._fit_profile(flat[keep]))
+            refit = profile_distance(flat, *fit_profile(flat[keep], self.settings))
             again = trim_mask(np.column_stack([res, refit]), frac, bound)
             if np.array_equal(again, keep):
                 break
@@ -495,13 +359,13 @@ class WindowScorer:
         diff = flat - prof[:, :f]
         rthr, fthr, tail = prof[:, f : f + c], prof[:, f + c : f + 2 * c], prof[:, f + 2 * c :]
         if rank == 0:
-            precision = tail[:, _unpack_index(f)]
+            precision = tail[:, unpack_index(f)]
             p_diff = np.einsum("nfg,ng->nf", precision, diff)
             return diff, rthr, fthr, np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
         basis = np.ascontiguousarray(tail[:, : f * rank].reshape(len(sts), f, rank))
         inv_eig = np.ascontiguousarray(tail[:, f * rank :])
         inv_rest = np.array([s.inv_rest for s in sts], dtype=np.float32)
-        dist = self._distance(diff, basis, inv_eig, inv_rest)
+        dist = rank_k_distance(diff, basis, inv_eig, inv_rest)
         proj = np.einsum("nf,nfk->nk", diff, basis)
         p_diff = np.einsum("nfk,nk->nf", basis, proj * (inv_eig - inv_rest[:, None])) + diff * inv_rest[:, None]
         return diff, rthr, fthr, dist, p_diff

@@ -46,194 +46,35 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
-import re
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gateway.types import RadioMeta, RawUplink
+from plugins.sources.mqtt.fields import (
+    HEX16,
+    JSON_DECODER,
+    UplinkShapeError,
+    field_b64,
+    field_dev_eui,
+    field_float,
+    field_hex,
+    field_int,
+    field_list,
+    field_obj,
+    field_str,
+    loads_json,
+    parse_time,
+    topic_matches,
+)
+
+# the field readers' error, time parser and decoder are part of this module's interface too
+__all__ = ["JSON_DECODER", "MAX_BODY_BYTES", "SHAPES", "UplinkShapeError", "detect_shape", "parse_time",
+           "parse_uplink", "topic_matches"]
 
 MAX_BODY_BYTES = 256 * 1024
 SHAPES: tuple[str, ...] = ("auto", "chirpstack_v4", "chirpstack_v3", "tts_v3", "json")
 
-_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
-_ISO = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|z|[+-]\d{2}:?\d{2})?"
-)
-
-
-class UplinkShapeError(ValueError):
-    """A message that is not a usable uplink; ``reason`` is a short machine code."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """True when MQTT ``topic`` matches subscription ``pattern`` (``+`` and ``#`` wildcards)."""
-    p_parts, t_parts = pattern.split("/"), topic.split("/")
-    for i, part in enumerate(p_parts):
-        if part == "#":
-            return i == len(p_parts) - 1
-        if i >= len(t_parts):
-            return False
-        if part != "+" and part != t_parts[i]:
-            return False
-    return len(p_parts) == len(t_parts)
-
-
-# -- small typed accessors; each raises UplinkShapeError("bad_field") on a wrong type ---
-
-
-def _obj(value: Any, name: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UplinkShapeError("bad_field", f"{name} is not an object")
-    return value
-
-
-def _list(value: Any, name: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise UplinkShapeError("bad_field", f"{name} is not a list")
-    return value
-
-
-def _str(value: Any, name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise UplinkShapeError("bad_field", f"{name} is not a string")
-    return value
-
-
-def _int(value: Any, name: str, lo: int = 0, hi: int = 2**63) -> int | None:
-    """An integer (or an integral number or numeric string, as proto JSON sends int64)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise UplinkShapeError("bad_field", f"{name} is a boolean")
-    if isinstance(value, str):
-        if not re.fullmatch(r"-?\d{1,19}", value):
-            raise UplinkShapeError("bad_field", f"{name} is not an integer")
-        value = int(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise UplinkShapeError("bad_field", f"{name} is not an integer")
-        value = int(value)
-    if not isinstance(value, int) or not lo <= value <= hi:
-        raise UplinkShapeError("bad_field", f"{name} out of range")
-    return value
-
-
-def _float(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UplinkShapeError("bad_field", f"{name} is not a number")
-    try:
-        f = float(value)
-    except OverflowError as exc:
-        raise UplinkShapeError("bad_field", f"{name} overflows") from exc
-    if not math.isfinite(f):
-        raise UplinkShapeError("bad_field", f"{name} is not finite")
-    return f
-
-
-def _b64(value: Any, name: str) -> bytes:
-    text = _str(value, name)
-    if not text:
-        return b""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise UplinkShapeError("bad_base64", name) from exc
-
-
-def _hex(value: Any, name: str) -> bytes:
-    text = (_str(value, name) or "").replace(" ", "")
-    if not _HEX.fullmatch(text):
-        raise UplinkShapeError("bad_hex", name)
-    return bytes.fromhex(text)
-
-
-def _dev_eui(value: Any, name: str) -> str:
-    text = _str(value, name)
-    if not text:
-        raise UplinkShapeError("missing_device_id", name)
-    if not _HEX16.fullmatch(text):
-        raise UplinkShapeError("bad_device_id", name)
-    return text.lower()
-
-
-def parse_time(value: Any) -> float | None:
-    """ISO 8601 string (any fraction length, ``Z`` or offset; no zone = UTC) or UNIX
-    seconds -> UNIX seconds; None when absent or unreadable."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        try:
-            f = float(value)
-        except OverflowError:
-            return None
-        return f if math.isfinite(f) and f >= 0 else None
-    if not isinstance(value, str):
-        return None
-    m = _ISO.fullmatch(value.strip())
-    if not m:
-        return None
-    year, month, day, hour, minute, second, frac, zone = m.groups()
-    try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                      tzinfo=timezone.utc)
-    except ValueError:
-        return None
-    ts = dt.timestamp()
-    if frac:
-        ts += int(frac[:9]) / 10 ** len(frac[:9])
-    if zone and zone not in ("Z", "z"):
-        sign = 1 if zone[0] == "+" else -1
-        digits = zone[1:].replace(":", "")
-        offset = int(digits[:2]) * 3600 + int(digits[2:]) * 60
-        ts -= sign * offset
-    return ts
-
-
-class _NotJsonNumber(ValueError):
-    """A number JSON does not allow (``NaN``, ``Infinity``) or one that overflows a float."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJsonNumber(f"{name} is not a number JSON allows")
-
-
-def _finite(s: str) -> float:
-    f = float(s)
-    if not math.isfinite(f):
-        raise _NotJsonNumber("number overflows a float")
-    return f
-
-
-# one decoder for every message (json.loads with hooks would build a new one per call)
-_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
-
-
-def _loads(text: str | bytes, reason: str) -> Any:
-    try:
-        if not isinstance(text, str):
-            text = text.decode(json.detect_encoding(text), "surrogatepass")
-        return _JSON.decode(text)
-    except _NotJsonNumber as exc:
-        raise UplinkShapeError(reason, str(exc)) from exc
-    except (ValueError, RecursionError, TypeError) as exc:
-        raise UplinkShapeError(reason, str(exc)[:80]) from exc
 
 
 def _best_rx(rx_list: list[Any], name: str) -> dict[str, Any]:
@@ -241,8 +82,8 @@ def _best_rx(rx_list: list[Any], name: str) -> dict[str, Any]:
     best: dict[str, Any] = {}
     best_rssi = -math.inf
     for i, rx in enumerate(rx_list):
-        rx = _obj(rx, f"{name}[{i}]")
-        rssi = _float(rx.get("rssi"), "rssi")
+        rx = field_obj(rx, f"{name}[{i}]")
+        rssi = field_float(rx.get("rssi"), "rssi")
         if not best or (rssi is not None and rssi > best_rssi):
             best = rx
             best_rssi = rssi if rssi is not None else best_rssi
@@ -261,27 +102,27 @@ def _decoded(value: Any, name: str) -> dict[str, Any] | None:
 
 
 def _chirpstack_v4(doc: dict[str, Any], now: float) -> RawUplink:
-    info = _obj(doc.get("deviceInfo"), "deviceInfo")
-    rx = _best_rx(_list(doc.get("rxInfo"), "rxInfo"), "rxInfo")
-    tx = _obj(doc.get("txInfo"), "txInfo")
-    lora = _obj(_obj(tx.get("modulation"), "txInfo.modulation").get("lora"), "txInfo.modulation.lora")
+    info = field_obj(doc.get("deviceInfo"), "deviceInfo")
+    rx = _best_rx(field_list(doc.get("rxInfo"), "rxInfo"), "rxInfo")
+    tx = field_obj(doc.get("txInfo"), "txInfo")
+    lora = field_obj(field_obj(tx.get("modulation"), "txInfo.modulation").get("lora"), "txInfo.modulation.lora")
     ts = parse_time(doc.get("time")) or parse_time(rx.get("time"))
     return RawUplink(
-        device_id=_dev_eui(info.get("devEui"), "deviceInfo.devEui"),
+        device_id=field_dev_eui(info.get("devEui"), "deviceInfo.devEui"),
         received_at=ts if ts is not None else now,
-        payload=_b64(doc.get("data"), "data"),
-        f_port=_int(doc.get("fPort"), "fPort", 0, 255),
-        f_cnt=_int(doc.get("fCnt"), "fCnt", 0, 2**32 - 1),
+        payload=field_b64(doc.get("data"), "data"),
+        f_port=field_int(doc.get("fPort"), "fPort", 0, 255),
+        f_cnt=field_int(doc.get("fCnt"), "fCnt", 0, 2**32 - 1),
         radio=RadioMeta(
-            rssi=_float(rx.get("rssi"), "rssi"),
-            snr=_float(rx.get("snr"), "snr"),
-            spreading_factor=_int(lora.get("spreadingFactor"), "spreadingFactor", 5, 12),
-            frequency_hz=_int(tx.get("frequency"), "frequency"),
-            bandwidth_hz=_int(lora.get("bandwidth"), "bandwidth"),
+            rssi=field_float(rx.get("rssi"), "rssi"),
+            snr=field_float(rx.get("snr"), "snr"),
+            spreading_factor=field_int(lora.get("spreadingFactor"), "spreadingFactor", 5, 12),
+            frequency_hz=field_int(tx.get("frequency"), "frequency"),
+            bandwidth_hz=field_int(lora.get("bandwidth"), "bandwidth"),
             gateway_id=_gateway_hex(rx.get("gatewayId"), "gatewayId"),
         ),
         decoded=_decoded(doc.get("object"), "object"),
-        device_name=_str(info.get("deviceName"), "deviceInfo.deviceName"),
+        device_name=field_str(info.get("deviceName"), "deviceInfo.deviceName"),
         shape="chirpstack_v4",
         dedup_id=_dedup_id(doc.get("deduplicationId")),
     )
@@ -294,18 +135,18 @@ def _dedup_id(value: Any) -> str | None:
 
 
 def _gateway_hex(value: Any, name: str) -> str | None:
-    text = _str(value, name)
-    return text.lower() if text and _HEX16.fullmatch(text) else text
+    text = field_str(value, name)
+    return text.lower() if text and HEX16.fullmatch(text) else text
 
 
 def _v3_id(value: Any, name: str, required: bool) -> str | None:
     """v3 marshals bytes as base64 (``AgICAgICAgI=``); the legacy marshaler used hex."""
-    text = _str(value, name)
+    text = field_str(value, name)
     if not text:
         if required:
             raise UplinkShapeError("missing_device_id", name)
         return None
-    if _HEX16.fullmatch(text):
+    if HEX16.fullmatch(text):
         return text.lower()
     try:
         raw = base64.b64decode(text, validate=True)
@@ -317,68 +158,68 @@ def _v3_id(value: Any, name: str, required: bool) -> str | None:
 
 
 def _chirpstack_v3(doc: dict[str, Any], now: float) -> RawUplink:
-    rx = _best_rx(_list(doc.get("rxInfo"), "rxInfo"), "rxInfo")
-    tx = _obj(doc.get("txInfo"), "txInfo")
-    mod = _obj(tx.get("loRaModulationInfo"), "txInfo.loRaModulationInfo")
-    legacy = _obj(tx.get("dataRate"), "txInfo.dataRate")
-    bw_khz = _float(mod.get("bandwidth", legacy.get("bandwidth")), "bandwidth")
+    rx = _best_rx(field_list(doc.get("rxInfo"), "rxInfo"), "rxInfo")
+    tx = field_obj(doc.get("txInfo"), "txInfo")
+    mod = field_obj(tx.get("loRaModulationInfo"), "txInfo.loRaModulationInfo")
+    legacy = field_obj(tx.get("dataRate"), "txInfo.dataRate")
+    bw_khz = field_float(mod.get("bandwidth", legacy.get("bandwidth")), "bandwidth")
     sf = mod.get("spreadingFactor", legacy.get("spreadFactor"))
-    object_json = _str(doc.get("objectJSON"), "objectJSON")
-    decoded = (_decoded(_loads(object_json, "bad_object"), "objectJSON") if object_json
+    object_json = field_str(doc.get("objectJSON"), "objectJSON")
+    decoded = (_decoded(loads_json(object_json, "bad_object"), "objectJSON") if object_json
                else _decoded(doc.get("object"), "object"))
     ts = parse_time(doc.get("time")) or parse_time(rx.get("time"))
     gateway = rx.get("gatewayID", rx.get("mac"))
     return RawUplink(
         device_id=_v3_id(doc.get("devEUI"), "devEUI", True) or "",
         received_at=ts if ts is not None else now,
-        payload=_b64(doc.get("data"), "data"),
-        f_port=_int(doc.get("fPort"), "fPort", 0, 255),
-        f_cnt=_int(doc.get("fCnt"), "fCnt", 0, 2**32 - 1),
+        payload=field_b64(doc.get("data"), "data"),
+        f_port=field_int(doc.get("fPort"), "fPort", 0, 255),
+        f_cnt=field_int(doc.get("fCnt"), "fCnt", 0, 2**32 - 1),
         radio=RadioMeta(
-            rssi=_float(rx.get("rssi"), "rssi"),
-            snr=_float(rx.get("loRaSNR"), "loRaSNR"),
-            spreading_factor=_int(sf, "spreadingFactor", 5, 12),
-            frequency_hz=_int(tx.get("frequency"), "frequency"),
+            rssi=field_float(rx.get("rssi"), "rssi"),
+            snr=field_float(rx.get("loRaSNR"), "loRaSNR"),
+            spreading_factor=field_int(sf, "spreadingFactor", 5, 12),
+            frequency_hz=field_int(tx.get("frequency"), "frequency"),
             bandwidth_hz=int(bw_khz * 1000) if bw_khz is not None else None,
             gateway_id=_v3_id(gateway, "gatewayID", False),
         ),
         decoded=decoded,
-        device_name=_str(doc.get("deviceName"), "deviceName"),
+        device_name=field_str(doc.get("deviceName"), "deviceName"),
         shape="chirpstack_v3",
     )
 
 
 def _tts_v3(doc: dict[str, Any], now: float) -> RawUplink:
-    ids = _obj(doc.get("end_device_ids"), "end_device_ids")
-    up = _obj(doc.get("uplink_message"), "uplink_message")
-    rx = _best_rx(_list(up.get("rx_metadata"), "rx_metadata"), "rx_metadata")
-    settings = _obj(up.get("settings"), "settings")
-    lora = _obj(_obj(settings.get("data_rate"), "settings.data_rate").get("lora"), "data_rate.lora")
-    gateway_ids = _obj(rx.get("gateway_ids"), "gateway_ids")
-    name = _str(ids.get("device_id"), "end_device_ids.device_id")
-    eui = _str(ids.get("dev_eui"), "end_device_ids.dev_eui")
+    ids = field_obj(doc.get("end_device_ids"), "end_device_ids")
+    up = field_obj(doc.get("uplink_message"), "uplink_message")
+    rx = _best_rx(field_list(up.get("rx_metadata"), "rx_metadata"), "rx_metadata")
+    settings = field_obj(up.get("settings"), "settings")
+    lora = field_obj(field_obj(settings.get("data_rate"), "settings.data_rate").get("lora"), "data_rate.lora")
+    gateway_ids = field_obj(rx.get("gateway_ids"), "gateway_ids")
+    name = field_str(ids.get("device_id"), "end_device_ids.device_id")
+    eui = field_str(ids.get("dev_eui"), "end_device_ids.dev_eui")
     if eui:
-        device_id = _dev_eui(eui, "end_device_ids.dev_eui")
+        device_id = field_dev_eui(eui, "end_device_ids.dev_eui")
     elif name:
         device_id = name
     else:
         raise UplinkShapeError("missing_device_id", "end_device_ids")
     ts = (parse_time(up.get("received_at")) or parse_time(doc.get("received_at"))
           or parse_time(rx.get("received_at")) or parse_time(rx.get("time")))
-    f_cnt = _int(up.get("f_cnt"), "f_cnt", 0, 2**32 - 1)
+    f_cnt = field_int(up.get("f_cnt"), "f_cnt", 0, 2**32 - 1)
     return RawUplink(
         device_id=device_id,
         received_at=ts if ts is not None else now,
-        payload=_b64(up.get("frm_payload"), "frm_payload"),
-        f_port=_int(up.get("f_port"), "f_port", 0, 255),
+        payload=field_b64(up.get("frm_payload"), "frm_payload"),
+        f_port=field_int(up.get("f_port"), "f_port", 0, 255),
         f_cnt=0 if f_cnt is None else f_cnt,
         radio=RadioMeta(
-            rssi=_float(rx.get("rssi"), "rssi"),
-            snr=_float(rx.get("snr"), "snr"),
-            spreading_factor=_int(lora.get("spreading_factor"), "spreading_factor", 5, 12),
-            frequency_hz=_int(settings.get("frequency"), "frequency"),
-            bandwidth_hz=_int(lora.get("bandwidth"), "bandwidth"),
-            gateway_id=_str(gateway_ids.get("gateway_id"), "gateway_id"),
+            rssi=field_float(rx.get("rssi"), "rssi"),
+            snr=field_float(rx.get("snr"), "snr"),
+            spreading_factor=field_int(lora.get("spreading_factor"), "spreading_factor", 5, 12),
+            frequency_hz=field_int(settings.get("frequency"), "frequency"),
+            bandwidth_hz=field_int(lora.get("bandwidth"), "bandwidth"),
+            gateway_id=field_str(gateway_ids.get("gateway_id"), "gateway_id"),
         ),
         decoded=_decoded(up.get("decoded_payload"), "decoded_payload"),
         device_name=name,
@@ -390,21 +231,21 @@ def _plain_json(doc: dict[str, Any], now: float) -> RawUplink:
     raw_id = doc.get("device_id")
     if isinstance(raw_id, int) and not isinstance(raw_id, bool):
         raw_id = str(raw_id)
-    device_id = (_str(raw_id, "device_id") or "").strip()
+    device_id = (field_str(raw_id, "device_id") or "").strip()
     if not device_id:
         raise UplinkShapeError("missing_device_id", "device_id")
     if len(device_id) > 128 or not device_id.isprintable():
         raise UplinkShapeError("bad_device_id", "device_id")
-    if _HEX16.fullmatch(device_id):
+    if HEX16.fullmatch(device_id):
         device_id = device_id.lower()
     values = doc.get("values")
     if values is not None:
         payload = b""
         decoded = _decoded(values, "values")
     elif "payload_hex" in doc:
-        payload, decoded = _hex(doc.get("payload_hex"), "payload_hex"), None
+        payload, decoded = field_hex(doc.get("payload_hex"), "payload_hex"), None
     elif "payload_b64" in doc:
-        payload, decoded = _b64(doc.get("payload_b64"), "payload_b64"), None
+        payload, decoded = field_b64(doc.get("payload_b64"), "payload_b64"), None
     else:
         raise UplinkShapeError("bad_field", "needs values, payload_hex or payload_b64")
     ts = parse_time(doc.get("time"))
@@ -412,15 +253,15 @@ def _plain_json(doc: dict[str, Any], now: float) -> RawUplink:
         device_id=device_id,
         received_at=ts if ts is not None else now,
         payload=payload,
-        f_port=_int(doc.get("f_port"), "f_port", 0, 255),
-        f_cnt=_int(doc.get("f_cnt"), "f_cnt", 0, 2**32 - 1),
+        f_port=field_int(doc.get("f_port"), "f_port", 0, 255),
+        f_cnt=field_int(doc.get("f_cnt"), "f_cnt", 0, 2**32 - 1),
         radio=RadioMeta(
-            rssi=_float(doc.get("rssi"), "rssi"),
-            snr=_float(doc.get("snr"), "snr"),
-            gateway_id=_str(doc.get("gateway_id"), "gateway_id"),
+            rssi=field_float(doc.get("rssi"), "rssi"),
+            snr=field_float(doc.get("snr"), "snr"),
+            gateway_id=field_str(doc.get("gateway_id"), "gateway_id"),
         ),
         decoded=decoded,
-        device_name=_str(doc.get("device_name"), "device_name"),
+        device_name=field_str(doc.get("device_name"), "device_name"),
         shape="json",
     )
 
@@ -471,7 +312,7 @@ def parse_uplink(topic: str | None, body: bytes, shape: str = "auto", *,
         raise UplinkShapeError("too_large", f"{len(body)} bytes")
     if topic:
         _check_topic(topic)
-    doc = _loads(bytes(body), "malformed_json")
+    doc = loads_json(bytes(body), "malformed_json")
     if not isinstance(doc, dict):
         raise UplinkShapeError("not_object", type(doc).__name__)
     if shape == "auto":

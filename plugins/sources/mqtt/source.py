@@ -24,10 +24,10 @@ from typing import Any
 from paho.mqtt import client as mqtt
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, connect_properties, make_client
 from gateway.contracts import Emit, PluginContext
 from gateway.hookspecs import hookimpl
 from gateway.types import RawUplink
-from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, connect_properties, make_client
 from plugins.sources.mqtt.receive import receive_client_class
 from plugins.sources.mqtt.shapes import SHAPES, UplinkShapeError, parse_uplink, topic_matches
 
