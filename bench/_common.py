@@ -62,7 +62,7 @@ class Mosquitto:
             self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paho.mqtt import client as mqtt  # noqa: E402
-
 from _common import TOPIC, body_template, dedup_field, dev_eui, payload_index, payload_variants  # noqa: E402
+from paho.mqtt import client as mqtt  # noqa: E402
 
 
 def main() -> None:

@@ -37,15 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from models.scoring.calibration import SeriesCalibration, fill_forward  # noqa: E402
-from models.scoring.settings import settings_from  # noqa: E402
-from models.scoring.scorer import DeviceScoreState, WindowScorer  # noqa: E402
 from models import integrity  # noqa: E402
 from models.architecture import load_model  # noqa: E402
 from models.evaluate import point_metrics, run_model, score_recording, sliding_windows  # noqa: E402
 from models.example_site import write_example_site_csv  # noqa: E402
 from models.finetune import _TorchSession, finetune, load_peft, scorer_calibration_rows  # noqa: E402
 from models.manifest import base_model_dir  # noqa: E402
+from models.scoring.calibration import SeriesCalibration, fill_forward  # noqa: E402
+from models.scoring.scorer import DeviceScoreState, WindowScorer  # noqa: E402
+from models.scoring.settings import settings_from  # noqa: E402
 from models.site_data import load_site_data  # noqa: E402
 
 CHANNELS = ["temperature_c", "humidity_pct"]

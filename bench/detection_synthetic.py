@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.scoring.settings import settings_from
 from models.evaluate import point_metrics, score_recording
 from models.export import onnx_session
 from models.manifest import base_model_dir, load_manifest
+from models.scoring.settings import settings_from
 from models.synthetic import FAULT_KINDS, SENSOR_KINDS, generate_device
 
 

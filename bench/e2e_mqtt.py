@@ -37,15 +37,24 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WARM_READINGS, TOPIC, Mosquitto, dev_eui, gateway_config, machine, make_gateway, payload_index, payload_variants, uplink_body  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _common import (  # noqa: E402
+    TOPIC,
+    WARM_READINGS,
+    Mosquitto,
+    dev_eui,
+    gateway_config,
+    machine,
+    make_gateway,
+    payload_index,
+    payload_variants,
+    uplink_body,
+)
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable

@@ -26,8 +26,9 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -35,12 +36,12 @@ sys.path.insert(0, str(REPO))
 from firmware_bridge.drivers import PROTOCOLS, make_driver  # noqa: E402
 from firmware_bridge.frame_codec import FrameDecoder  # noqa: E402
 from gateway.types import DecodeError  # noqa: E402
-from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink  # noqa: E402
 from plugins.decoders.cayenne_lpp import decode_lpp  # noqa: E402
 from plugins.decoders.dragino_lht65 import decode_lht65  # noqa: E402
 from plugins.decoders.dragino_lse01 import decode_lse01  # noqa: E402
 from plugins.decoders.json_payload import decode_json  # noqa: E402
 from plugins.decoders.milesight_em300 import decode_em300_th  # noqa: E402
+from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink  # noqa: E402
 
 FORMATS = REPO.parent / "shared" / "formats"
 VECTORS = REPO / "firmware_bridge" / "vectors"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
 from _common import Mosquitto, dev_eui, free_port, gateway_config, lpp, make_gateway, uplink_body
 
 HA_CONFIG = """http:

@@ -26,8 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (TOPIC, WARM_READINGS, Mosquitto, dev_eui, gateway_config, lpp, machine,  # noqa: E402
-                     make_gateway, payload_index, uplink_body)
+from _common import TOPIC, WARM_READINGS, Mosquitto, dev_eui, gateway_config, lpp, machine, make_gateway, payload_index, uplink_body  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -16,9 +16,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.scoring.scorer import WindowScorer
 from models.export import onnx_session
 from models.manifest import base_model_dir, load_manifest
+from models.scoring.scorer import WindowScorer
 
 
 def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]

@@ -58,7 +58,7 @@ def main() -> int:
             quiet.append(f"  {path.name}: {int(r.alert[ev].sum())} alarmed rows of {int(ev.sum())} "
                          f"(PCA {int(r.pca_alert[ev].sum())})")
     print(f"false_alarm_target {settings['false_alarm_target']:g}; calibration: first 15 % of each series")
-    print(f"| category | series | model F1 | model false-alarm | PCA F1 | PCA false-alarm | normal windows >= 1 |")
+    print("| category | series | model F1 | model false-alarm | PCA F1 | PCA false-alarm | normal windows >= 1 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     total: dict[str, list[np.ndarray]] = defaultdict(list)
     for category in sorted(pooled):

@@ -111,8 +111,8 @@ def make_chunk(kind: str, n: int) -> list[bytes]:
 
 
 def variants(chunk: list[bytes]) -> dict[str, Callable[[], Any]]:
-    from plugins.sources.mqtt import shapes
     from gateway.types import RadioMeta, RawUplink
+    from plugins.sources.mqtt import shapes
 
     topics = [TOPIC.format(eui=json.loads(b)["deviceInfo"]["devEui"]) for b in chunk]
     out: dict[str, Callable[[], Any]] = {}
@@ -154,7 +154,7 @@ def variants(chunk: list[bytes]) -> dict[str, Callable[[], Any]]:
 
     out["to RawUplink: msgspec typed + RawUplink"] = lambda: [to_raw(typed.decode(b)) for b in chunk]
     native = msgspec.json.Decoder(UplinkV4Native)
-    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
     def to_raw_native(u: UplinkV4Native) -> RawUplink:
         rx = max(u.rxInfo, key=lambda r: r.rssi if r.rssi is not None else -1e9) if u.rxInfo else Rx()

@@ -27,7 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WARM_READINGS, TOPIC, Mosquitto, dev_eui, gateway_config, machine, make_gateway, payload_index, payload_variants, uplink_body  # noqa: E402
+from _common import (  # noqa: E402
+    TOPIC,
+    WARM_READINGS,
+    Mosquitto,
+    dev_eui,
+    gateway_config,
+    machine,
+    make_gateway,
+    payload_index,
+    payload_variants,
+    uplink_body,
+)
 
 
 def main() -> None:
@@ -103,8 +114,8 @@ def compare_recording(p, recorder, m, ups: list) -> None:
     import statistics
 
     from gateway.ingest.decoding import decode_uplink
-    from gateway.recording.recorder import ReadingRecorder
     from gateway.recording.config import RecordConfig
+    from gateway.recording.recorder import ReadingRecorder
 
     chunk = max(250, len(ups) // 32)
     t = {"off": 0.0, "on": 0.0, "on_drained": 0.0}

@@ -70,7 +70,7 @@ def one_run(broker: Mosquitto, tmp: Path) -> tuple[float, float]:
         proc.terminate()
         proc.wait(20)
         stop = time.perf_counter() - t1
-    except socket.timeout:
+    except TimeoutError:
         proc.kill()
         raise RuntimeError(f"no READY=1 within 30 s: {proc.stderr.read().decode() if proc.stderr else ''}")
     finally:

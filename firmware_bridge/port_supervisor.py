@@ -24,7 +24,6 @@ from typing import Protocol
 
 import serial
 
-
 log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 0.05
 STABLE_AFTER_S = 2.0

@@ -12,8 +12,9 @@ pipeline calls for every accepted reading (telemetry fan-out, recorder, test pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from gateway.metrics import Metrics
 from gateway.types import Alert, RawUplink, Reading
@@ -102,7 +103,7 @@ class ReadingObserver(Protocol):
     """Sees every reading the pipeline accepted, on the pipeline thread; must not block
     (queue the work and count what it has to drop)."""
 
-    def observe_reading(self, reading: Reading, profile: "ProfileConfig", uplink: RawUplink) -> None:
+    def observe_reading(self, reading: Reading, profile: ProfileConfig, uplink: RawUplink) -> None:
         """Take note of one accepted reading and the uplink it came from."""
 
 

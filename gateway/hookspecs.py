@@ -7,7 +7,8 @@ A plugin is a module or object with functions named like these, marked with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -52,12 +53,14 @@ def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] 
 @hookspec
 def lora_gateway_codecs() -> list[str]:
     """Return the codec names this plugin decodes (for ``--codec`` and profiles)."""
+    return []
 
 
 @hookspec
 def lora_gateway_message_shapes() -> list[str]:
     """Names of the JSON message shapes this plugin parses (``decode --shape``); ``auto``
     means "detect it"."""
+    return []
 
 
 @hookspec(firstresult=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 Labels = tuple[tuple[str, str], ...]
 # Counters exported (at 0) from the start, so a dashboard's rate() sees their first

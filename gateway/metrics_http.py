@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -33,7 +34,7 @@ class _Collector:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Any] = {}
+        families: dict[tuple[str, str], Any] = {}
         # samples carry their own labels: series of one name may differ in label set (an
         # unlabelled zero series from the start, labelled ones once counted)
         for name, labels, value in self.metrics.counters():
@@ -81,12 +82,12 @@ class MetricsServer:
 
 
 def serve_metrics(listen: str, metrics: Metrics, health: Callable[[], dict[str, Any]],
-                  page: "StatusPage | None" = None) -> MetricsServer:
+                  page: StatusPage | None = None) -> MetricsServer:
     """Start the endpoint on ``host:port`` (port 0 picks a free one) in a daemon thread.
     OSError when the address cannot be bound."""
     host, _, port = listen.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(metrics))  # type: ignore[arg-type]
+    registry.register(_Collector(metrics))  # type: ignore[arg-type,unused-ignore]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server naming

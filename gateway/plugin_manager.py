@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from importlib import metadata
 from collections.abc import Callable, Iterable
+from importlib import metadata
 
 import pluggy
 from pydantic import BaseModel

@@ -17,13 +17,15 @@ new model has loaded and warmed up; every command gets a reply on ``.../model/re
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -275,7 +277,7 @@ class Gateway:
         their back-off when the connection comes back, so a backlog goes out at once."""
         for handler in self.handlers:
             if isinstance(handler, ReconnectNotifier):
-                handler.add_reconnect_callback(lambda name=handler.name: dispatcher.retry_now(name))
+                handler.add_reconnect_callback(functools.partial(dispatcher.retry_now, handler.name))
 
     def _wait_sources_up(self, timeout: float, allow_degraded: bool) -> None:
         """Wait up to ``timeout`` for every source; then a StartupError (systemd restarts
@@ -306,7 +308,7 @@ class Gateway:
         """The device-state codec over the pipeline's windows, engine and policy (the
         durable ingest's, when it is on)."""
         if self.durability is not None:
-            return self.durability.codec  # type: ignore[no-any-return]
+            return self.durability.codec
         assert self.pipeline is not None
         return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 

@@ -78,7 +78,7 @@ class Reading:
                 "device_name": self.device_name, "source": self.source}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Reading":
+    def from_dict(cls, data: dict[str, Any]) -> Reading:
         return cls(device_id=data["device_id"], timestamp=data["timestamp"], values=data["values"],
                    radio=RadioMeta(**data.get("radio", {})), f_cnt=data.get("f_cnt"),
                    device_name=data.get("device_name"), source=data.get("source", ""))
@@ -123,7 +123,7 @@ class Alert:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Alert":
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
         return cls(**data)
 
 

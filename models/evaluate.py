@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from models.pca_baseline import PCABaseline
 from models.scoring.calibration import SeriesCalibration, fill_forward
 from models.scoring.decision import Hysteresis, debounced_flags
 from models.scoring.level import follow_offsets
 from models.scoring.scorer import DeviceScoreState, WindowScorer
-from models.pca_baseline import PCABaseline
 
 
 def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ def write_example_site_csv(path: Path, rows: int = 4032, seed: int = 7, n_faults
         writer = csv.writer(fh, delimiter=";")
         writer.writerow(["time", "temperature_c", "humidity_pct", "fault"])
         for i in range(rows):
-            stamp = datetime.fromtimestamp(float(dev.timestamps[i]), tz=timezone.utc).isoformat()
+            stamp = datetime.fromtimestamp(float(dev.timestamps[i]), tz=UTC).isoformat()
             writer.writerow([stamp, f"{values[i, 0]:.2f}".replace(".", ","),
                              f"{values[i, 1]:.1f}".replace(".", ","), int(dev.step_labels[i])])
     return np.asarray(dev.step_labels)

@@ -48,14 +48,14 @@ from typing import Any
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-from models.scoring.settings import settings_from
 from models import integrity
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing, point_metrics, score_recording
 from models.label_objective import DEFAULT_MARGIN, device_windows, label_margin_loss, recency_weights
-from models.runtime import window_length, weights_sha256
+from models.runtime import weights_sha256, window_length
+from models.scoring.settings import settings_from
 from models.site_data import SiteData, SiteDataError, load_site_data
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,10 @@ class _TorchSession:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
 
-    def get_inputs(self) -> list["_TorchSession._Arg"]:
+    def get_inputs(self) -> list[_TorchSession._Arg]:
         return [self._Arg("window")]
 
-    def get_outputs(self) -> list["_TorchSession._Arg"]:
+    def get_outputs(self) -> list[_TorchSession._Arg]:
         return [self._Arg("reconstruction"), self._Arg("embedding")]
 
     @torch.no_grad()

@@ -131,7 +131,7 @@ class ModelRuntime:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: Path, providers: list[str], intra_op_threads: int = 1,
-             adapters: dict[str, Path] | None = None, cuda_tf32: bool = False) -> "ModelRuntime":
+             adapters: dict[str, Path] | None = None, cuda_tf32: bool = False) -> ModelRuntime:
         """Verify, open, check and warm up a model directory. Raises ModelLoadError on any failure.
 
         ``providers`` is a preference list (short or full names); ``adapters`` maps an

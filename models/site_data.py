@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.recordings import normalise_device_id
-from models.recordings import ReadStats, read_lines, recording_paths
 from models.datasets import TIMESTAMP_NAMES
+from models.recordings import ReadStats, normalise_device_id, read_lines, recording_paths
 
 TRUE_LABELS = frozenset({"1", "true", "yes", "y", "anomaly", "anomalous", "fault", "abnormal", "alarm"})
 DEVICE_COLUMN = "device_id"

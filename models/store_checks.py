@@ -11,7 +11,7 @@ import re
 import shutil
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from models import integrity
@@ -76,7 +76,7 @@ def _check_member(name: str) -> None:
         integrity.check_relative(name)
     except integrity.IntegrityError as exc:
         raise StoreError(f"refusing archive: {exc}") from exc
-    if integrity.PurePosixPath(name).suffix.lower() in integrity.PICKLE_SUFFIXES:
+    if PurePosixPath(name).suffix.lower() in integrity.PICKLE_SUFFIXES:
         raise StoreError(integrity.pickle_refusal(name))
 
 

@@ -27,4 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$no_services" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 scripts/setup.sh "train,test"
+# lint (ruff: pyflakes, import order, bugbear, pyupgrade) and strict types on gateway/ and models/
+.venv/bin/ruff check gateway models plugins firmware_bridge
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
-
-import onnxruntime as ort  # noqa: E402
 
 from models import integrity  # noqa: E402
 

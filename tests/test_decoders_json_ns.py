@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ingest.decoding import available_codecs, decode_fields
 from gateway.hookspecs import hookimpl
+from gateway.ingest.decoding import available_codecs, decode_fields
 from gateway.plugin_manager import make_plugin_manager
 from gateway.types import DecodeError, RawUplink
-from plugins.sources.mqtt.shapes import parse_uplink
 from plugins.decoders import json_payload, network_server
 from plugins.decoders.json_payload import decode_json
+from plugins.sources.mqtt.shapes import parse_uplink
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.cli.demo import CALIBRATION_DAYS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,7 +31,7 @@ def test_demo_runs_the_pipeline_and_alerts_on_the_faulty_node(tmp_path: Path) ->
     # the console counts open alerts: 1 while raised, 0 after the clear
     status = [line for line in proc.stdout.splitlines() if "open alerts" in line]
     assert any("open alerts  1" in line for line in status) and "open alerts  0" in status[-1]
-    assert "learning each node's normal for 4 simulated days" in proc.stdout
+    assert f"learning each node's normal for {CALIBRATION_DAYS:g} simulated days" in proc.stdout
     # alerts where the console and README say (a relative --out is not put under the state dir)
     assert not (tmp_path / "demo" / "state" / "demo").exists()
     alerts = [json.loads(line) for line in (tmp_path / "demo" / "alerts.jsonl").read_text().splitlines()]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from gateway.contracts import DeliveryError, PermanentDeliveryError
 from gateway.alerts.dispatcher import Dispatcher, TokenBucket
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.contracts import DeliveryError, PermanentDeliveryError
+from gateway.metrics import Metrics
 from gateway.types import Alert, Reading
 
 

@@ -17,7 +17,6 @@ import json
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from tests.conftest import Broker

@@ -17,7 +17,6 @@ pytest.importorskip("peft")
 from train_fixtures import make_torch_base, write_site_csv  # noqa: E402
 
 from gateway.cli import main  # noqa: E402
-from models.architecture import load_model  # noqa: E402
 from models.finetune import finetune, load_peft, scorer_calibration_rows  # noqa: E402
 from models.label_objective import device_windows, label_margin_loss, recency_weights  # noqa: E402
 from models.site_data import load_site_data  # noqa: E402

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 
+from conftest import Broker
+from mqtt_probe import Probe
 from paho.mqtt import client as mqtt
 
-from conftest import Broker
 from gateway.contracts import PluginContext
 from gateway.metrics import Metrics
 from gateway.types import Alert, Reading
-from mqtt_probe import Probe
 from plugins.handlers.homeassistant_handler import HomeAssistantHandler, HomeAssistantOptions
 
 PREFIX = "lgw/ha"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.contracts import AlertHandler, DeliveryError, PluginContext
 from gateway.alerts.dispatcher import Dispatcher
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.contracts import AlertHandler, DeliveryError, PluginContext
+from gateway.metrics import Metrics
 from gateway.plugin_manager import Registry, make_plugin_manager
 from gateway.types import Alert
 from plugins.handlers.file_handler import FileHandlerOptions, make_file_handler

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Broker, free_port
+from mqtt_probe import Probe
 from paho.mqtt import client as mqtt
 
-from conftest import Broker, free_port
-from gateway.contracts import DeliveryError, PluginContext
 from gateway.alerts.dispatcher import Dispatcher
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.contracts import DeliveryError, PluginContext
+from gateway.metrics import Metrics
 from gateway.types import Alert, RadioMeta, Reading
-from mqtt_probe import Probe
 from plugins.handlers.mqtt_handler import MqttHandler, MqttHandlerOptions
 
 PREFIX = "lgw/test"

@@ -7,18 +7,19 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import free_port
 from pydantic import ValidationError
 
-from conftest import free_port
-from gateway.contracts import DeliveryError, PermanentDeliveryError, PluginContext
 from gateway.alerts.dispatcher import Dispatcher
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.contracts import DeliveryError, PermanentDeliveryError, PluginContext
+from gateway.metrics import Metrics
 from gateway.types import Alert
 from plugins.handlers.webhook_handler import WebhookHandler, WebhookOptions, make_webhook_handler
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from gateway.alerts.policy import AlertPolicy, AlertPolicyConfig
-from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
-from gateway.types import RadioMeta, Reading
+from gateway.pipeline.inference import InferenceEngine
 from gateway.pipeline.windows import WindowStore
+from gateway.types import RadioMeta, Reading
 
 pytest.importorskip("onnxruntime")
 

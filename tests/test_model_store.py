@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from model_fixtures import make_adapter, make_base
+
 from models import integrity
 from models.store import ModelStore, NoActiveModel, StoreError, notify_daemon
 

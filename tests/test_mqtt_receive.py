@@ -13,9 +13,9 @@ from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.broker.options import BrokerOptions, connect_properties, make_client
 from gateway.contracts import PluginContext
 from gateway.metrics import Metrics
-from gateway.broker.options import BrokerOptions, connect_properties, make_client
 from plugins.sources.mqtt.receive import (
     READ_CHUNK,
     BatchedReceiveClient,

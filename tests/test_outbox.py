@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.metrics import Metrics
 from gateway.types import Alert, RadioMeta, Reading
 
 

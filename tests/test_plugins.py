@@ -13,8 +13,8 @@ import pytest
 
 from gateway import hookspecs
 from gateway.ingest.decoding import decode_uplink
-from gateway.plugin_manager import DEFAULT_PLUGINS, PluginError, Registry, make_plugin_manager
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
+from gateway.plugin_manager import DEFAULT_PLUGINS, PluginError, Registry, make_plugin_manager
 from gateway.types import RawUplink
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.ingest.decoding import decode_uplink, reason_of
-from gateway.plugin_manager import make_plugin_manager
 from gateway.ingest.profiles import DEFAULT_PROFILE, ProfileConfig, ProfileSet, flatten, to_reading
+from gateway.plugin_manager import make_plugin_manager
 from gateway.types import DecodeError, RawUplink
 from plugins.sources.mqtt.shapes import parse_uplink
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-
 from model_fixtures import make_base
+
 from models.providers import CPU, choose_providers, create_session, provider_options
 from models.runtime import ModelRuntime
 

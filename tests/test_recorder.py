@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, validate_config
+from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
 from gateway.plugin_manager import Registry, make_plugin_manager
-from gateway.ingest.profiles import ProfileConfig
-from gateway.recording.recorder import ReadingRecorder, utc_day
 from gateway.recording.config import RecordConfig
+from gateway.recording.recorder import ReadingRecorder, utc_day
+from gateway.types import RadioMeta, Reading
 from models.recordings import (
     ReadStats,
     decode,
@@ -26,7 +27,6 @@ from models.recordings import (
     list_files,
     read_lines,
 )
-from gateway.types import RadioMeta, Reading
 
 DAY = 86400.0
 NOW = 1_717_200_000.0  # 2024-06-01 00:00:00 UTC

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from model_fixtures import T, make_adapter, make_base, reference
+
 from models import integrity
 from models.providers import CPU, choose_providers, describe_session
 from models.runtime import ModelLoadError, ModelRuntime

@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.scoring.calibration import SeriesCalibration
-from gateway.pipeline.inference import InferenceEngine
 from gateway.metrics import Metrics
-from models.scoring.settings import DEFAULTS
-from models.scoring.trim import robust_log_z, trim_mask
-from models.scoring.scorer import WindowScorer
-from gateway.types import Reading
+from gateway.pipeline.inference import InferenceEngine
 from gateway.pipeline.windows import WindowStore
+from gateway.types import Reading
 from models.manifest import base_model_dir
 from models.runtime import ModelRuntime
+from models.scoring.calibration import SeriesCalibration
+from models.scoring.scorer import WindowScorer
+from models.scoring.settings import DEFAULTS
+from models.scoring.trim import robust_log_z, trim_mask
 from models.synthetic import Fault, generate_device
 
 pytest.importorskip("onnxruntime")

@@ -11,12 +11,12 @@ import math
 import numpy as np
 import pytest
 
-from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
-from models.scoring.level import LevelTracker, window_level
-from models.scoring.settings import DEFAULTS, settings_from
-from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
 from models.evaluate import alert_flags
 from models.pca_baseline import PCABaseline
+from models.scoring.calibration import ReadingsPool, SeriesCalibration, fill_forward
+from models.scoring.level import LevelTracker, window_level
+from models.scoring.scorer import DeviceScoreState, WindowScorer, packed_precision
+from models.scoring.settings import DEFAULTS, settings_from
 from models.synthetic import Fault, generate_device
 
 pytest.importorskip("onnxruntime")

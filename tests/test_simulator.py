@@ -22,8 +22,8 @@ from gateway.cli import main as cli_main
 from gateway.contracts import PluginContext
 from gateway.metrics import Metrics
 from gateway.types import RawUplink
-from plugins.sources.mqtt.shapes import parse_uplink
 from plugins.decoders.cayenne_lpp import decode_lpp
+from plugins.sources.mqtt.shapes import parse_uplink
 from plugins.sources.serial_source import SerialSource, SerialSourceOptions
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -133,8 +134,8 @@ def _screenshot(driver: Any, tmp_path: Path, name: str) -> None:
 
 
 def test_status_page_in_headless_chromium(demo: Demo, browser: Any, tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
     # the devices, each with its radio and calibration state

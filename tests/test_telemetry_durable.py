@@ -8,16 +8,16 @@ import json
 import time
 from pathlib import Path
 
+from conftest import Broker
+from mqtt_probe import Probe
 from paho.mqtt import client as mqtt
 
-from conftest import Broker
-from gateway.contracts import PluginContext
 from gateway.alerts.dispatcher import Dispatcher
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
 from gateway.alerts.telemetry import TelemetryFanout
+from gateway.contracts import PluginContext
+from gateway.metrics import Metrics
 from gateway.types import Reading
-from mqtt_probe import Probe
 from plugins.handlers.mqtt_handler import MqttHandler, MqttHandlerOptions
 
 PREFIX = "lgw/tele"

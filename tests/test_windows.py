@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.metrics import Metrics
-from gateway.types import Reading
 from gateway.pipeline.windows import MAX_SHARED_LAYOUTS, DeviceWindow, WindowStore
+from gateway.types import Reading
 
 CHANNELS = ["a", "b", "c"]
 

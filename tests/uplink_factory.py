@@ -18,7 +18,6 @@ import numpy as np
 from paho.mqtt import client as mqtt
 
 
-
 def lpp(temperature: float, humidity: float, battery_v: float = 3.6) -> bytes:
     return (struct.pack(">BBh", 1, 0x67, round(temperature * 10))
             + struct.pack(">BBB", 2, 0x68, round(humidity * 2))

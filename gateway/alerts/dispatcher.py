@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
+from gateway.alerts.outbox import Outbox
+from gateway.alerts.outbox_db import OutboxEntry
 from gateway.contracts import AlertHandler, DeliveryError, DurableTelemetry, PermanentDeliveryError
 from gateway.metrics import Metrics
-from gateway.alerts.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 

@@ -76,17 +76,16 @@ class AlertPolicy:
                  details: dict[str, Any] | None = None) -> list[Alert]:
         """Feed one model score of one window; return the ``anomaly`` alerts it causes (0 or 1)."""
         c = self.config
+        raise_at, clear_at, raise_after, clear_after = c.anomaly_rule()
         with self._lock:
             dev = self._device(device_id)
-            severity: Severity = "critical" if score >= c.raise_threshold * c.critical_factor else "warning"
-            extra = {"score": score, "raise_threshold": c.raise_threshold,
-                     "clear_threshold": c.clear_threshold, **(details or {})}
-            bad = score >= c.raise_threshold
+            severity: Severity = "critical" if score >= raise_at * c.critical_factor else "warning"
+            extra = {"score": score, "raise_threshold": raise_at, "clear_threshold": clear_at, **(details or {})}
+            bad = score >= raise_at
             alert = self._step(device_id, dev, "anomaly", timestamp,
-                               bad=bad, good=score < c.clear_threshold,
-                               raise_after=c.raise_after, clear_after=c.clear_after,
+                               bad=bad, good=score < clear_at, raise_after=raise_after, clear_after=clear_after,
                                severity=severity, score=score, details=extra,
-                               message=f"anomaly score {score:.3g} (threshold {c.raise_threshold:g})" if bad else "")
+                               message=f"anomaly score {score:.3g} (threshold {raise_at:g})" if bad else "")
             return [alert] if alert else []
 
     def on_reading(self, reading: Reading, battery_value: float | None = None,
@@ -255,7 +254,7 @@ class AlertPolicy:
         c = self.config
         alert = self._step(reading.device_id, dev, "frame_gap", reading.timestamp,
                            bad=lost > c.fcnt_gap, good=lost <= c.fcnt_gap, raise_after=1,
-                           clear_after=c.clear_after, severity="warning", score=None,
+                           clear_after=c.anomaly_rule()[3], severity="warning", score=None,
                            details={"lost_frames": lost, "f_cnt": reading.f_cnt, "fcnt_gap": c.fcnt_gap},
                            message=f"{lost} uplinks lost before frame {reading.f_cnt}")
         if alert:

@@ -96,7 +96,7 @@ class AlertPolicyConfig(BaseModel):
         "info", description="Severity carried by clear events.")
 
     @model_validator(mode="after")
-    def _check_order(self) -> "AlertPolicyConfig":
+    def _check_order(self) -> AlertPolicyConfig:
         if (self.clear_threshold is not None and self.raise_threshold is not None
                 and self.clear_threshold > self.raise_threshold):
             raise ValueError("clear_threshold must not be above raise_threshold")
@@ -106,7 +106,7 @@ class AlertPolicyConfig(BaseModel):
             raise ValueError("battery_critical_v must not be above battery_low_v")
         return self
 
-    def resolved(self, manifest: Any = None) -> "AlertPolicyConfig":
+    def resolved(self, manifest: Any = None) -> AlertPolicyConfig:
         """A copy whose unset anomaly thresholds/debounce come from ``manifest``'s ``thresholds``
         (the same values ``lora-gateway model score`` uses), else the scoring defaults.
 
@@ -123,3 +123,11 @@ class AlertPolicyConfig(BaseModel):
         if out.clear_threshold > out.raise_threshold:  # type: ignore[operator]
             out = out.model_copy(update={"clear_threshold": out.raise_threshold})
         return out
+
+    def anomaly_rule(self) -> tuple[float, float, int, int]:
+        """(raise_threshold, clear_threshold, raise_after, clear_after) of a resolved config;
+        ValueError when one is still unset (call ``resolved`` first)."""
+        rule = (self.raise_threshold, self.clear_threshold, self.raise_after, self.clear_after)
+        if any(v is None for v in rule):
+            raise ValueError("the anomaly thresholds are unset: resolve the config against a manifest first")
+        return float(rule[0]), float(rule[1]), int(rule[2]), int(rule[3])  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ def link_message(rssi: float | None, snr: float | None) -> str:
     return "link quality low: median " + ", ".join(medians)
 
 
-def push_bounded(values: array | None, value: float, limit: int) -> array:
+def push_bounded(values: array[float] | None, value: float, limit: int) -> array[float]:
     """Append ``value`` to a flat float array holding at most ``limit`` values (oldest
     dropped); creates the array on first use."""
     if values is None:
@@ -81,10 +81,10 @@ class DeviceAlerts:
     seen: int = 0  # one KIND_BIT per kind that had an input
     raises: list[float] | None = None  # raise times within the last hour, at most the hourly limit
     last_seen: float | None = None
-    intervals: array | None = None  # the last INTERVAL_HISTORY reading intervals
+    intervals: array[float] | None = None  # the last INTERVAL_HISTORY reading intervals
     expected_interval_s: float | None = None
-    rssi: array | None = None  # the last link_window values
-    snr: array | None = None
+    rssi: array[float] | None = None  # the last link_window values
+    snr: array[float] | None = None
     last_fcnt: int | None = None
 
     def track(self, kind: str) -> KindTrack:

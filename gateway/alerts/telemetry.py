@@ -22,12 +22,12 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
-from gateway.contracts import AlertHandler, DurableTelemetry
-from gateway.metrics import Metrics
 from gateway.alerts.outbox import Outbox
+from gateway.contracts import AlertHandler, DurableTelemetry
 from gateway.ingest.profiles import ProfileConfig
+from gateway.metrics import Metrics
 from gateway.types import RawUplink, Reading
 
 log = logging.getLogger(__name__)

@@ -24,16 +24,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, make_client, tls_context
 from gateway.contracts import DeliveryError
 from gateway.metrics import Metrics
-from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, make_client, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class MqttConnection:
                     reason_code: object, properties: object) -> None:
         code = int(getattr(reason_code, "value", reason_code))  # type: ignore[call-overload]
         if code != 0:
-            self.metrics.inc("mqtt_connect_failures_total", reason=str(reason_code), **self._labels)
+            self.metrics.inc("mqtt_connect_failures_total", 1.0, reason=str(reason_code), **self._labels)
             if code in AUTH_FAILURE_CODES:
                 self._auth_failed = str(reason_code)
                 log.error("%s: broker %s:%d refused the credentials (%s); not retrying - fix the "
@@ -185,7 +186,7 @@ class MqttConnection:
             raise DeliveryError(f"not connected to broker {self.broker.host}:{self.broker.port}")
         props = None
         if user_properties and self.v5:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.UserProperty = list(user_properties.items())
         info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field
 
 # CONNACK reason codes meaning "your credentials are wrong": retrying cannot help.
@@ -92,7 +93,7 @@ def make_client(opts: BrokerOptions, client_id: str, persistent: bool, *,
     """
     v5 = opts.protocol == "5"
     client = client_class(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         clean_session=None if v5 else not persistent,
@@ -114,6 +115,6 @@ def connect_properties(opts: BrokerOptions, session_expiry_s: int) -> object | N
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    props = Properties(PacketTypes.CONNECT)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = session_expiry_s
     return props

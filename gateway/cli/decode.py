@@ -24,13 +24,13 @@ import math
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from models.cli.errors import UserError
 from gateway.ingest.decoding import available_codecs, decode_with_profile
 from gateway.ingest.profiles import ProfileConfig
 from gateway.types import DecodeError, RawUplink
+from models.cli.errors import UserError
 
 MAX_INPUT_BYTES = 1024 * 1024
 _HEX_TEXT = re.compile(r"(?:0x)?[0-9a-fA-F\s:,-]+")
@@ -116,7 +116,7 @@ def _json_safe(value: Any) -> Any:
 
 def _iso(ts: float) -> str | None:
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return None
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.cli.errors import UserError
 from gateway.types import Alert, Reading
+from models.cli.errors import UserError
 
 CALIBRATION_STEPS = 1008
 INTERVAL_S = 600.0
@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"model serving on {', '.join(gateway.runtime.providers_in_use) if gateway.runtime else '?'}; "
               f"learning each node's normal for {CALIBRATION_DAYS:g} simulated days before scoring")
         if gateway.metrics_server is not None:
-            print(f"status page: http://{config.metrics.listen.rpartition(':')[0]}:{gateway.metrics_server.port}/ "
+            print(f"status page: http://{(config.metrics.listen or '127.0.0.1:0').rpartition(':')[0]}:{gateway.metrics_server.port}/ "
                   f"(operator token for its false alarm / confirmed buttons: {os.environ[TOKEN_ENV]})", flush=True)
         deadline = time.monotonic() + args.duration
         try:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.cli.errors import UserError
 from gateway.recording.export import (
     ExportError,
     Format,
@@ -21,6 +20,7 @@ from gateway.recording.export import (
     write,
     write_to_path,
 )
+from models.cli.errors import UserError
 
 
 def _split(values: list[str] | None) -> list[str] | None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pluggy
 
-from models.cli.errors import UserError
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -22,6 +21,7 @@ from gateway.config import (
     validate_config,
 )
 from gateway.plugin_manager import PluginError, Registry, make_plugin_manager
+from models.cli.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     except PluginError as exc:
         raise UserError(str(exc)) from exc
     registry = Registry(pm)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, plugin in sorted(pm.list_name_plugin()):
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         dist = pm.get_plugin(name)
         rows.append({"name": name, "hooks": hooks, "builtin": name.startswith("plugins."), "module": getattr(dist, "__name__", str(dist))})
-    out = {"plugins": rows, "sources": sorted(registry.sources), "handlers": sorted(registry.handlers), "codecs": registry.codecs}
+    out: dict[str, Any] = {"plugins": rows, "sources": sorted(registry.sources), "handlers": sorted(registry.handlers), "codecs": registry.codecs}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:<45} {'built-in' if r['builtin'] else 'third-party':<12} {', '.join(h.removeprefix('lora_gateway_') for h in r['hooks'])}")
+            hook_names = ", ".join(str(h).removeprefix("lora_gateway_") for h in r["hooks"])
+            print(f"{r['name']:<45} {'built-in' if r['builtin'] else 'third-party':<12} {hook_names}")
         print(f"\nsources:  {', '.join(out['sources'])}\nhandlers: {', '.join(out['handlers'])}\ncodecs:   {', '.join(out['codecs'])}")
     return 0
 

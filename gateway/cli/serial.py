@@ -134,12 +134,12 @@ def run_watch(args: argparse.Namespace) -> int:
     import contextlib
 
     from firmware_bridge.simulator import PtySimulator
-    from models.cli.errors import UserError
     from gateway.contracts import PluginContext
     from gateway.ingest.decoding import decode_uplink
     from gateway.metrics import Metrics
     from gateway.plugin_manager import Registry, make_plugin_manager
     from gateway.types import DecodeError, RawUplink
+    from models.cli.errors import UserError
 
     _check(args)
     pm = make_plugin_manager(load_entry_points=False)

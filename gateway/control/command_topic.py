@@ -39,16 +39,17 @@ import logging
 import queue
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from paho.mqtt import client as mqtt
 from pydantic import ConfigDict, Field
 
-from gateway.metrics import Metrics
 from gateway.broker.connection import MqttConnection
 from gateway.broker.options import BrokerOptions
+from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

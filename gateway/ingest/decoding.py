@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import weakref
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pluggy
 
@@ -49,7 +50,7 @@ def _caller(impl: Any) -> DecodeFn:
     names = tuple(impl.argnames)
     fn = impl.function
     if names == ("uplink", "codec"):
-        return fn  # type: ignore[no-any-return]
+        return fn  # type: ignore[no-any-return,unused-ignore]
     return lambda uplink, codec: fn(**{n: v for n, v in (("uplink", uplink), ("codec", codec)) if n in names})
 
 
@@ -65,7 +66,8 @@ class _Dispatch:
         codec_of_plugin: dict[str, str] = {}
         self.by_codec: dict[str, tuple[str, DecodeFn]] = {}
         for impl in pm.hook.lora_gateway_codecs.get_hookimpls():
-            for codec in impl.function() or []:
+            codecs: list[str] = list(impl.function() or [])  # type: ignore[call-overload,unused-ignore]
+            for codec in codecs:
                 codec_of_plugin.setdefault(impl.plugin_name, codec)
                 if impl.plugin_name in by_plugin and codec not in self.by_codec:
                     self.by_codec[codec] = (codec, by_plugin[impl.plugin_name])
@@ -77,7 +79,7 @@ class _Dispatch:
         self.codecs = sorted(self.by_codec)
 
 
-_DISPATCH: "weakref.WeakKeyDictionary[pluggy.PluginManager, _Dispatch]" = weakref.WeakKeyDictionary()
+_DISPATCH: weakref.WeakKeyDictionary[pluggy.PluginManager, _Dispatch] = weakref.WeakKeyDictionary()
 
 
 def _dispatch(pm: pluggy.PluginManager) -> _Dispatch:

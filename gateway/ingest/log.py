@@ -191,15 +191,17 @@ class IngestLog:
             seqs.append(seq)
             seq += 1
         self.next_seq = seq  # never reused, also when the write fails
+        fd = self._fd
+        assert fd is not None  # opened above
         try:
             view = memoryview(buf)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(fd, view):]
             if self.fsync:
-                os.fsync(self._fd)
+                os.fsync(fd)
         except OSError as exc:
             self.metrics.inc("ingest_log_errors_total", reason=_reason(exc))
-            fd, self._fd = self._fd, None
+            self._fd = None
             try:
                 os.ftruncate(fd, self._size)
             except OSError:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 

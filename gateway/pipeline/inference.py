@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from gateway.metrics import Metrics
+from gateway.pipeline.windows import DeviceWindow
+from models.runtime import ModelRuntime
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
 from models.scoring.level import LevelTracker, window_level
-from gateway.metrics import Metrics
 from models.scoring.scorer import DeviceScoreState, WindowScorer
-from models.runtime import ModelRuntime
-from gateway.pipeline.windows import DeviceWindow
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class InferenceEngine:
     def __init__(self, runtime: ModelRuntime, metrics: Metrics, *, calibration_steps: int | None = None,
                  calibration_windows: int | None = None) -> None:
         self.metrics = metrics
-        self._overrides = {"calibration_steps": calibration_steps, "calibration_windows": calibration_windows}
+        self._overrides: dict[str, float] = {k: float(v) for k, v in (("calibration_steps", calibration_steps),
+                                                                     ("calibration_windows", calibration_windows))
+                                             if v is not None}
         self.runtime = runtime
         self.scorer = WindowScorer(runtime.manifest, **self._overrides)
         self.generation = 0

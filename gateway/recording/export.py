@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal
 
-from models.recordings import normalise_device_id
 from models.recordings import (
     ReadStats,
     RecordedReading,
+    normalise_device_id,
     read_lines,
     recording_paths,
 )

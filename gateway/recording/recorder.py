@@ -35,11 +35,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
 from gateway.recording.config import RecordConfig
-from models.recordings import RecordingFile, encode, file_name, list_files
-from gateway.ingest.profiles import ProfileConfig
 from gateway.types import RawUplink, Reading
+from models.recordings import RecordingFile, encode, file_name, list_files
 
 log = logging.getLogger(__name__)
 

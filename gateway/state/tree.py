@@ -144,7 +144,7 @@ def unpack(data: bytes, classes: dict[str, type] | None = None, changed: list[st
                     raise StateFormatError(f"{obj['$dc']} fields changed: {sorted(set(stored) ^ names)}")
                 changed.append(obj["$dc"])
                 return None
-            inst = cls.__new__(cls)
+            inst: Any = object.__new__(cls)
             for name, value in values.items():
                 object.__setattr__(inst, name, value)
             return inst

@@ -28,7 +28,7 @@ class StatusSection(BaseModel):
     refresh_s: int = Field(10, ge=0, le=3600, description="Auto-refresh of the page in seconds; 0 turns it off.")
 
     @model_validator(mode="after")
-    def _one_token_source(self) -> "StatusSection":
+    def _one_token_source(self) -> StatusSection:
         if self.operator_token_env and self.operator_token_file:
             raise ValueError("set operator_token_env or operator_token_file, not both")
         return self

@@ -25,10 +25,11 @@ import hmac
 import json
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from gateway.alerts.feedback import load_feedback, record_feedback

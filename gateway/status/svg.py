@@ -11,8 +11,9 @@ points per line, keeping each bucket's extreme values so a spike stays visible.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from html import escape
-from typing import Any, Sequence
+from typing import Any
 
 MAX_POINTS = 480
 WIDTH = 760

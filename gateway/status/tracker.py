@@ -53,14 +53,14 @@ class ChartHistory:
     """Recent readings (per channel) and scores of one device, in its readings' time."""
 
     channels: list[str]
-    times: array = field(default_factory=lambda: array("d"))
-    values: dict[str, array] = field(default_factory=dict)
-    score_times: array = field(default_factory=lambda: array("d"))
-    scores: array = field(default_factory=lambda: array("d"))
+    times: array[float] = field(default_factory=lambda: array("d"))
+    values: dict[str, array[float]] = field(default_factory=dict)
+    score_times: array[float] = field(default_factory=lambda: array("d"))
+    scores: array[float] = field(default_factory=lambda: array("d"))
     spans: deque[list[Any]] = field(default_factory=lambda: deque(maxlen=MAX_SPANS))  # [kind, start, end|None]
 
 
-def _push(arr: array, value: float, limit: int) -> None:
+def _push(arr: array[float], value: float, limit: int) -> None:
     if len(arr) >= limit:
         del arr[: len(arr) - limit + 1]
     arr.append(value)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from models.cli.errors import UserError, train_extra_missing
-from models.scoring.settings import settings_from
 from models.datasets import (
     DatasetError,
     SeriesTable,
@@ -30,6 +28,7 @@ from models.manifest import (
     verify_files,
     write_manifest,
 )
+from models.scoring.settings import settings_from
 
 DEFAULT_CALIBRATION_FRACTION = 0.15
 

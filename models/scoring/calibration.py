@@ -10,6 +10,7 @@ of many devices at once leaves no holes in the malloc heap. Numpy only.
 from __future__ import annotations
 
 import mmap
+from typing import Any
 
 import numpy as np
 
@@ -221,7 +222,7 @@ class SeriesCalibration:
                 "frozen": self.frozen, "readings": kept}
 
     @classmethod
-    def from_state(cls, state: dict, pool: ReadingsPool | None = None) -> "SeriesCalibration":
+    def from_state(cls, state: dict[str, Any], pool: ReadingsPool | None = None) -> SeriesCalibration:
         """The calibration ``export_state`` described (ValueError when it does not fit)."""
         c, steps = int(state["n_channels"]), int(state["calibration_steps"])
         readings = state["readings"]

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.scoring.settings import DEFAULTS as SCORING_DEFAULTS
 from models.architecture import (
     LORA_TARGETS,
     PatchAEConfig,
@@ -43,6 +42,7 @@ from models.manifest import (
     load_manifest,
     write_manifest,
 )
+from models.scoring.settings import DEFAULTS as SCORING_DEFAULTS
 from models.synthetic import (
     FAULT_KINDS,
     normal_windows,
@@ -127,7 +127,7 @@ def faulty_windows(seed: int, n_devices: int, window_length: int, length: int = 
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
     kinds: list[int] = []
-    for i in range(n_devices):
+    for _ in range(n_devices):
         dev = random_device(int(rng.integers(0, 2**31)), length, n_faults=6, fault_free_prefix=500)
         z = standardize_series(dev.values, calibration_steps=500)
         for f in dev.faults:

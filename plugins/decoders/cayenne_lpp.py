@@ -45,11 +45,11 @@ mode the plugin claims a payload only when the whole payload decodes; otherwise 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.types import DecodeError, RawUplink
-
 from plugins.decoders._common import fail
 
 CODEC = "cayenne_lpp"

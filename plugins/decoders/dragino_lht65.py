@@ -31,7 +31,6 @@ from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.types import RawUplink
-
 from plugins.decoders._common import fail, s16be, u16be
 
 CODEC = "dragino_lht65"

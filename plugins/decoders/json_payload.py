@@ -18,7 +18,6 @@ from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.types import DecodeError, RawUplink
-
 from plugins.decoders._common import fail
 
 CODEC = "json"

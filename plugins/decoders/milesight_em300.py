@@ -27,7 +27,6 @@ from typing import Any
 
 from gateway.hookspecs import hookimpl
 from gateway.types import RawUplink
-
 from plugins.decoders._common import fail
 
 CODEC = "milesight_em300"

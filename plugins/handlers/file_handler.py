@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from gateway.broker.connection import MqttConnection, topic_part
+from gateway.broker.options import BrokerOptions
 from gateway.contracts import PluginContext
 from gateway.hookspecs import hookimpl
-from gateway.broker.options import BrokerOptions
 from gateway.types import Alert, Reading
 from plugins.handlers.alert_state import DeviceAlertStates
-from gateway.broker.connection import MqttConnection, topic_part
 
 log = logging.getLogger(__name__)
 

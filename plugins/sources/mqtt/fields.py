@@ -10,7 +10,7 @@ import binascii
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 HEX16 = re.compile(r"[0-9a-fA-F]{16}")
@@ -147,7 +147,7 @@ def parse_time(value: Any) -> float | None:
     year, month, day, hour, minute, second, frac, zone = m.groups()
     try:
         dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                      tzinfo=timezone.utc)
+                      tzinfo=UTC)
     except ValueError:
         return None
     ts = dt.timestamp()

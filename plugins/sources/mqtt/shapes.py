@@ -48,7 +48,8 @@ import base64
 import binascii
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gateway.types import RadioMeta, RawUplink
 from plugins.sources.mqtt.fields import (
