@@ -147,7 +147,8 @@ class InferenceEngine:
             return None
         return {"norm": st.norm,
                 "calibration": None if st.calibration is None else st.calibration.export_state(),
-                "score": st.score_state if st.generation == self.generation else None}
+                "score": st.score_state if st.generation == self.generation else None,
+                "level": None if st.level is None else st.level.offset}
 
     def import_device(self, window: DeviceWindow, state: dict[str, Any] | None, keep_score: bool) -> KeptState:
         """Install a device's engine state on its (restored) window. ``keep_score`` False
@@ -162,8 +163,10 @@ class InferenceEngine:
         norm, cal_state = state.get("norm"), state.get("calibration")
         calibration: SeriesCalibration | None = None
         if norm is not None:
-            norm = np.asarray(norm, dtype=np.float64)
-            if norm.shape != (2, c):
+            norm = np.array(norm, dtype=np.float64)
+            if norm.shape == (2, c):  # stored before the level tracker: its level is the frozen mean
+                norm = np.vstack([norm, norm[:1]])
+            if norm.shape != (3, c):
                 return kept
         elif cal_state is not None and int(cal_state.get("calibration_steps", -1)) == self.calibration_steps:
             try:
@@ -179,7 +182,16 @@ class InferenceEngine:
         else:
             score = self.scorer.new_state(c)
             kept.recalibrating = norm is not None
-        window.state = _DeviceState(calibration, score, self.generation, norm)
+        # the level tracker as stored (a state from before it existed: a fresh one at the frozen mean)
+        level: LevelTracker | None = None
+        rate = self.scorer.settings["level_follow"]
+        offset = state.get("level")
+        if norm is not None and rate > 0 and (offset is not None or "level" not in state):
+            level = LevelTracker(c, self.calibration_steps, rate)
+            if offset is not None and np.shape(offset) == (c,):
+                level.offset = np.array(offset, dtype=np.float64)
+            norm[0] = norm[2] + level.offset * norm[1]
+        window.state = _DeviceState(calibration, score, self.generation, norm, level)
         return kept
 
     @staticmethod
