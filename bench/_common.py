@@ -102,9 +102,9 @@ def iso(ts: float) -> str:
 
 def body_template(eui: str) -> tuple[str, str, str]:
     """(prefix, middle, suffix) of a ChirpStack v4 uplink: prefix + ISO time + middle +
-    fCnt + ',"data":"' + payload + suffix. Built once per device so the load generator only
-    formats the time, the frame counter and the payload."""
-    head = ('{"deduplicationId":"' + eui + '","time":"')
+    fCnt + dedup_field(eui, fCnt) + ',"data":"' + payload + suffix. Built once per device so
+    the load generator only formats the time, the frame counter and the payload."""
+    head = '{"time":"'
     mid = ('","deviceInfo":{"tenantId":"t","applicationId":"app-1","applicationName":"field",'
            '"deviceProfileName":"lpp","deviceName":"node-' + eui[-4:] + '","devEui":"' + eui + '"},'
            '"devAddr":"00189440","dr":5,"fPort":2,"fCnt":')
@@ -113,9 +113,15 @@ def body_template(eui: str) -> tuple[str, str, str]:
     return head, mid, tail
 
 
+def dedup_field(eui: str, fcnt: int) -> str:
+    """``,"deduplicationId":"..."``: one id per uplink, as ChirpStack gives (the gateway drops a
+    second uplink with the same id as a redelivery)."""
+    return f',"deduplicationId":"{eui}-{fcnt}"'
+
+
 def uplink_body(eui: str, ts: float, fcnt: int, payload_b64: str) -> bytes:
     head, mid, tail = body_template(eui)
-    return f'{head}{iso(ts)}{mid}{fcnt},"data":"{payload_b64}{tail}'.encode()
+    return f'{head}{iso(ts)}{mid}{fcnt}{dedup_field(eui, fcnt)},"data":"{payload_b64}{tail}'.encode()
 
 
 CALIBRATION_STEPS, CALIBRATION_WINDOWS = 160, 128

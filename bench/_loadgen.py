@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paho.mqtt import client as mqtt  # noqa: E402
 
-from _common import TOPIC, body_template, dev_eui, payload_index, payload_variants  # noqa: E402
+from _common import TOPIC, body_template, dedup_field, dev_eui, payload_index, payload_variants  # noqa: E402
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
 
     topics = [TOPIC.format(eui=dev_eui(i)).encode() for i in range(args.devices)]
     parts = [body_template(dev_eui(i)) for i in range(args.devices)]
+    euis = [dev_eui(i) for i in range(args.devices)]
     payloads = payload_variants()
     acked = [0]
     lock = threading.Lock()
@@ -67,7 +68,7 @@ def main() -> None:
         head, mid, tail = parts[d]
         c = fcnt[d]
         fcnt[d] = c + 1
-        body = f'{head}{sec_cache[1]}.{int((ts - s) * 1e6):06d}Z{mid}{c},"data":"{payloads[payload_index(d, c)]}{tail}'
+        body = f'{head}{sec_cache[1]}.{int((ts - s) * 1e6):06d}Z{mid}{c}{dedup_field(euis[d], c)},"data":"{payloads[payload_index(d, c)]}{tail}'
         client.publish(topics[d].decode(), body.encode(), qos=1)
 
     if args.rate <= 0:

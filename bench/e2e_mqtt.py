@@ -189,15 +189,19 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--receive", default="batched", help="comma list cycled per repeat: paho, batched")
+    ap.add_argument("--durable", choices=("on", "off"), default="on",
+                    help="[state] durable_ingest: ack after the ingest log (default, as the daemon) or on arrival")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    result: dict = {"machine": machine(), "devices": args.devices, "backlog": args.backlog}
+    result: dict = {"machine": machine(), "devices": args.devices, "backlog": args.backlog, "durable": args.durable}
     print(result["machine"])
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         sub_session(broker.port, "bench-sub", keep=True)
-        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state", max_batch=args.max_batch,
-                                         max_delay_ms=args.max_delay_ms))
+        config = gateway_config(broker.host, broker.port, Path(tmp) / "state", max_batch=args.max_batch,
+                                max_delay_ms=args.max_delay_ms)
+        config["state"] = {"durable_ingest": args.durable == "on"}
+        gw = make_gateway(config)
         gw.start()
         probe = Probe(gw.pipeline.policy)
         try:

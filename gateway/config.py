@@ -15,12 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.alerts.policy import AlertPolicyConfig
 from gateway.control.command_topic import CommandsSection
 from gateway.ingest.profiles import ProfileConfig
+from gateway.plugin_manager import Registry
 from gateway.recording.config import RecordConfig, record_config_errors
+from gateway.status.config import StatusSection
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base"
 SECRET_KEY = re.compile(r"(password|secret|token|key_file|passphrase)", re.I)
@@ -46,6 +48,17 @@ class GatewaySection(Strict):
     ingest_block_s: float = Field(5.0, ge=0, description="How long a source waits for room in the ingest queue before dropping.")
     max_devices: int = Field(10000, ge=1, description="Devices tracked at once; the least recently seen is evicted (counted) beyond this.")
     drain_timeout_s: float = Field(10.0, gt=0, description="On SIGTERM, how long to keep delivering pending alerts before exiting.")
+    sources_ready_timeout_s: float = Field(30.0, gt=0, description="At start, how long to wait for every source to connect before READY=1; past it the start fails (systemd restarts the service) unless allow_degraded_start.")
+    allow_degraded_start: bool = Field(False, description="Start (READY=1) even when a source is not connected within sources_ready_timeout_s; it keeps retrying and /health answers 503 until it connects.")
+
+
+class StateSection(Strict):
+    durable_ingest: bool = Field(True, description="Acknowledge an uplink (MQTT PUBACK) only once it is in the ingest log in the state dir (one fsync per received chunk), checkpoint device state and replay the log after a restart. Off: uplinks are acknowledged on arrival and device state lives in memory only.")
+    checkpoint_interval_s: float = Field(60.0, ge=0, description="How often per-device state (windows, standardisation, score profiles, alert state, last seen) is checkpointed to <state_dir>/checkpoint.sqlite; 0: only at a clean stop.")
+    fsync: bool = Field(True, description="fsync the ingest log per received chunk (off only for benchmarks or disposable test boxes).")
+    segment_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="Ingest-log segment size; segments a checkpoint covers are deleted.")
+    keep_segments: int = Field(2, ge=1, description="Newest ingest-log segments kept after a checkpoint (the redelivery check reloads their keys at start).")
+    dedup_horizon: int = Field(65536, ge=16, description="Uplink ids remembered to drop redelivered duplicates (ChirpStack deduplicationId, else DevEUI+fCnt+payload).")
 
 
 class PluginsSection(Strict):
@@ -59,14 +72,29 @@ class ModelSection(Strict):
         description="Execution providers in order of preference; filtered by what onnxruntime offers on this box.",
     )
     intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime intra-op threads (1 plus batching is fastest on small boxes).")
+    cuda_tf32: bool = Field(False, description="Let CUDA use TF32 for float32 matrix products (faster on recent GPUs, outputs differ from the CPU by up to about 4e-3). Off: CPU and GPU decide alike. Passed as the CUDA provider option `use_tf32`.")
     adapters: dict[str, Path] = Field(default_factory=dict, description="LoRA adapter name -> `.onnx_adapter` file; device profiles pick one with `adapter`.")
     calibration_steps: int | None = Field(None, ge=8, description="Readings per device whose mean/std standardise its channels (unset: the model manifest's value).")
     calibration_windows: int | None = Field(None, ge=8, description="Windows per device that calibrate its normal score profile before its scores count (unset: the manifest's value).")
 
 
 class BatcherSection(Strict):
-    max_batch: int = Field(64, ge=1, description="Most windows in one ONNX Runtime call.")
-    max_delay_ms: float = Field(20.0, ge=0, description="Longest a due window waits for others before the batch runs.")
+    max_batch: int | Literal["auto"] = Field("auto", description="Most windows in one ONNX Runtime call; \"auto\": the measured batch table's value for the execution provider serving (gateway/pipeline/batch_table.json, `lora-gateway doctor` prints it).")
+    max_delay_ms: float | Literal["auto"] = Field("auto", description="Longest a due window waits for others before the batch runs; \"auto\": the batch table's value for the provider serving.")
+
+    @field_validator("max_batch", "max_delay_ms", mode="before")
+    @classmethod
+    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """One clear error per bad value (not one per member of the union)."""
+        if value == "auto":
+            return value
+        integral = info.field_name == "max_batch"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (integral and value != int(value)):
+            raise ValueError(f"must be \"auto\" or {'an integer' if integral else 'a number'}, got {value!r}")
+        if (integral and value < 1) or value < 0:
+            raise ValueError(f"must be \"auto\" or {'>= 1' if integral else '>= 0'}, got {value!r}")
+        return int(value) if integral else float(value)
 
 
 class OutboxSection(Strict):
@@ -97,13 +125,15 @@ class GatewayConfig(Strict):
     batcher: BatcherSection = Field(default_factory=BatcherSection)
     alerts: AlertPolicyConfig = Field(default_factory=AlertPolicyConfig)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    state: StateSection = Field(default_factory=StateSection, description="Durable ingest (ack after the ingest log), checkpoints of device state and the replay after a restart.")
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
     commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
+    status: StatusSection = Field(default_factory=StatusSection, description="The status page beside /metrics: devices, charts, recent alerts with an operator's verdict; read-only unless an operator token is set.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)
-    source_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
-    handler_options: list[tuple[str, str, Any]] = Field(default_factory=list, exclude=True)
+    source_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
+    handler_options: list[tuple[str, str, BaseModel]] = Field(default_factory=list, exclude=True)
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -113,11 +143,18 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out
 
 
+def _message(error: Any) -> str:
+    """pydantic's message, in our words where its own would puzzle a reader."""
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])
+
+
 def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    return [f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return [f"{_loc(prefix + tuple(e['loc']))}: {_message(e)}" for e in exc.errors()]
 
 
-def validate_config(data: dict[str, Any], registry: Any, source: str = "config") -> GatewayConfig:
+def validate_config(data: dict[str, Any], registry: Registry, source: str = "config") -> GatewayConfig:
     """Validate a parsed config dict against the core schema and every plugin's options.
 
     Raises ConfigError with all problems found (never stops at the first one).
@@ -183,7 +220,7 @@ def plugin_allow_list(data: dict[str, Any], source: str = "config") -> list[str]
         raise ConfigError(source, _errors(exc, ("plugins",))) from exc
 
 
-def load_config(path: Path | None, registry: Any) -> GatewayConfig:
+def load_config(path: Path | None, registry: Registry) -> GatewayConfig:
     """Read and validate a TOML file (None: the embedded defaults). Raises ConfigError."""
     return validate_config(read_config_data(path), registry, "defaults" if path is None else str(path))
 

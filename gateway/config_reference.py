@@ -7,6 +7,7 @@ rewrites the file; tests/test_config.py fails when it is stale, so docs cannot d
 
 from __future__ import annotations
 
+import re
 import sys
 import typing
 from pathlib import Path
@@ -27,6 +28,7 @@ def _type_name(annotation: Any) -> str:
         text = text.replace(prefix, "")
     for mod in ("gateway.alerts.policy_config.", "gateway.ingest.profiles.", "gateway.config.", "gateway.broker.options.", "plugins.sources.mqtt.source."):
         text = text.replace(mod, "")
+    text = re.sub(r"Union\[(\w+), Literal\['(\w+)'\]\]", r'\1 or "\2"', text)  # e.g. int or "auto"
     return text.replace(" | ", " or ")
 
 

@@ -104,3 +104,25 @@ class ReadingObserver(Protocol):
 
     def observe_reading(self, reading: Reading, profile: "ProfileConfig", uplink: RawUplink) -> None:
         """Take note of one accepted reading and the uplink it came from."""
+
+
+@runtime_checkable
+class ScoreObserver(Protocol):
+    """Sees every window score the alert policy decides on, on the pipeline thread; must
+    not block (the status page keeps a bounded copy)."""
+
+    def observe_score(self, device_id: str, timestamp: float, score: float, details: dict[str, Any]) -> None:
+        """Take note of one window's score (``details``: top ``channel``, per-channel scores)."""
+
+
+@runtime_checkable
+class PartitionedSource(Protocol):
+    """A source whose devices move between gateways (a cluster worker): it hands device
+    state over through the pipeline (``gateway.pipeline.handoff.PipelineHandoff``) and
+    reports which share of the feed it owns."""
+
+    def bind_pipeline(self, handoff: Any) -> None:
+        """Called once, before ``start``, with the gateway's ``PipelineHandoff``."""
+
+    def health_details(self) -> dict[str, Any]:
+        """What ``/health`` shows under ``cluster.<source name>`` (worker id, partitions owned)."""

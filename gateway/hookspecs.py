@@ -52,3 +52,18 @@ def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] 
 @hookspec
 def lora_gateway_codecs() -> list[str]:
     """Return the codec names this plugin decodes (for ``--codec`` and profiles)."""
+
+
+@hookspec
+def lora_gateway_message_shapes() -> list[str]:
+    """Names of the JSON message shapes this plugin parses (``decode --shape``); ``auto``
+    means "detect it"."""
+
+
+@hookspec(firstresult=True)
+def lora_gateway_parse_message(topic: str | None, body: bytes, shape: str) -> RawUplink | None:
+    """Parse one network-server message (a topic and a JSON body) into a RawUplink.
+
+    Return None when ``shape`` is not one of yours; raise ValueError with a one-line reason
+    when it is yours but the message is malformed. Stops at the first non-None result.
+    """

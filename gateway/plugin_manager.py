@@ -10,11 +10,18 @@ from __future__ import annotations
 import importlib
 import os
 from importlib import metadata
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
 
 import pluggy
+from pydantic import BaseModel
 
 from gateway import hookspecs
+from gateway.contracts import AlertHandler, PluginContext, Source
+
+SourceFactory = Callable[[str, BaseModel, PluginContext], Source]
+"""Builds a source from its instance name, validated options and the gateway's context."""
+HandlerFactory = Callable[[str, BaseModel, PluginContext], AlertHandler]
+"""Builds an alert handler from its instance name, validated options and the context."""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.decoders.network_server",
@@ -24,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.decoders.dragino_lse01",
     "plugins.decoders.milesight_em300",
     "plugins.sources.mqtt.source",
+    "plugins.sources.rabbitmq.plugin",
     "plugins.sources.serial_source",
     "plugins.handlers.log_handler",
     "plugins.handlers.file_handler",
@@ -97,13 +105,13 @@ class Registry:
     """Source and alert-handler types collected from the register hooks."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
-        self.sources: dict[str, tuple[Any, Any]] = {}
-        self.handlers: dict[str, tuple[Any, Any]] = {}
+        self.sources: dict[str, tuple[SourceFactory, type[BaseModel]]] = {}
+        self.handlers: dict[str, tuple[HandlerFactory, type[BaseModel]]] = {}
 
-        def add_source(name: str, factory: Any, options_model: Any) -> None:
+        def add_source(name: str, factory: SourceFactory, options_model: type[BaseModel]) -> None:
             self.sources[name] = (factory, options_model)
 
-        def add_handler(name: str, factory: Any, options_model: Any) -> None:
+        def add_handler(name: str, factory: HandlerFactory, options_model: type[BaseModel]) -> None:
             self.handlers[name] = (factory, options_model)
 
         pm.hook.lora_gateway_register_sources(register=add_source)

@@ -1,8 +1,9 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
-Start order: state dir and pid file -> model (warm-up included) -> outbox -> alert handlers
-and their dispatcher -> telemetry fan-out and reading recorder (``[record]``) -> pipeline ->
-sources -> metrics endpoint -> READY=1. Stop order is the reverse: sources first (no new
+Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
+(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
+fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
+command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
 input), the pipeline drains its queue and flushes the last batch, the recorder writes what
 it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
 stop. Each part's cleanup runs even when another's fails.
@@ -24,16 +25,30 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
 from gateway import sdnotify
 from gateway.alerts.policy import AlertPolicy
 from gateway.config import DEFAULT_MODEL_DIR, GatewayConfig
-from gateway.contracts import AlertHandler, PluginContext, ReadingObserver, ReconnectNotifier, Source
 from gateway.alerts.dispatcher import Dispatcher
+from gateway.contracts import (
+    AlertHandler,
+    PartitionedSource,
+    PluginContext,
+    ReadingObserver,
+    ReconnectNotifier,
+    ScoreObserver,
+    Source,
+)
+from gateway.pipeline.batching import BatchTableError, resolve_batching
+from gateway.pipeline.handoff import PipelineHandoff
+from gateway.state.codec import DeviceStateCodec
 from gateway.pipeline.inference import InferenceEngine
-from gateway.metrics import Metrics
+from gateway.metrics import DASHBOARD_COUNTERS, Metrics
 from gateway.control.command_topic import ModelCommandListener
 from gateway.alerts.outbox import Outbox
 from gateway.pipeline.loop import Pipeline, PipelineSettings
+from gateway.plugin_manager import Registry
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig, ProfileSet
 from gateway.ingest.quarantine import Quarantine
@@ -42,6 +57,7 @@ from gateway.recording.config import recording_dir
 from gateway.alerts.telemetry import TelemetryFanout
 from gateway.types import Alert, RawUplink, Reading
 from gateway.pipeline.windows import WindowStore
+from gateway.status.wiring import new_page, new_tracker
 from models.runtime import ModelLoadError, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -79,8 +95,16 @@ def resolve_model_dir(config: GatewayConfig) -> Path:
     return DEFAULT_MODEL_DIR
 
 
+def load_model(config: GatewayConfig, model_dir: Path) -> ModelRuntime:
+    """The model with its configured adapters, warmed up: what ``run`` serves and what
+    ``doctor`` checks (the same call, so doctor fails where run would). ModelLoadError."""
+    adapters = {name: Path(p) for name, p in config.model.adapters.items()}
+    return ModelRuntime.load(model_dir, config.model.providers, intra_op_threads=config.model.intra_op_threads,
+                             adapters=adapters or None, cuda_tf32=config.model.cuda_tf32)
+
+
 class Gateway:
-    def __init__(self, config: GatewayConfig, plugin_manager: Any, registry: Any,
+    def __init__(self, config: GatewayConfig, plugin_manager: pluggy.PluginManager, registry: Registry,
                  metrics: Metrics | None = None, on_reading: Callable[[Reading], None] | None = None,
                  on_alert: Callable[[Alert], None] | None = None) -> None:
         self.config = config
@@ -98,6 +122,8 @@ class Gateway:
         self.telemetry: TelemetryFanout | None = None
         self.recorder: ReadingRecorder | None = None
         self.metrics_server: Any = None
+        self.status: Any = None  # gateway.status.tracker.StatusTracker when the page is served
+        self.serving_dir: str | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -106,18 +132,15 @@ class Gateway:
         self._model_labels: dict[str, str] | None = None
         self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
         self.commands: ModelCommandListener | None = None
+        self.durability: Any = None  # gateway.state.durability.Durability with [state] durable_ingest
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
+        self.metrics.zero(DASHBOARD_COUNTERS)
 
     # ---- model ------------------------------------------------------------------------
     def load_runtime(self, model_dir: Path) -> ModelRuntime:
-        adapters = {name: Path(p) for name, p in self.config.model.adapters.items()}
-        runtime = ModelRuntime.load(model_dir, self.config.model.providers,
-                                    intra_op_threads=self.config.model.intra_op_threads,
-                                    adapters=adapters or None)
+        runtime = load_model(self.config, model_dir)
         log.info("model %s serving on %s", model_dir, ", ".join(runtime.providers_in_use))
-        for note in runtime.provider_notes:
-            log.info("execution provider skipped: %s", note)
-        return runtime
+        return runtime  # skipped providers: ModelRuntime.load logged them in one line
 
     def reload_model(self) -> bool:
         """Load the current model; swap it in only if it loads and warms up. True on swap."""
@@ -169,12 +192,15 @@ class Gateway:
             self.metrics.set("model_info", 0, **self._model_labels)
         self.metrics.set("model_info", 1, **labels)
         self._model_labels = labels
+        self.serving_dir = str(model_dir)
 
     # ---- alerts -----------------------------------------------------------------------
     def publish_alerts(self, alerts: list[Alert]) -> None:
         assert self.outbox is not None and self.dispatcher is not None
         for alert in alerts:
             self.outbox.append(alert)
+            if self.status is not None:
+                self.status.on_alert(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
         self.dispatcher.wake()
@@ -195,8 +221,7 @@ class Gateway:
         self._publish_model_info(self.runtime, resolve_model_dir(cfg))
         context = PluginContext(metrics=self.metrics, gateway_id=cfg.gateway.id, state_dir=str(state_dir))
         for kind, name, options in cfg.handler_options:
-            factory = self.registry.handlers[kind][0]
-            handler = factory(name, options, context)
+            handler = self.registry.handlers[kind][0](name, options, context)
             handler.start()
             self.handlers.append(handler)
         outbox_path = cfg.outbox.path or state_dir / "outbox.sqlite"
@@ -212,13 +237,22 @@ class Gateway:
                 self.recorder.start()
             except OSError as exc:
                 raise StartupError(f"record: directory {self.recorder.directory} is not usable: {exc}") from exc
+        try:
+            batching = resolve_batching(cfg.batcher.max_batch, cfg.batcher.max_delay_ms, self.runtime.providers_in_use[0])
+        except BatchTableError as exc:
+            raise StartupError(f"batcher: {exc}") from exc
+        log.info("batcher: max_batch %d, deadline %.2f ms for %s (%s)", batching.max_batch, batching.max_delay_ms,
+                 batching.provider, batching.source)
         engine = InferenceEngine(self.runtime, self.metrics, calibration_steps=cfg.model.calibration_steps,
                                  calibration_windows=cfg.model.calibration_windows)
-        observers: list[ReadingObserver] = [self.telemetry]
+        observers: list[ReadingObserver | ScoreObserver] = [self.telemetry]
         if self.recorder is not None:
             observers.append(self.recorder)
         if self.on_reading is not None:
             observers.append(CallbackObserver(self.on_reading))
+        self.status = new_tracker(self)
+        if self.status is not None:
+            observers.append(self.status)
         self.pipeline = Pipeline(
             decoder=UplinkDecoder(self.pm, ProfileSet(cfg.profiles),
                                   Quarantine(state_dir / "quarantine.jsonl", self.metrics)),
@@ -228,26 +262,43 @@ class Gateway:
             publish_alerts=self.publish_alerts,
             metrics=self.metrics,
             observers=observers,
-            settings=PipelineSettings(max_batch=cfg.batcher.max_batch,
-                                      max_delay_s=cfg.batcher.max_delay_ms / 1000.0,
+            settings=PipelineSettings(max_batch=batching.max_batch,
+                                      max_delay_s=batching.max_delay_ms / 1000.0,
                                       queue_size=cfg.gateway.ingest_queue_size,
                                       block_s=cfg.gateway.ingest_block_s),
         )
         self.pipeline.add_periodic(self._watchdog)
+        if cfg.state.durable_ingest:
+            from gateway.state.durability import Durability
+
+            self.durability = Durability(state_dir, cfg.state, self.pipeline, self.metrics,
+                                         barriers=[self.telemetry.flush])
+            self.durability.restore()
         self.pipeline.start()
+        if self.durability is not None:
+            self.durability.replay()
         for kind, name, options in cfg.source_options:
-            factory = self.registry.sources[kind][0]
-            source = factory(name, options, context)
-            source.start(self.pipeline.ingest)
+            source = self.registry.sources[kind][0](name, options, context)
+            if isinstance(source, PartitionedSource):
+                source.bind_pipeline(PipelineHandoff(self.pipeline, self.metrics, codec=self.state_codec(),
+                                                     recorder=self.recorder))
+            source.start(self.pipeline.ingest if self.durability is None else self.durability.emitter(source, name))
             self.sources.append(source)
         if cfg.metrics.listen:
             from gateway.metrics_http import serve_metrics
 
-            self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health)
+            try:
+                page = new_page(self, self.status) if self.status is not None else None
+            except ValueError as exc:
+                raise StartupError(f"status: {exc}") from exc
+            try:
+                self.metrics_server = serve_metrics(cfg.metrics.listen, self.metrics, self.health, page)
+            except OSError as exc:
+                raise StartupError(f"metrics: cannot listen on {cfg.metrics.listen}: {exc.strerror or exc}") from exc
         if cfg.commands.enabled:
             self.commands = ModelCommandListener(cfg.commands, cfg.gateway.id, self, self.metrics)
             self.commands.start()
-        self._wait_sources_up(timeout=5.0)
+        self._wait_sources_up(cfg.gateway.sources_ready_timeout_s, cfg.gateway.allow_degraded_start)
         self.ready.set()
         sdnotify.notify("READY=1")
         log.info("gateway %s ready: %d source(s), %d handler(s)", cfg.gateway.id, len(self.sources), len(self.handlers))
@@ -259,21 +310,38 @@ class Gateway:
             if isinstance(handler, ReconnectNotifier):
                 handler.add_reconnect_callback(lambda name=handler.name: dispatcher.retry_now(name))
 
-    def _wait_sources_up(self, timeout: float) -> None:
+    def _wait_sources_up(self, timeout: float, allow_degraded: bool) -> None:
+        """Wait up to ``timeout`` for every source; then a StartupError (systemd restarts
+        the service), or with ``allow_degraded`` a warning (they keep retrying)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not all(s.connected() for s in self.sources):
             time.sleep(0.05)
-        for s in self.sources:
-            if not s.connected():
-                log.warning("source %s not connected yet; it keeps retrying", s.name)
+        down = [s.name for s in self.sources if not s.connected()]
+        if down and not allow_degraded:
+            raise StartupError(f"source(s) {', '.join(down)} not connected within {timeout:g} s "
+                               "(set [gateway] allow_degraded_start = true to start without them)")
+        for name in down:
+            log.warning("source %s not connected yet; it keeps retrying (allow_degraded_start)", name)
 
     def health(self) -> dict[str, Any]:
         """Readiness: the model serves and every source is connected."""
         sources = {s.name: s.connected() for s in self.sources}
         serving = self.runtime is not None and self.pipeline is not None
-        return {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
-                "model_serving": serving, "sources": sources,
-                "providers": self.runtime.providers_in_use if self.runtime else []}
+        out = {"ready": bool(self.ready.is_set() and serving and all(sources.values())),
+               "model_serving": serving, "sources": sources,
+               "providers": self.runtime.providers_in_use if self.runtime else []}
+        cluster = {s.name: s.health_details() for s in self.sources if isinstance(s, PartitionedSource)}
+        if cluster:
+            out["cluster"] = cluster
+        return out
+
+    def state_codec(self) -> DeviceStateCodec:
+        """The device-state codec over the pipeline's windows, engine and policy (the
+        durable ingest's, when it is on)."""
+        if self.durability is not None:
+            return self.durability.codec  # type: ignore[no-any-return]
+        assert self.pipeline is not None
+        return DeviceStateCodec(self.pipeline.windows, self.pipeline.engine, self.pipeline.policy)
 
     def _watchdog(self) -> None:
         self.metrics.set("pipeline_heartbeat_timestamp", time.time())
@@ -296,10 +364,17 @@ class Gateway:
         if self.commands is not None:
             steps.append(("model commands", self.commands.stop))
         steps += [(f"source {s.name}", s.stop) for s in self.sources]
+        durability = self.durability
+        if durability is not None:
+            steps.append(("ingest log", durability.stop_intake))
+        pipeline_done = [False]
         if self.pipeline is not None:
-            steps.append(("pipeline", self.pipeline.stop))
+            pipeline = self.pipeline
+            steps.append(("pipeline", lambda: pipeline_done.__setitem__(0, pipeline.stop())))
         if self.telemetry is not None:
             steps.append(("telemetry", self.telemetry.stop))
+        if durability is not None:
+            steps.append(("checkpoint", lambda: durability.close(pipeline_done[0])))
         if self.recorder is not None:
             steps.append(("recorder", self.recorder.stop))
         if self.dispatcher is not None:

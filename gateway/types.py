@@ -35,6 +35,9 @@ class RawUplink:
     modules on serial. ``decoded`` holds the object a network server already decoded
     (ChirpStack ``object``, TTS ``decoded_payload``), or None. ``source`` names the source
     instance, ``shape`` the wire shape it was parsed from (e.g. ``chirpstack_v4``).
+    ``dedup_id`` is the network server's id of this uplink (ChirpStack ``deduplicationId``),
+    which identifies a redelivery; ``seq`` is its position in the ingest log (0: not
+    logged; ``gateway.ingest.log``).
     """
 
     device_id: str
@@ -47,6 +50,8 @@ class RawUplink:
     device_name: str | None = None
     source: str = ""
     shape: str = ""
+    dedup_id: str | None = None
+    seq: int = 0
 
 
 @dataclass(slots=True)

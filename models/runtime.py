@@ -34,7 +34,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models import integrity
-from models.providers import choose_providers, describe_session
+from models.providers import choose_providers, create_session, describe_session
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,15 @@ class ModelRuntime:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: Path, providers: list[str], intra_op_threads: int = 1,
-             adapters: dict[str, Path] | None = None) -> "ModelRuntime":
+             adapters: dict[str, Path] | None = None, cuda_tf32: bool = False) -> "ModelRuntime":
         """Verify, open, check and warm up a model directory. Raises ModelLoadError on any failure.
 
         ``providers`` is a preference list (short or full names); ``adapters`` maps an
         adapter name (as used in ``run``) to a ``.onnx_adapter`` file or to an installed
         adapter directory holding one (whose manifest must name this base's hash).
+        ``cuda_tf32`` reaches the CUDA provider as ``use_tf32`` (off: CUDA decides like
+        the CPU). Preferences that were skipped or failed to initialise are logged as ONE
+        line (WARNING if one failed to initialise, INFO if only absent from this build).
         """
         model_dir = Path(model_dir)
         try:
@@ -157,11 +160,12 @@ class ModelRuntime:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(model_dir / rel), sess_options=opts, providers=chosen)
+            session, failed = create_session(model_dir / rel, opts, chosen, cuda_tf32=cuda_tf32)
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise ModelLoadError(f"{model_dir / rel}: ONNX Runtime could not load it: {_one_line(exc)}") from exc
         in_use = list(session.get_providers())
-        notes = reasons + describe_session(chosen, in_use)
+        failed_names = {f.split(":", 1)[0] for f in failed}
+        notes = reasons + failed + describe_session([p for p in chosen if p not in failed_names], in_use)
         check_io(session, manifest, T, model_dir / rel)
         loaded: dict[str, _Adapter] = {}
         if adapters:
@@ -173,8 +177,9 @@ class ModelRuntime:
         runtime._warm_up(T, num_channels_hint(manifest))
         log.debug("model %s loaded from %s (%s) on %s%s", manifest.get("name", "?"), model_dir, rel, in_use[0],
                   f" with adapters {sorted(loaded)}" if loaded else "")
-        for note in notes:
-            log.debug("provider: %s", note)
+        if notes:
+            level = logging.WARNING if failed or len(notes) > len(reasons) else logging.INFO
+            log.log(level, "execution provider %s serves %s; skipped: %s", in_use[0], model_dir, "; ".join(notes))
         return runtime
 
     def _warm_up(self, T: int, C: int) -> None:

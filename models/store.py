@@ -29,15 +29,14 @@ import builtins
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from models import integrity
 from models.runtime import ModelLoadError, ModelRuntime, adapter_base_sha256, lora_graph_file, weights_sha256
@@ -49,52 +48,13 @@ from models.store_checks import (
     extract_archive,
     fsync_dir,
 )
+from models.store_refs import NAME_RE, InstalledModel, NoActiveModel, model_kind, parse_ref
 
 __all__ = ["InstalledModel", "ModelStore", "NoActiveModel", "StoreError", "notify_daemon", "parse_ref", "model_kind"]
 
 ACTIVATABLE = ("base", "merged")
-KINDS = ("base", "merged", "adapter")
 PID_FILE = "lora-gateway.pid"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".zip")
-
-
-class NoActiveModel(StoreError):
-    """Nothing has been activated in this store yet."""
-
-
-@dataclass(frozen=True)
-class InstalledModel:
-    """One installed model or adapter."""
-
-    name: str
-    version: str
-    kind: str
-    path: Path
-    base_sha256: str | None  # for a base: its own weights hash; else the base it belongs to
-    active: bool = False
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """``"name@version"`` -> (name, version); ``"name"`` -> (name, None)."""
-    name, _, version = ref.partition("@")
-    if not _NAME_RE.match(name) or (version and not _NAME_RE.match(version)):
-        raise StoreError(f"{ref!r}: expected NAME@VERSION (letters, digits, . _ + -)")
-    return name, version or None
-
-
-def model_kind(manifest: dict[str, Any]) -> str:
-    """The manifest's kind: explicit ``kind``, else ``adapter`` when it names a base, else ``base``."""
-    kind = manifest.get("kind")
-    if kind is None:
-        kind = "adapter" if (manifest.get("base_model") or manifest.get("base_sha256")) else "base"
-    if kind not in KINDS:
-        raise StoreError(f"manifest kind {kind!r} is not one of {', '.join(KINDS)}")
-    return str(kind)
 
 
 class ModelStore:
@@ -104,7 +64,7 @@ class ModelStore:
         self.root = Path(root)
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path) -> "ModelStore":
+    def for_state_dir(cls, state_dir: Path) -> ModelStore:
         """The default store of a gateway: ``<state_dir>/models``."""
         return cls(Path(state_dir) / "models")
 
@@ -232,7 +192,7 @@ class ModelStore:
                 raise StoreError(f"{source}: not a model directory or a .tar/.tar.gz/.zip archive")
             manifest = self._check(model_dir)
             name, version = str(manifest.get("name", "")), str(manifest.get("version", ""))
-            if not _NAME_RE.match(name) or not _NAME_RE.match(version):
+            if not NAME_RE.match(name) or not NAME_RE.match(version):
                 raise StoreError(f"manifest name/version {name!r}@{version!r} are not safe names")
             with self._locked():
                 dest = self._path(name, version)

@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = REPO.parent / "shared" / "formats"
 DATASETS = REPO.parent / "shared" / "datasets"
+
+
+# Hypothesis: deterministic by default. "ci" (the default) derives every example from the
+# test itself (derandomize) and keeps no example database, so a fresh clone and a rerun see
+# the same examples and a failure found once is not replayed from .hypothesis/ forever after.
+# HYPOTHESIS_PROFILE=explore searches with random seeds (and the database) when you want it.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Operator feedback on alerts (gateway.alerts.feedback) and ``lora-gateway alerts feedback``."""
+"""``lora-gateway alerts feedback KEY false|confirmed`` over the shared alert-feedback store
+(gateway.alerts.feedback, whose own tests are in tests/test_status_tracker.py)."""
 
 from __future__ import annotations
 
@@ -6,43 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.alerts.feedback import FeedbackError, latest_labels, load_feedback, record_feedback
+from gateway.alerts.feedback import load_feedback
 from gateway.cli import main
 
 
-def test_verdicts_append_and_the_latest_wins(tmp_path: Path) -> None:
-    assert load_feedback(tmp_path).entries == []
-    record_feedback(tmp_path, "k1", "false", "valve test", device_id="dev-1", timestamp=1.5)
-    window = {"channels": ["t", "h"], "timestamps": [0.0, 60.0], "values": [[1.0, 2.0], [float("nan"), 3.0]]}
-    stored = record_feedback(tmp_path, "k2", "CONFIRMED", window=window)
-    assert stored["window"]["values"] == [[1.0, 2.0], [None, 3.0]]
-    record_feedback(tmp_path, "k1", "confirmed")
-    log = load_feedback(tmp_path)
-    assert [e["alert_key"] for e in log.entries] == ["k1", "k2", "k1"] and log.skipped == 0
-    assert log.entries[0]["note"] == "valve test" and log.entries[0]["device_id"] == "dev-1"
-    assert latest_labels(log.entries) == {"k1": "confirmed", "k2": "confirmed"}
-    # a torn last line (crash mid-write) is skipped and counted, the rest still reads
-    with (tmp_path / "feedback" / "labels.jsonl").open("a") as fh:
-        fh.write('{"alert_key": "k3", "lab')
-    again = load_feedback(tmp_path)
-    assert len(again.entries) == 3 and again.skipped == 1
-
-
-@pytest.mark.parametrize(("key", "label", "kwargs", "match"), [
-    ("", "false", {}, "alert key"),
-    ("k", "maybe", {}, "label must be one of"),
-    ("k", "false", {"note": "x" * 1001}, "note is longer"),
-    ("k", "false", {"window": {"channels": ["a"], "timestamps": [0.0], "values": [[1.0, 2.0]]}}, "one value per channel"),
-])
-def test_bad_feedback_is_a_clear_error(tmp_path: Path, key: str, label: str, kwargs: dict, match: str) -> None:  # type: ignore[type-arg]
-    with pytest.raises(FeedbackError, match=match):
-        record_feedback(tmp_path, key, label, **kwargs)
-    assert load_feedback(tmp_path).entries == []
-
-
-def test_cli_records_a_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["alerts", "feedback", "abc123", "false", "--state-dir", str(tmp_path), "--note", "n"]) == 0
-    assert "alert abc123 marked false" in capsys.readouterr().out
-    assert latest_labels(load_feedback(tmp_path).entries) == {"abc123": "false"}
+def test_cli_records_a_verdict_in_the_shared_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["alerts", "feedback", "abc123", "false", "--state-dir", str(tmp_path), "--note", "valve test",
+                 "--device", "7"]) == 0
+    assert "alert abc123 marked false_alarm" in capsys.readouterr().out
+    stored = load_feedback(tmp_path)["abc123"]
+    assert stored["label"] == "false_alarm" and stored["note"] == "valve test" and stored["alert"] == {"device_id": "7"}
+    assert main(["alerts", "feedback", "abc123", "confirmed", "--state-dir", str(tmp_path)]) == 0
+    assert load_feedback(tmp_path)["abc123"]["label"] == "confirmed"  # the later verdict wins
+    assert main(["alerts", "feedback", "no spaces", "false", "--state-dir", str(tmp_path)]) == 1
+    assert "alert key must be" in capsys.readouterr().err
     assert main(["alerts", "feedback", "abc123", "confirmed"]) == 1
     assert "--state-dir DIR, or --config FILE" in capsys.readouterr().err

@@ -58,6 +58,9 @@ def test_every_error_reported_at_once_with_key_paths(registry: Registry) -> None
                      "sources[1].type", "handlers[0].path", "alerts.raise_threshold"):
         assert expected in errors, errors
     assert len(info.value.errors) >= 7
+    # pydantic says "Extra inputs are not permitted"; a reader of a config file means "unknown key"
+    assert "gateway.bogus: unknown key" in errors and "sources[0].colour: unknown key" in errors, errors
+    assert "Extra inputs" not in errors
 
 
 def test_config_check_exits_1_before_any_io(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,14 +55,19 @@ def test_discovery_per_channel_states_and_availability(broker: Broker) -> None:
             lambda m: m.topic == "homeassistant/binary_sensor/gw_1/a1b2_alert/config").payload)
         assert alert_cfg["state_topic"] == f"{PREFIX}/a1b2/state" and alert_cfg["device_class"] == "problem"
         assert alert_cfg["device"]["identifiers"] == temp["device"]["identifiers"]  # one HA device
-        tele = json.loads(probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/telemetry").payload)
+        tele_msg = probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/telemetry")
+        tele = json.loads(tele_msg.payload)
         assert tele["values"]["temperature"] == 21.5
+        # a device without alerts: its alert sensor starts "ok" (off), not unknown
+        first = json.loads(probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/state").payload)
+        assert first["state"] == "ok" and first["alerts"] == {}
         n = len(configs(probe))
         h.on_reading(Reading("a1b2", 20.0, {"temperature": 21.7, "flow": 3.1}))
         probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/telemetry" and json.loads(m.payload)["timestamp"] == 20.0)
         assert len(configs(probe)) == n  # channels already announced: no new configs
         h.deliver(Alert("a1b2", "anomaly", "raised", "critical", 30.0, "high", "k1"))
-        state = json.loads(probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/state").payload)
+        state = json.loads(probe.wait_for(lambda m: m.topic == f"{PREFIX}/a1b2/state"
+                                          and json.loads(m.payload)["state"] != "ok").payload)
         assert state["state"] == "problem" and state["alerts"]["anomaly"]["severity"] == "critical"
         # Home Assistant restarting announces itself: every config is published again.
         probe.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
@@ -77,14 +82,21 @@ def test_discovery_per_channel_states_and_availability(broker: Broker) -> None:
     # Discovery configs and the alert state are retained for a Home Assistant starting later.
     late = Probe(broker.host, broker.port, "homeassistant/#")
     late2 = Probe(broker.host, broker.port, f"{PREFIX}/+/state")
+    # the last reading too: Home Assistant subscribes to a sensor's state topic only after it
+    # read the announcement, so without it every sensor stayed "unknown" until the next
+    # reading (seen with Home Assistant 2024.3.3, bench/homeassistant_discovery.py)
+    late3 = Probe(broker.host, broker.port, f"{PREFIX}/+/telemetry")
     try:
         cfg = late.wait_for(lambda m: m.topic.endswith("/a1b2_alert/config"))
         assert cfg.retain and json.loads(cfg.payload)["payload_on"] == "problem"
         st = late2.wait_for(lambda m: True)
         assert st.retain and json.loads(st.payload)["state"] == "problem"
+        tele = late3.wait_for(lambda m: True)
+        assert tele.retain and json.loads(tele.payload)["timestamp"] == 20.0
     finally:
         late.close()
         late2.close()
+        late3.close()
 
 
 def test_discovery_republished_after_broker_restart(broker: Broker) -> None:
@@ -118,3 +130,27 @@ def test_entity_bound_is_counted(broker: Broker) -> None:
         assert m.get("homeassistant_entities_dropped_total") >= 1
     finally:
         h.stop()
+
+
+def test_an_alert_before_the_first_reading_keeps_the_device_name(broker: Broker) -> None:
+    """The policy raises a rule alert (battery_low) before the reading fans out to handlers:
+    the alert sensor is still announced by the reading, with the device's name (Home
+    Assistant names the entity id after the first announcement it sees)."""
+    probe = Probe(broker.host, broker.port, "#")
+    h = make(broker)
+    try:
+        h.start()
+        assert h.conn.wait_connected(10)
+        h.deliver(Alert("c3d4", "battery_low", "raised", "warning", 5.0, "battery low", "k9"))
+        state = probe.wait_for(lambda m: m.topic == f"{PREFIX}/c3d4/state")
+        assert json.loads(state.payload)["state"] == "problem"
+        h.on_reading(Reading("c3d4", 6.0, {"temperature": 3.0}, device_name="Cold room"))
+        probe.wait_for(lambda m: m.topic.endswith("/c3d4_alert/config"))
+        probe.wait_for(lambda m: m.topic == f"{PREFIX}/c3d4/telemetry")  # published after it: all are in
+        announced = [json.loads(m.payload) for m in probe.messages if m.topic.endswith("/c3d4_alert/config")]
+        assert [a["device"]["name"] for a in announced] == ["Cold room"]
+        # and the problem state is not overwritten by a first "ok"
+        assert [json.loads(m.payload)["state"] for m in probe.messages if m.topic == f"{PREFIX}/c3d4/state"] == ["problem"]
+    finally:
+        h.stop()
+        probe.close()

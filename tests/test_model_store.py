@@ -378,7 +378,9 @@ def test_cli_store_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert len(err) == 1 and err[0].startswith("error: refusing weights.pt") and "pickle" in err[0]
     assert main(["model", "list", "--json", "--state-dir", state]) == 0
     listed = __import__("json").loads(capsys.readouterr().out)
-    assert [(m["name"], m["version"], m["active"]) for m in listed] == [("tiny", "1", True)]
+    assert [(m["name"], m["version"], m["active"]) for m in listed if not m["bundled"]] == [("tiny", "1", True)]
+    # the bundled model is listed too, not serving while a store model is active
+    assert [(m["kind"], m["active"]) for m in listed if m["bundled"]] == [("base", False)]
     installed = tmp_path / "state" / "models" / "installed" / "tiny" / "1" / "config.json"
     installed.write_text("{}")
     assert main(["model", "verify", "--state-dir", state]) == 1

@@ -92,6 +92,9 @@ def test_notify_ready_watchdog_reload_and_graceful_stop(broker, tmp_path: Path) 
         gw.signal(signal.SIGHUP)
         assert wait_for(lambda: gw.metric("model_reloads_total") == 1, 20), gw.log()[-2000:]
         assert "model reload requested" in gw.log() and gw.alive()
+        # the replaced runtime is closed at the next batch
+        publish_all(broker.host, broker.port, field_uplinks(devices=3, readings=305, first=300))
+        assert wait_for(lambda: gw.metric("model_runtimes_closed_total") == 1, 20), gw.log()[-2000:]
 
         # a broker outage makes the daemon not ready (503), without stopping it
         broker.stop()
@@ -111,6 +114,34 @@ def test_notify_ready_watchdog_reload_and_graceful_stop(broker, tmp_path: Path) 
         assert "gateway stopped" in gw.log()
         assert not (tmp_path / "state" / "lora-gateway.pid").exists()
         print(f"SIGTERM to exit: {took:.2f} s; watchdog pings every {sum(b - a for a, b in zip(pings, pings[1:])) / (len(pings) - 1):.2f} s")
+    finally:
+        gw.close()
+        notify.close()
+
+
+def test_a_source_down_at_start_fails_the_start_unless_a_degraded_start_is_allowed(broker, tmp_path: Path) -> None:
+    """READY=1 waits for the sources up to sources_ready_timeout_s; then the start fails
+    (exit 1 with the reason: systemd restarts the service), or with allow_degraded_start
+    the daemon serves and /health answers 503 until the source connects."""
+    broker.stop()
+    config, port = write_config(tmp_path, broker, extra={"gateway": {"sources_ready_timeout_s": 1.5}})
+    gw = GatewayProcess(config, port, tmp_path / "gateway-1.log")
+    try:
+        assert gw.wait(60) == 1, gw.log()[-2000:]
+        assert "source(s) chirpstack not connected within 1.5 s" in gw.log()
+    finally:
+        gw.close()
+    config, port = write_config(tmp_path, broker, extra={"gateway": {"sources_ready_timeout_s": 1.5,
+                                                                    "allow_degraded_start": True}})
+    notify = NotifySocket()
+    gw = GatewayProcess(config, port, tmp_path / "gateway-2.log", env={"NOTIFY_SOCKET": notify.path})
+    try:
+        assert wait_for(lambda: "READY=1" in notify.poll(), 60), gw.log()[-2000:]
+        assert wait_for(lambda: (h := gw.health()) is not None and h[0] == 503, 20)
+        broker.start()
+        assert wait_for(lambda: (h := gw.health()) is not None and h[0] == 200, 30), gw.log()[-2000:]
+        gw.signal(signal.SIGTERM)
+        assert gw.wait(30) == 0
     finally:
         gw.close()
         notify.close()

@@ -1,133 +1,100 @@
-"""Operator feedback on alerts: "this alert was false" / "confirmed", kept in the state dir.
+"""The alert-feedback store: an operator's verdict on an alert, kept for the next adapter.
 
-The store is one append-only JSON-lines file, ``<state_dir>/feedback/labels.jsonl``, one
-record per verdict (a later verdict on the same key supersedes an earlier one; nothing is
-rewritten in place, so a crash can at worst tear the last line, which ``load_feedback``
-skips and counts). Every writer (``lora-gateway alerts feedback``, the status page, the
-MQTT command topic) goes through ``record_feedback``; every reader (``model finetune``, a
-status page) through ``load_feedback`` / ``latest_labels``. Standard library only.
+An operator marks an alert event (by its idempotency key, ``Alert.key``) as a false alarm
+or as confirmed, from the status page or any other tool; ``model finetune`` reads the labels
+back. The store is one append-only JSON-lines file, ``<state_dir>/alert-feedback.jsonl``:
+each call appends a line, and a later verdict on the same key replaces an earlier one in
+``load_feedback`` (the history stays on disk). Lines are written with one ``write`` of a
+complete line and fsync'd, so a crash leaves at worst a torn last line, which the reader
+skips and the next write starts after.
 
-API::
+Contract:
 
-    record_feedback(state_dir, alert_key, label, note=None, *, device_id=None,
-                    timestamp=None, window=None) -> dict
-    load_feedback(state_dir) -> FeedbackLog          # .entries (oldest first), .skipped
-    latest_labels(entries) -> dict[str, str]         # alert key -> "false" | "confirmed"
-
-``window`` (optional) carries the readings around the alert so a later fine-tuning can use
-them without the recording: ``{"channels": [...], "timestamps": [...], "values": [[...]]}``
-with at most ``MAX_WINDOW_ROWS`` rows. Not done yet (issue 11): the daemon attaching that
-window by itself, the MQTT command, and ``model finetune`` reading the labels.
+- ``record_feedback(state_dir, alert_key, label, note=None)`` -> the stored record (a dict).
+  ``label`` is ``"false_alarm"`` or ``"confirmed"`` (``"false"`` is taken as
+  ``"false_alarm"``); ``alert_key`` is 1-128 characters of ``[0-9A-Za-z_.:-]``; ``note`` is
+  at most 500 characters. Anything else raises ValueError with a one-line reason. The
+  keyword ``alert`` (optional) adds what is known of the alert (device, kind, times, score),
+  so a reader does not need the outbox to place it.
+- ``load_feedback(state_dir)`` -> ``{alert_key: record}``, the latest verdict per key; an
+  empty dict when nothing was recorded. Records carry ``key``, ``label``, ``note``,
+  ``at`` (UNIX seconds of the verdict) and ``alert`` (dict or None).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-LABELS = ("false", "confirmed")
-"""The two verdicts: ``false`` (a false alarm) and ``confirmed`` (a real fault)."""
-MAX_KEY = 200
-MAX_NOTE = 1000
-MAX_WINDOW_ROWS = 4096
-FILE = Path("feedback") / "labels.jsonl"
-_LOCK = threading.Lock()
-
-
-class FeedbackError(ValueError):
-    """Feedback that cannot be stored; the message says why in one line."""
+FILE_NAME = "alert-feedback.jsonl"
+LABELS = ("false_alarm", "confirmed")
+_ALIASES = {"false": "false_alarm", "false-alarm": "false_alarm", "false_alarm": "false_alarm",
+            "confirmed": "confirmed", "true": "confirmed"}
+_KEY = re.compile(r"^[0-9A-Za-z_.:-]{1,128}$")
+MAX_NOTE = 500
+_ALERT_FIELDS = ("device_id", "kind", "state", "severity", "timestamp", "score", "message", "details")
+_lock = threading.Lock()
 
 
-@dataclass
-class FeedbackLog:
-    """What ``load_feedback`` read: ``entries`` oldest first, ``skipped`` unreadable lines."""
-
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    skipped: int = 0
+def feedback_path(state_dir: str | os.PathLike[str]) -> Path:
+    """Where the store lives under a gateway's state directory."""
+    return Path(state_dir) / FILE_NAME
 
 
-def _check_window(window: dict[str, Any]) -> dict[str, Any]:
-    try:
-        channels = [str(c) for c in window["channels"]]
-        stamps = [float(t) for t in window["timestamps"]]
-        values = [[float(v) for v in row] for row in window["values"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FeedbackError(f"window needs channels, timestamps and values rows ({exc})") from None
-    if len(values) != len(stamps) or any(len(row) != len(channels) for row in values):
-        raise FeedbackError("window: one timestamp per row and one value per channel in each row")
-    if len(values) > MAX_WINDOW_ROWS:
-        raise FeedbackError(f"window: at most {MAX_WINDOW_ROWS} rows, got {len(values)}")
-    return {"channels": channels, "timestamps": stamps,
-            "values": [[v if math.isfinite(v) else None for v in row] for row in values]}
+def normalise_label(label: str) -> str:
+    """``false_alarm`` or ``confirmed``; ValueError for anything else."""
+    out = _ALIASES.get(str(label).strip().lower())
+    if out is None:
+        raise ValueError(f"label must be one of {', '.join(LABELS)} (got {label!r})")
+    return out
 
 
-def record_feedback(state_dir: str | Path, alert_key: str, label: str, note: str | None = None, *,
-                    device_id: str | None = None, timestamp: float | None = None,
-                    window: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Append one verdict on the alert ``alert_key`` (the idempotency key an alert carries)
-    and return the stored record. ``label`` is ``false`` or ``confirmed``. Raises
-    FeedbackError for a bad key, label, note or window; OSError when the state dir cannot be
-    written. The line is flushed and fsynced before this returns."""
-    key = (alert_key or "").strip()
-    if not key or len(key) > MAX_KEY or not key.isprintable():
-        raise FeedbackError(f"alert key must be 1-{MAX_KEY} printable characters")
-    verdict = (label or "").strip().lower()
-    if verdict not in LABELS:
-        raise FeedbackError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
-    if note is not None and len(note) > MAX_NOTE:
-        raise FeedbackError(f"note is longer than {MAX_NOTE} characters")
-    record: dict[str, Any] = {"alert_key": key, "label": verdict, "recorded_at": time.time()}
-    if note:
-        record["note"] = note
-    if device_id is not None:
-        record["device_id"] = str(device_id)
-    if timestamp is not None:
-        record["timestamp"] = float(timestamp)
-    if window is not None:
-        record["window"] = _check_window(window)
-    path = Path(state_dir) / FILE
-    line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-    with _LOCK:
+def record_feedback(state_dir: str | os.PathLike[str], alert_key: str, label: str, note: str | None = None,
+                    *, alert: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Store one verdict (see module docstring); returns the record written."""
+    if not isinstance(alert_key, str) or not _KEY.match(alert_key):
+        raise ValueError("alert key must be 1-128 characters of letters, digits and _.:-")
+    norm = normalise_label(label)
+    if note is not None:
+        note = str(note).strip() or None
+        if note is not None and len(note) > MAX_NOTE:
+            raise ValueError(f"note is longer than {MAX_NOTE} characters")
+    record = {"key": alert_key, "label": norm, "note": note, "at": time.time(),
+              "alert": {k: alert[k] for k in _ALERT_FIELDS if k in alert} if alert is not None else None}
+    line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+    path = feedback_path(state_dir)
+    with _lock:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, line.encode())
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # after a torn last line: start a fresh one
+            os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
     return record
 
 
-def load_feedback(state_dir: str | Path) -> FeedbackLog:
-    """Every stored verdict, oldest first (empty when none was ever recorded); lines that do
-    not parse as a verdict (a torn last line) are skipped and counted."""
-    path = Path(state_dir) / FILE
-    log = FeedbackLog()
+def load_feedback(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The latest verdict per alert key (see module docstring). Torn or foreign lines are skipped."""
+    path = feedback_path(state_dir)
+    out: dict[str, dict[str, Any]] = {}
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return log
+        return out
     for line in text.splitlines():
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            log.skipped += 1
+            rec = json.loads(line)
+        except ValueError:
             continue
-        if not isinstance(record, dict) or record.get("label") not in LABELS or not record.get("alert_key"):
-            log.skipped += 1
-            continue
-        log.entries.append(record)
-    return log
-
-
-def latest_labels(entries: list[dict[str, Any]]) -> dict[str, str]:
-    """Alert key -> its latest verdict."""
-    return {e["alert_key"]: e["label"] for e in entries}
+        if isinstance(rec, dict) and isinstance(rec.get("key"), str) and rec.get("label") in LABELS:
+            out[rec["key"]] = rec
+    return out

@@ -34,41 +34,29 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any
 
+from gateway.alerts.outbox_db import (
+    ALERT,
+    DELIVERY_OVERHEAD,
+    ENTRY_OVERHEAD,
+    TELEMETRY,
+    Evicted,
+    OutboxEntry,
+    Recovered,
+    decode_entry,
+    evict_oldest_telemetry,
+    evict_telemetry_share,
+    insert_entries,
+    is_full,
+    open_database,
+)
 from gateway.metrics import Metrics
-from gateway.alerts.outbox_db import Recovered, is_full, open_database
 from gateway.types import Alert, Reading
 
 log = logging.getLogger(__name__)
-
-ALERT, TELEMETRY = 0, 1  # priorities: lower is delivered first
-ENTRY_OVERHEAD = 64  # bytes charged per entry row beyond its payload
-DELIVERY_OVERHEAD = 48  # bytes charged per delivery row
-
-@dataclass(slots=True)
-class OutboxEntry:
-    """One pending delivery: exactly one of ``alert`` / ``reading`` is set."""
-
-    id: int
-    kind: Literal["alert", "telemetry"]
-    alert: Alert | None
-    reading: Reading | None
-    attempts: int
-    replay: bool
-    created_at: float
-
-
-@dataclass(slots=True)
-class _Evicted:
-    """What one telemetry eviction removed (applied to the counters after COMMIT)."""
-
-    entries: int = 0
-    freed: int = 0
-    per_handler: dict[str, int] = field(default_factory=dict)
-
 
 class Outbox:
     """Durable per-handler queue of alerts and telemetry; thread-safe (one lock, one connection).
@@ -124,7 +112,7 @@ class Outbox:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -207,27 +195,16 @@ class Outbox:
     def _insert(self, prio: int, rows: list[tuple[str, float, int]],
                 handlers: tuple[str, ...]) -> list[int] | None:
         """One transaction: make room (evicting telemetry), insert the entries and their
-        delivery rows.
-
-        Returns None (nothing written, nothing evicted) when the budget cannot fit them all.
-        """
+        delivery rows. None (nothing written, nothing evicted) when the budget cannot fit them."""
         conn = self._conn
         size = sum(r[2] for r in rows)
         conn.execute("BEGIN IMMEDIATE")
         over = self._bytes + size - self.max_bytes
-        evicted = self._evict_telemetry(over) if over > 0 else _Evicted()
+        evicted = evict_oldest_telemetry(self._conn, over) if over > 0 else Evicted()
         if evicted.freed < over:
             conn.execute("ROLLBACK")
             return None
-        replay = [1 if h in self._failing else 0 for h in handlers]
-        ids: list[int] = []
-        for payload, created_at, row_size in rows:
-            cur = conn.execute("INSERT INTO entries(priority, created_at, size, payload) VALUES (?,?,?,?)",
-                               (prio, created_at, row_size, payload))
-            entry_id = int(cur.lastrowid or 0)
-            ids.append(entry_id)
-            conn.executemany("INSERT INTO deliveries(handler, priority, entry_id, replay) VALUES (?,?,?,?)",
-                             [(h, prio, entry_id, r) for h, r in zip(handlers, replay)])
+        ids = insert_entries(conn, prio, rows, {h: h in self._failing for h in handlers})
         conn.execute("COMMIT")
         self._account_evicted(evicted)
         self._bytes += size
@@ -236,31 +213,7 @@ class Outbox:
             self._pending[(h, prio)] = self._pending.get((h, prio), 0) + len(ids)
         return ids
 
-    def _evict_telemetry(self, need: int) -> "_Evicted":
-        """Inside a transaction: delete the oldest telemetry until ``need`` bytes are freed
-        (or none is left). The caller applies the accounting after COMMIT."""
-        conn = self._conn
-        ev = _Evicted()
-        while ev.freed < need:
-            rows = conn.execute("SELECT id, size FROM entries WHERE priority = ? ORDER BY id LIMIT 256",
-                                (TELEMETRY,)).fetchall()
-            if not rows:
-                break
-            take = []
-            for entry_id, size in rows:
-                take.append(entry_id)
-                ev.freed += size
-                if ev.freed >= need:
-                    break
-            marks = ",".join("?" * len(take))
-            for (handler,) in conn.execute(f"DELETE FROM deliveries WHERE entry_id IN ({marks}) "
-                                           f"RETURNING handler", take).fetchall():
-                ev.per_handler[handler] = ev.per_handler.get(handler, 0) + 1
-            conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", take)
-            ev.entries += len(take)
-        return ev
-
-    def _account_evicted(self, ev: "_Evicted") -> None:
+    def _account_evicted(self, ev: Evicted) -> None:
         if not ev.entries:
             return
         for handler, n in ev.per_handler.items():
@@ -275,13 +228,8 @@ class Outbox:
         """After SQLITE_FULL: drop a quarter of the stored telemetry (at least one). True if any."""
         if not self._counts[TELEMETRY]:
             return False
-        target = max(1, self._counts[TELEMETRY] // 4)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            row = self._conn.execute("SELECT COALESCE(SUM(size), 0) FROM (SELECT size FROM entries "
-                                     "WHERE priority = ? ORDER BY id LIMIT ?)", (TELEMETRY, target)).fetchone()
-            ev = self._evict_telemetry(int(row[0]))
-            self._conn.execute("COMMIT")
+            ev = evict_telemetry_share(self._conn, max(1, self._counts[TELEMETRY] // 4))
         except sqlite3.OperationalError as exc:
             self._rollback()
             self.metrics.inc("outbox_errors_total", op="evict")
@@ -317,19 +265,11 @@ class Outbox:
             if due > now:
                 break
             try:
-                data = json.loads(payload)
-                alert = reading = None
-                replay = replay or entry_id <= self._restart_boundary
-                if prio == ALERT:
-                    alert = Alert.from_dict({**data, "replay": bool(replay)})
-                else:
-                    reading = Reading.from_dict(data)
+                out.append(decode_entry(entry_id, prio, payload, attempts,
+                                        bool(replay or entry_id <= self._restart_boundary), created))
             except (ValueError, TypeError, KeyError) as exc:
                 log.error("outbox entry %d unreadable, dropped: %s", entry_id, exc)
                 bad.append(entry_id)
-                continue
-            out.append(OutboxEntry(entry_id, "alert" if prio == ALERT else "telemetry", alert, reading,
-                                   attempts, bool(replay), created))
         if bad:
             self.metrics.inc("outbox_dropped_total", len(bad), reason="corrupt_entry")
             self.ack(handler, bad)

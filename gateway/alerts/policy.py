@@ -76,6 +76,7 @@ class _Track:
     episode_start: float = 0.0
     held: bool = False  # a raise is being held back by a rate limit (counted once)
     last_raise: float | None = None
+    channel: str | None = None  # the channel named by the raise; its clear names the same one
 
 
 def _link_message(rssi: float | None, snr: float | None) -> str:
@@ -244,8 +245,43 @@ class AlertPolicy:
                     out[kind] = t is not None and t.raised
             return out
 
+    def device_ids(self) -> list[str]:
+        """Every device the policy holds state for."""
+        with self._lock:
+            return list(self._devices)
+
     def __len__(self) -> int:
         return len(self._devices)
+
+    # ------------------------------------------------------------------ state (gateway.state.codec)
+
+    def export_device(self, device_id: str) -> _Device | None:
+        """The policy's live state of one device (not a copy: encode it before the next input)."""
+        with self._lock:
+            return self._devices.get(device_id)
+
+    def import_device(self, device_id: str, dev: Any) -> bool:
+        """Install a device's state (from ``export_device``, decoded) as its most recent one."""
+        if not isinstance(dev, _Device) or (dev.tracks is not None and not all(
+                isinstance(t, _Track) for t in dev.tracks.values())):
+            return False
+        with self._lock:
+            self._devices[device_id] = dev
+            self._devices.move_to_end(device_id)
+            while len(self._devices) > self.config.max_devices:
+                self._devices.popitem(last=False)
+                self.metrics.inc("alert_policy_evictions_total")
+        return True
+
+    def remove_device(self, device_id: str) -> bool:
+        """Forget a device's state (handed to another gateway)."""
+        with self._lock:
+            return self._devices.pop(device_id, None) is not None
+
+    @staticmethod
+    def state_classes() -> dict[str, type]:
+        """The classes of the policy's device state, for ``gateway.state.tree.unpack``."""
+        return {f"{c.__module__}.{c.__qualname__}": c for c in (_Device, _Track)}
 
     # ------------------------------------------------------------------ rules
 
@@ -387,9 +423,14 @@ class AlertPolicy:
         if state == "raised":
             t.raised = True
             t.episode_start = t.run_start if t.run_start is not None else ts
+            t.channel = details.get("channel")
             self.metrics.inc("alerts_raised_total", kind=kind)
         else:
             t.raised = False
+            if t.channel is not None:
+                # the clearing window's top channel is whichever is least calm now (often
+                # another one): the clear names the raised channel, the other goes aside
+                details = {**details, "channel": t.channel, "top_channel_at_clear": details.get("channel")}
             self.metrics.inc("alerts_cleared_total", kind=kind)
         t.run, t.run_start = 0, None
         return Alert(device_id=device_id, kind=kind, state=state, severity=severity, timestamp=ts,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Sequence
 
@@ -45,6 +46,8 @@ class TelemetryFanout:
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._put = 0  # readings queued so far ...
+        self._done = 0  # ... and taken through the outbox and handlers (see flush)
 
     def start(self) -> None:
         if self.handlers or self.outbox is not None:
@@ -62,7 +65,9 @@ class TelemetryFanout:
             queue = self._queue
             if len(queue) == queue.maxlen:
                 self.metrics.inc("telemetry_dropped_total", reason="queue_full")
+                self._done += 1  # the one pushed out counts as taken
             queue.append(reading)
+            self._put += 1
             # the thread only waits on an empty queue: wake it for the first reading only,
             # not once per reading (a thread switch per reading under load)
             if len(queue) == 1:
@@ -87,7 +92,23 @@ class TelemetryFanout:
                     except Exception as exc:  # noqa: BLE001 - counted and logged, one handler never stops the others
                         self.metrics.inc("telemetry_dropped_total", reason="handler_error")
                         log.warning("telemetry to %s failed: %s", getattr(handler, "name", handler), exc)
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every reading queued so far has been taken (durable ones written to
+        the outbox); True when done within ``timeout``. The checkpoint calls it first: its
+        position may pass a reading only once that reading's telemetry is on disk."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._put
+            while self._done < target and self._thread is not None and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self._done >= target or self._thread is None
     def stop(self, timeout: float = 2.0) -> None:
         with self._cond:
             self._stop = True

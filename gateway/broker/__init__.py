@@ -1,0 +1,1 @@
+"""The MQTT broker connection (options, TLS, credentials, one shared connection class)."""

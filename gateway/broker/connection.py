@@ -1,11 +1,16 @@
-"""A small MQTT connection shared by the ``mqtt`` and ``homeassistant`` alert handlers.
+"""The broker connection every MQTT user of the gateway shares: the ``mqtt`` and
+``homeassistant`` alert handlers and the model command topic (``gateway.control``).
 
 paho-mqtt 2.x (CallbackAPIVersion.VERSION2) with its own network thread (``loop_start``)
-and capped reconnect back-off (``reconnect_delay_set``). On every connect it publishes the
-retained birth message ``online`` on the status topic and runs the owner's on-connect hooks
-(re-subscribe, re-publish discovery); the last will marks the gateway ``offline`` when the
-connection dies without a DISCONNECT (crash, power cut, network loss). A clean ``stop``
+and capped reconnect back-off (``reconnect_delay_set``). On every connect it re-subscribes
+what ``subscribe_on_connect`` registered and runs the owner's on-connect hooks (re-publish
+discovery, end a delivery back-off). With a ``status_topic`` it also publishes the retained
+birth message ``online`` there, and its last will marks the gateway ``offline`` when the
+connection dies without a DISCONNECT (crash, power cut, network loss); a clean ``stop``
 publishes ``offline`` itself, since the broker does not send the will then.
+
+Metrics: ``mqtt_connected{<label>=<name>}`` (1/0) and ``mqtt_connect_failures_total``, where
+``label`` is ``handler`` for alert handlers (the owner picks it).
 
 When the broker refuses the credentials (CONNACK 4/5 in 3.1.1, 134/135 in v5) the
 connection stops retrying and says so once: retrying cannot fix a wrong password.
@@ -19,11 +24,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.contracts import DeliveryError
 from gateway.metrics import Metrics
@@ -43,15 +49,19 @@ def topic_part(text: str) -> str:
 class MqttConnection:
     """One paho client with birth/last-will on ``status_topic`` and acknowledged publishes."""
 
-    def __init__(self, name: str, broker: BrokerOptions, client_id: str, status_topic: str,
-                 metrics: Metrics) -> None:
+    def __init__(self, name: str, broker: BrokerOptions, client_id: str, status_topic: str | None,
+                 metrics: Metrics, *, metric_label: str = "handler", max_queued: int = MAX_QUEUED_MESSAGES) -> None:
         self.name = name
         self.broker = broker
         self.client_id = broker.client_id or client_id
         self.status_topic = status_topic
         self.metrics = metrics
+        self._labels = {metric_label: name}
+        self._max_queued = max_queued
         self.on_connect_hooks: list[Callable[[], None]] = []
-        self.on_message_hooks: list[Callable[[str, bytes], None]] = []
+        self.on_disconnect_hooks: list[Callable[[], None]] = []
+        self.on_message_hooks: list[Callable[[mqtt.MQTTMessage], None]] = []
+        self._subscriptions: list[tuple[str, int, bool]] = []
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._auth_failed: str | None = None
@@ -74,9 +84,10 @@ class MqttConnection:
             if self.broker.tls is not None:
                 # paho derives its own host name handling from the context's check_hostname.
                 client.tls_set_context(tls_context(self.broker.tls))
-            client.will_set(self.status_topic, "offline", qos=1, retain=True)
+            if self.status_topic is not None:
+                client.will_set(self.status_topic, "offline", qos=1, retain=True)
             # Bounded: unacknowledged QoS>0 messages paho keeps for re-sending after a reconnect.
-            client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+            client.max_queued_messages_set(self._max_queued)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_message = self._on_message
@@ -102,7 +113,7 @@ class MqttConnection:
                     reason_code: object, properties: object) -> None:
         code = int(getattr(reason_code, "value", reason_code))  # type: ignore[call-overload]
         if code != 0:
-            self.metrics.inc("mqtt_connect_failures_total", handler=self.name, reason=str(reason_code))
+            self.metrics.inc("mqtt_connect_failures_total", reason=str(reason_code), **self._labels)
             if code in AUTH_FAILURE_CODES:
                 self._auth_failed = str(reason_code)
                 log.error("%s: broker %s:%d refused the credentials (%s); not retrying - fix the "
@@ -113,9 +124,15 @@ class MqttConnection:
                 log.warning("%s: broker refused the connection (%s); retrying", self.name, reason_code)
             return
         self._connected.set()
-        self.metrics.set("mqtt_connected", 1, handler=self.name)
+        self.metrics.set("mqtt_connected", 1, **self._labels)
         log.info("%s: connected to %s:%d", self.name, self.broker.host, self.broker.port)
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.status_topic is not None:
+            client.publish(self.status_topic, "online", qos=1, retain=True)
+        for topic, qos, retain_as_published in list(self._subscriptions):
+            if self.v5:
+                client.subscribe(topic, options=SubscribeOptions(qos=qos, retainAsPublished=retain_as_published))
+            else:
+                client.subscribe(topic, qos=qos)
         for hook in list(self.on_connect_hooks):
             try:
                 hook()
@@ -126,14 +143,19 @@ class MqttConnection:
                        reason_code: object, properties: object) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        self.metrics.set("mqtt_connected", 0, handler=self.name)
+        self.metrics.set("mqtt_connected", 0, **self._labels)
         if was:
             log.warning("%s: disconnected from broker (%s); reconnecting with back-off", self.name, reason_code)
+        for hook in list(self.on_disconnect_hooks):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one hook must not stop the others; logged
+                log.exception("%s: on-disconnect hook failed", self.name)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         for hook in list(self.on_message_hooks):
             try:
-                hook(message.topic, message.payload)
+                hook(message)
             except Exception:  # noqa: BLE001 - a bad message must not kill paho's thread; logged
                 log.exception("%s: message hook failed for %s", self.name, message.topic)
 
@@ -147,6 +169,15 @@ class MqttConnection:
         no PUBACK arrives within ``timeout`` seconds (paho may still deliver it later: a
         duplicate the receiver drops by idempotency key).
         """
+        info = self.enqueue(topic, payload, qos=qos, retain=retain, user_properties=user_properties)
+        if qos > 0:
+            self.wait_published(info, topic, timeout)
+
+    def enqueue(self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False,
+                user_properties: dict[str, str] | None = None) -> Any:
+        """``publish``'s first half: hand the message to paho (messages leave in the order
+        they were enqueued) and return paho's message info for ``wait_published``.
+        DeliveryError when not connected or the credentials were refused."""
         client = self._client
         if self._auth_failed:
             raise DeliveryError(f"broker refused the credentials ({self._auth_failed})")
@@ -157,10 +188,12 @@ class MqttConnection:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = list(user_properties.items())
         info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if qos == 0:
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise DeliveryError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
-            return
+        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise DeliveryError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    def wait_published(self, info: Any, topic: str, timeout: float) -> None:
+        """``publish``'s second half: wait for the broker's acknowledgement of a QoS > 0 message."""
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as exc:
@@ -180,13 +213,23 @@ class MqttConnection:
         if self._client is not None:
             self._client.subscribe(topic, qos=qos)
 
+    def subscribe_on_connect(self, topic: str, qos: int = 1, *, retain_as_published: bool = False) -> None:
+        """Subscribe on every connect, before the on-connect hooks run (register before ``start``).
+        ``retain_as_published`` (MQTT v5) keeps the retain flag on live deliveries too."""
+        self._subscriptions.append((topic, qos, retain_as_published))
+
+    def publish_handle(self, topic: str, payload: str | bytes, *, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
+        """Hand a publish to paho without waiting: its MQTTMessageInfo, or None with no client."""
+        client = self._client
+        return None if client is None else client.publish(topic, payload, qos=qos)
+
     def stop(self, timeout: float = 2.0) -> None:
         """Publish ``offline`` (retained), disconnect and stop paho's thread; idempotent."""
         with self._lock:
             client, self._client = self._client, None
         if client is None:
             return
-        if self._connected.is_set():
+        if self._connected.is_set() and self.status_topic is not None:
             info = client.publish(self.status_topic, "offline", qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
@@ -195,4 +238,4 @@ class MqttConnection:
         client.disconnect()
         client.loop_stop()
         self._connected.clear()
-        self.metrics.set("mqtt_connected", 0, handler=self.name)
+        self.metrics.set("mqtt_connected", 0, **self._labels)

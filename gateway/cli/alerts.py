@@ -26,17 +26,18 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from gateway.alerts.feedback import FeedbackError, load_feedback, record_feedback
+    from gateway.alerts.feedback import feedback_path, load_feedback, record_feedback
 
     state_dir = _state_dir(args)
     try:
-        record_feedback(state_dir, args.key, args.label, args.note, device_id=args.device)
-    except FeedbackError as exc:
+        record = record_feedback(state_dir, args.key, args.label, args.note,
+                                 alert={"device_id": args.device} if args.device else None)
+    except ValueError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot write feedback under {state_dir}: {exc.strerror or exc}") from None
-    count = len(load_feedback(state_dir).entries)
-    print(f"alert {args.key} marked {args.label.lower()} ({count} verdicts stored in {state_dir})")
+    count = len(load_feedback(state_dir))
+    print(f"alert {args.key} marked {record['label']} ({count} alerts with a verdict in {feedback_path(state_dir)})")
     return 0
 
 
@@ -45,7 +46,8 @@ def add_commands(sub: Any) -> None:
     alerts_sub = p.add_subparsers(dest="alerts_command", metavar="ACTION")
     f = alerts_sub.add_parser("feedback", help="mark an alert false or confirmed (stored in the state dir)")
     f.add_argument("key", help="the alert's key (its idempotency key, as handlers receive it)")
-    f.add_argument("label", choices=["false", "confirmed"], type=str.lower)
+    f.add_argument("label", choices=["false", "confirmed"], type=str.lower,
+                   help="false: a false alarm; confirmed: a real fault")
     f.add_argument("--note", default=None, help="free text stored with the verdict")
     f.add_argument("--device", default=None, help="the alert's device id (optional)")
     where = f.add_mutually_exclusive_group()

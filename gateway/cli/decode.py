@@ -31,7 +31,6 @@ from models.cli.errors import UserError
 from gateway.ingest.decoding import available_codecs, decode_with_profile
 from gateway.ingest.profiles import ProfileConfig
 from gateway.types import DecodeError, RawUplink
-from plugins.sources.mqtt.shapes import SHAPES, UplinkShapeError, parse_uplink
 
 MAX_INPUT_BYTES = 1024 * 1024
 _HEX_TEXT = re.compile(r"(?:0x)?[0-9a-fA-F\s:,-]+")
@@ -46,7 +45,9 @@ def add_commands(subparsers: Any) -> None:
                     "json shape) or a raw hex/base64 payload.",
     )
     p.add_argument("input", nargs="?", default="-", help="file to read, or - for stdin (default)")
-    p.add_argument("--shape", choices=SHAPES, default="auto", help="JSON message shape (default: auto)")
+    p.add_argument("--shape", default="auto",
+                   help="JSON message shape: auto (default) or one a source plugin offers "
+                        "(built-in: chirpstack_v4, chirpstack_v3, tts_v3, json)")
     p.add_argument("--topic", help="MQTT topic the message came on (refuses non-uplink events)")
     p.add_argument("--codec", help="decoder to use (see --list-codecs); default: auto-detect")
     p.add_argument("--f-port", type=int, help="fPort of a raw payload (overrides the message's)")
@@ -129,9 +130,12 @@ def run_decode(args: argparse.Namespace) -> int:
         return 0
     data = _read_input(args.input)
     if data.lstrip()[:1] == b"{":
+        shapes = sorted({s for found in pm.hook.lora_gateway_message_shapes() for s in found})
+        if args.shape not in shapes:
+            raise UserError(f"unknown --shape {args.shape!r} (known: {', '.join(shapes) or 'none'})")
         try:
-            uplink = parse_uplink(args.topic, data, args.shape)
-        except UplinkShapeError as exc:
+            uplink = pm.hook.lora_gateway_parse_message(topic=args.topic, body=data, shape=args.shape)
+        except ValueError as exc:
             raise UserError(f"not a usable uplink message ({exc})") from exc
         if args.f_port is not None:
             uplink.f_port = args.f_port

@@ -12,7 +12,6 @@ import importlib
 import logging
 import sys
 
-from gateway import __version__
 
 from models.cli.errors import UserError
 
@@ -24,7 +23,18 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli.serial",
     "gateway.cli.alerts",
     "models.cli.main",
+    "gateway.cli.cluster",
 )
+
+
+def _version() -> str:
+    """The installed package's version (``unknown`` when run from a tree never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lora-edge-gateway")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge gateway for LoRa sensor networks: uplinks in, ONNX model, alerts out.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
+    parser.add_argument("--version", action="version", version=f"lora-gateway {_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, pm, registry = load_everything(args.config)
     logging.getLogger().setLevel(config.gateway.log_level if not args.verbose else "DEBUG")
-    log.info("configuration: %s", json.dumps(redacted(config)))
+    log.info("configuration: %s", config_summary(config))
+    log.debug("configuration (full): %s", json.dumps(redacted(config)))
     gateway = Gateway(config, pm, registry)
     try:
         gateway.run(duration=args.duration)
     except StartupError as exc:
         raise UserError(str(exc)) from exc
     return 0
+
+
+def config_summary(config: GatewayConfig) -> str:
+    """One short line: what runs, where state goes, what is served (the full config is DEBUG)."""
+    def names(tables: list[Any]) -> str:
+        return ", ".join(t.type if not t.name or t.name == t.type else f"{t.type} {t.name}" for t in tables) or "none"
+    status = "off" if not (config.status.enabled and config.metrics.listen) else (
+        "with operator token" if (config.status.operator_token_env or config.status.operator_token_file) else "read-only")
+    return (f"gateway {config.gateway.id}, state {config.gateway.state_dir}; sources: {names(config.sources)}; "
+            f"handlers: {names(config.handlers)}; {len(config.profiles)} profile(s); "
+            f"model {config.model.path or 'store active or bundled'}, {len(config.model.adapters)} adapter(s); "
+            f"metrics {config.metrics.listen or 'off'}, status page {status}; record {'on' if config.record.enabled else 'off'}"
+            f"; commands {'on' if config.commands.enabled else 'off'}")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -89,41 +104,95 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_problems(config: GatewayConfig) -> list[str]:
+    """Every ``*_env`` option whose variable is unset and every ``*_file`` option whose file
+    cannot be read, in sources, handlers and [commands] (run would fail to connect)."""
+    out: list[str] = []
+    tables = [(f"sources.{n}", o) for _, n, o in config.source_options]
+    tables += [(f"handlers.{n}", o) for _, n, o in config.handler_options]
+    if config.commands.enabled:
+        tables.append(("commands", config.commands))
+    for where, opts in tables:
+        for key, value in opts:
+            if value in (None, "") or not isinstance(key, str):
+                continue
+            if key.endswith("_env") and not os.environ.get(str(value)):
+                out.append(f"{where}.{key}: environment variable {value} is not set")
+            elif key.endswith("_file") and not os.access(Path(value), os.R_OK):
+                out.append(f"{where}.{key}: {value} cannot be read")
+    return out
+
+
+def _state_dir_check(state_dir: Path) -> tuple[bool, str]:
+    """Whether run could use ``state_dir``, looked at without creating or writing anything."""
+    if state_dir.exists():
+        if not state_dir.is_dir():
+            return False, f"{state_dir} is not a directory"
+        ok = os.access(state_dir, os.W_OK | os.X_OK)
+        return ok, f"{state_dir} {'writable' if ok else 'NOT writable'}"
+    parent = state_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    ok = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    return ok, (f"{state_dir} does not exist yet; run creates it ({parent} is "
+                f"{'writable' if ok else 'NOT writable'})")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """The checks run makes before it serves, without starting anything or writing to disk:
+    the config (with plugins), the model with its adapters (the same load run does), the
+    operator token, secrets named by ``*_env``/``*_file`` options, the state directory."""
     import onnxruntime as ort
 
-    from gateway.service import resolve_model_dir
-    from models.providers import choose_providers
-    from models.runtime import ModelLoadError, ModelRuntime
+    from gateway.pipeline.batching import BatchTableError, resolve_batching
+    from gateway.service import load_model, resolve_model_dir
+    from gateway.status.config import operator_token
+    from models.providers import GPU_PROVIDERS, choose_providers, gpu_name
+    from models.runtime import ModelLoadError
 
     config, _, _ = load_everything(args.config)
-    problems = 0
+    problems: list[str] = []
+    print(f"config        {args.config or 'embedded defaults'}: OK")
     print(f"python        {platform.python_version()} on {platform.machine()} ({platform.system()})")
     print(f"onnxruntime   {ort.__version__}; providers in this build: {', '.join(ort.get_available_providers())}")
-    chosen, notes = choose_providers(config.model.providers)
+    _, notes = choose_providers(config.model.providers)
     print(f"preference    {', '.join(config.model.providers)}")
     for note in notes:
         print(f"  skipped     {note}")
     model_dir = resolve_model_dir(config)
     try:
-        runtime = ModelRuntime.load(model_dir, chosen, intra_op_threads=config.model.intra_op_threads)
+        runtime = load_model(config, model_dir)
+        adapters = ", ".join(sorted(runtime.adapter_names)) or "none configured"
         print(f"model         {model_dir} ({runtime.manifest.get('name', '?')} {runtime.manifest.get('version', '?')}), "
-              f"window {runtime.window_length}, serving on {', '.join(runtime.providers_in_use)}")
+              f"window {runtime.window_length}, serving on {', '.join(runtime.providers_in_use)}; adapters: {adapters}")
         for note in runtime.provider_notes:
             print(f"  note        {note}")
+        serving = runtime.providers_in_use[0]
+        print(f"provider      {serving}" + (f", GPU {gpu_name()}" if serving in GPU_PROVIDERS else ""))
+        try:
+            b = resolve_batching(config.batcher.max_batch, config.batcher.max_delay_ms, serving)
+            print(f"batcher       max_batch {b.max_batch}, deadline {b.max_delay_ms:g} ms ({b.source})")
+        except BatchTableError as exc:
+            problems.append("batcher")
+            print(f"batcher       FAILED: {exc}")
+        runtime.close()
     except ModelLoadError as exc:
-        problems += 1
+        problems.append("model")
         print(f"model         FAILED: {exc}")
-    state_dir = config.gateway.state_dir
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        probe = state_dir / ".doctor-probe"
-        probe.write_text("ok")
-        probe.unlink()
-        print(f"state dir     {state_dir} writable")
-    except OSError as exc:
-        problems += 1
-        print(f"state dir     {state_dir} NOT writable: {exc}")
+        token = operator_token(config.status)
+        print(f"status page   {'off' if not (config.status.enabled and config.metrics.listen) else 'on'}, "
+              f"{'operator token set' if token else 'read-only (no operator token)'}")
+    except ValueError as exc:
+        problems.append("status")
+        print(f"status page   FAILED: {exc}")
+    for problem in _secret_problems(config):
+        problems.append("secret")
+        print(f"secret        FAILED: {problem}")
+    ok, text = _state_dir_check(config.gateway.state_dir)
+    if not ok:
+        problems.append("state dir")
+    print(f"state dir     {text}")
     try:
         from serial.tools import list_ports
 
@@ -131,7 +200,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"serial ports  {', '.join(ports) if ports else 'none found'}")
     except Exception as exc:  # noqa: BLE001 - informational only
         print(f"serial ports  could not list: {exc}")
-    print("result        " + ("OK" if not problems else f"{problems} problem(s)"))
+    print("result        " + ("OK" if not problems else f"{len(problems)} problem(s): {', '.join(problems)}"))
     return 0 if not problems else 1
 
 
@@ -144,17 +213,18 @@ def add_commands(sub: Any) -> None:
     c = sub.add_parser("config", help="configuration tools")
     csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     chk = csub.add_parser("check", help="validate a config file (no I/O); exit 1 listing every error")
-    chk.add_argument("file", type=Path)
+    chk.add_argument("file", type=Path, help="the TOML file to check")
     chk.add_argument("--show", action="store_true", help="print the effective config, secrets redacted")
     chk.set_defaults(func=cmd_config_check)
     c.set_defaults(func=lambda a: (c.print_help(), 2)[1])
 
     pl = sub.add_parser("plugins", help="list loaded plugins, source/handler types and codecs")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print the list as JSON")
     pl.set_defaults(func=cmd_plugins)
 
-    d = sub.add_parser("doctor", help="check this box: onnxruntime providers, model, state dir, serial ports")
-    d.add_argument("--config", "-c", type=Path)
+    d = sub.add_parser("doctor", help="check this box and a config the way run would, changing nothing on disk",
+                       description=cmd_doctor.__doc__)
+    d.add_argument("--config", "-c", type=Path, help="TOML config file to check (default: embedded defaults)")
     d.set_defaults(func=cmd_doctor)
 
 

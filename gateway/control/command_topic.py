@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
 from paho.mqtt import client as mqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ConfigDict, Field
 
 from gateway.metrics import Metrics
-from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, make_client
+from gateway.broker.connection import MqttConnection
+from gateway.broker.options import BrokerOptions
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,8 @@ class ModelCommandListener:
         self.result_topic = f"{prefix}/{RESULT_LEAF}"
         self.client_id = options.client_id or f"{_topic_part(gateway_id)}-commands"
         self._queue: queue.Queue[ActivateCommand | None] = queue.Queue(maxsize=options.max_pending)
-        self._client: mqtt.Client | None = None
+        self._conn: MqttConnection | None = None
         self._worker: threading.Thread | None = None
-        self._connected = threading.Event()
         self._stopping = threading.Event()
         metrics.describe("model_commands_total", "Model commands run, by result (ok/error) and reason")
         metrics.describe("model_command_rejects_total", "Model commands refused before running, by reason")
@@ -196,20 +195,22 @@ class ModelCommandListener:
 
     def start(self) -> None:
         """Connect in the background and start the worker; returns at once."""
-        client = make_client(self.options, self.client_id, persistent=False)
-        client.max_queued_messages_set(100)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        conn = MqttConnection("commands", self.options, self.client_id, None, self.metrics,
+                              metric_label="role", max_queued=100)
+        # re-subscribed on every connect; with MQTT v5 the broker keeps the retain flag on live
+        # deliveries too (retainAsPublished), so a retained command is refused at once
+        conn.subscribe_on_connect(self.command_topic, self.options.qos, retain_as_published=True)
+        conn.on_connect_hooks.append(lambda: self.metrics.set("model_commands_connected", 1))
+        conn.on_disconnect_hooks.append(lambda: self.metrics.set("model_commands_connected", 0))
+        conn.on_message_hooks.append(self._on_message)
         self._worker = threading.Thread(target=self._work, name="model-commands", daemon=True)
         self._worker.start()
-        client.connect_async(self.options.host, self.options.port, keepalive=self.options.keepalive_s)
-        client.loop_start()
-        self._client = client
+        conn.start()
+        self._conn = conn
         log.info("model commands: listening on %s (results on %s)", self.command_topic, self.result_topic)
 
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._conn is not None and self._conn.connected()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish the command running (if any; its result is still published), drop and count
@@ -228,40 +229,13 @@ class ModelCommandListener:
             except queue.Full:
                 pass
             worker.join(timeout)
-        client, self._client = self._client, None
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
-        self._connected.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.stop()
         self.metrics.set("model_commands_connected", 0)
 
     # ---- paho's thread: parse and queue only ----------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object,
-                    properties: object) -> None:
-        code = int(getattr(reason_code, "value", reason_code))  # type: ignore[call-overload]
-        if code != 0:
-            if code in AUTH_FAILURE_CODES:
-                log.error("model commands: broker %s:%d refused the credentials (%s); not retrying",
-                          self.options.host, self.options.port, reason_code)
-                client.disconnect()
-            else:
-                log.warning("model commands: broker refused the connection (%s); retrying", reason_code)
-            return
-        self._connected.set()
-        self.metrics.set("model_commands_connected", 1)
-        # on every connect, so it survives reconnects; with MQTT v5 the broker keeps the retain
-        # flag on live deliveries too (retainAsPublished), so a retained command is refused at once
-        if self.options.protocol == "5":
-            client.subscribe(self.command_topic, options=SubscribeOptions(qos=self.options.qos, retainAsPublished=True))
-        else:
-            client.subscribe(self.command_topic, qos=self.options.qos)
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason_code: object,
-                       properties: object) -> None:
-        self._connected.clear()
-        self.metrics.set("model_commands_connected", 0)
-
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
         try:
             command = parse_activate(bytes(message.payload), retained=bool(message.retain))
         except CommandRejected as exc:
@@ -302,11 +276,12 @@ class ModelCommandListener:
 
     def _reply(self, body: dict[str, Any], wait: bool) -> None:
         """Publish a result; on paho's thread (``wait`` False) it is only handed over."""
-        client = self._client
-        if client is None:
+        conn = self._conn
+        info = None if conn is None else conn.publish_handle(
+            self.result_topic, json.dumps(body, separators=(",", ":")), qos=self.options.qos)
+        if info is None:
             self.metrics.inc("model_command_reply_failures_total")
             return
-        info = client.publish(self.result_topic, json.dumps(body, separators=(",", ":")), qos=self.options.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.metrics.inc("model_command_reply_failures_total")
             log.warning("model commands: result not published (%s)", mqtt.error_string(info.rc))

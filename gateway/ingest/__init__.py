@@ -1,0 +1,1 @@
+"""Ingest: an uplink becomes a Reading (device profiles, decoder plugins, quarantine)."""

@@ -1,0 +1,1 @@
+"""The pipeline thread: ingest queue, per-device windows, batched inference."""

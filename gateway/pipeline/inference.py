@@ -33,9 +33,13 @@ from models.scoring.calibration import ReadingsPool, SeriesCalibration
 from models.scoring.level import LevelTracker, window_level
 from gateway.metrics import Metrics
 from models.scoring.scorer import DeviceScoreState, WindowScorer
+from models.runtime import ModelRuntime
 from gateway.pipeline.windows import DeviceWindow
 
 log = logging.getLogger(__name__)
+
+INFERENCE_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_WINDOWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class DueWindow:
     raw: np.ndarray
     timestamp: float
     state: _DeviceState
+    ingested: float | None = None  # monotonic time its reading entered the pipeline (latency)
 
 
 @dataclass(slots=True)
@@ -64,6 +69,15 @@ class _DeviceState:
     level: LevelTracker | None = None
 
 
+@dataclass(slots=True)
+class KeptState:
+    """What ``InferenceEngine.import_device`` kept of a device's stored state."""
+
+    standardised: bool = False  # frozen standardisation, or the calibration in progress
+    score_profile: bool = False  # the score state as stored (same model)
+    recalibrating: bool = False  # score state new: re-learnt from the first scored windows
+
+
 def standardize(due: list[DueWindow]) -> np.ndarray:
     """``[N, T, C]`` float32 z-values of due windows that share a channel count: the same
     arithmetic as ``SeriesCalibration.standardize`` (float64 ``(x - mean) / std``), done
@@ -74,7 +88,7 @@ def standardize(due: list[DueWindow]) -> np.ndarray:
 
 
 class InferenceEngine:
-    def __init__(self, runtime: Any, metrics: Metrics, *, calibration_steps: int | None = None,
+    def __init__(self, runtime: ModelRuntime, metrics: Metrics, *, calibration_steps: int | None = None,
                  calibration_windows: int | None = None) -> None:
         self.metrics = metrics
         self._overrides = {"calibration_steps": calibration_steps, "calibration_windows": calibration_windows}
@@ -84,31 +98,106 @@ class InferenceEngine:
         self.calibration_steps = int(self.scorer.settings["calibration_steps"])
         # calibration-reading blocks per channel count (models.scoring.calibration.ReadingsPool)
         self._pools: dict[int, ReadingsPool] = {}
+        self._retired: list[Any] = []  # runtimes replaced by swap_runtime, closed at the next batch
         metrics.describe("inference_batches_total", "ONNX Runtime calls")
         metrics.describe("windows_scored_total", "Windows scored by the model")
+        metrics.histogram("inference_batch_seconds", INFERENCE_SECONDS_BUCKETS,
+                          "Seconds one ONNX Runtime call took (one batch of windows)")
+        metrics.histogram("inference_batch_windows", BATCH_WINDOWS_BUCKETS, "Windows in one ONNX Runtime call")
         metrics.describe("score_trim_windows_total",
                          "Score-calibration windows dropped as anomalous before a device's profile was fitted")
 
-    def swap_runtime(self, runtime: Any) -> None:
-        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt."""
+    def swap_runtime(self, runtime: ModelRuntime) -> None:
+        """Serve ``runtime`` from the next batch on; device score profiles are re-learnt.
+        The replaced runtime is closed on the pipeline thread at the next batch (no batch or
+        calibration can still be using it then)."""
         self.scorer = WindowScorer(runtime.manifest, **self._overrides)
-        self.runtime = runtime
+        old, self.runtime = self.runtime, runtime
+        if old is not runtime:
+            self._retired.append(old)
         self.generation += 1
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            old = self._retired.pop()
+            try:
+                old.close()
+            except Exception as exc:  # noqa: BLE001 - a runtime that fails to close is only logged
+                log.warning("closing the replaced model failed: %s", exc)
+            self.metrics.inc("model_runtimes_closed_total")
 
     def _state(self, window: DeviceWindow) -> _DeviceState:
         st = window.state
         if not isinstance(st, _DeviceState):
             c = len(window.channels)
-            pool = self._pools.get(c)
-            if pool is None:
-                pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
-            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=pool), self.scorer.new_state(c),
+            st = _DeviceState(SeriesCalibration(c, self.calibration_steps, pool=self._pool(c)), self.scorer.new_state(c),
                               self.generation)
             window.state = st
         elif st.generation != self.generation:
             st.score_state = self.scorer.new_state(len(window.channels))
             st.generation = self.generation
         return st
+
+    # ---- device state (gateway.state.codec) ----------------------------------------------
+    def export_device(self, window: DeviceWindow) -> dict[str, Any] | None:
+        """The engine's state of one device as plain data (the score state is the live object:
+        encode it before the next batch); None before its first reading."""
+        st = window.state
+        if not isinstance(st, _DeviceState):
+            return None
+        return {"norm": st.norm,
+                "calibration": None if st.calibration is None else st.calibration.export_state(),
+                "score": st.score_state if st.generation == self.generation else None}
+
+    def import_device(self, window: DeviceWindow, state: dict[str, Any] | None, keep_score: bool) -> KeptState:
+        """Install a device's engine state on its (restored) window. ``keep_score`` False
+        (another model or score settings) or an unusable score state: a new score state that
+        re-learns from the device's first scored windows, standardisation kept. Without a
+        usable standardisation the device calibrates from its next readings."""
+        kept = KeptState()
+        window.state = None
+        if not state:
+            return kept
+        c = len(window.channels)
+        norm, cal_state = state.get("norm"), state.get("calibration")
+        calibration: SeriesCalibration | None = None
+        if norm is not None:
+            norm = np.asarray(norm, dtype=np.float64)
+            if norm.shape == (2, c):  # stored before the level tracker: level = frozen mean
+                norm = np.concatenate([norm, norm[:1]])
+            if norm.shape != (3, c):
+                return kept
+        elif cal_state is not None and int(cal_state.get("calibration_steps", -1)) == self.calibration_steps:
+            try:
+                calibration = SeriesCalibration.from_state(cal_state, pool=self._pool(c))
+            except (ValueError, KeyError, TypeError):
+                return kept
+        else:
+            return kept
+        kept.standardised = True
+        score = state.get("score")
+        if keep_score and isinstance(score, DeviceScoreState) and score.n_channels == c:
+            kept.score_profile = True
+        else:
+            score = self.scorer.new_state(c)
+            kept.recalibrating = norm is not None
+        window.state = st = _DeviceState(calibration, score, self.generation, norm)
+        rate = self.scorer.settings["level_follow"]
+        if norm is not None and rate > 0:  # the followed level lives on in norm[0]
+            st.level = LevelTracker(c, self.calibration_steps, rate)
+            st.level.offset = (norm[0] - norm[2]) / norm[1]
+        return kept
+
+    @staticmethod
+    def state_classes() -> dict[str, type]:
+        """The classes of the engine's device state, for ``gateway.state.tree.unpack``."""
+        return {f"{DeviceScoreState.__module__}.{DeviceScoreState.__qualname__}": DeviceScoreState}
+
+    def _pool(self, c: int) -> ReadingsPool:
+        pool = self._pools.get(c)
+        if pool is None:
+            pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
+        return pool
 
     def observe(self, window: DeviceWindow) -> DueWindow | None:
         """Account for the reading just pushed; a snapshot when the window is due for scoring."""
@@ -140,7 +229,7 @@ class InferenceEngine:
         offset = level.update(window_level((window.values() - norm[2]) / norm[1]))[-1]
         norm[0] = norm[2] + offset * norm[1]
 
-    def _adapter_for(self, window: DeviceWindow, runtime: Any) -> str | None:
+    def _adapter_for(self, window: DeviceWindow, runtime: ModelRuntime) -> str | None:
         adapter = window.adapter if window.adapter in runtime.adapter_names else None
         if window.adapter is not None and adapter is None:
             self.metrics.inc("adapter_fallbacks_total", adapter=str(window.adapter))
@@ -173,6 +262,8 @@ class InferenceEngine:
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
         (due window, score, details) for windows of calibrated devices."""
+        if self._retired:
+            self._close_retired()
         runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
         scorer = self.scorer
         groups: dict[tuple[str | None, int], list[DueWindow]] = {}
@@ -194,6 +285,8 @@ class InferenceEngine:
             m.inc("windows_scored_total", len(group))
             m.set("inference_last_batch_size", len(group))
             m.set("inference_last_batch_seconds", elapsed)
+            m.observe("inference_batch_seconds", elapsed)
+            m.observe("inference_batch_windows", len(group))
             if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
                 m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()

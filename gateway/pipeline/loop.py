@@ -2,8 +2,8 @@
 
 One pipeline thread owns the windows and the batcher, so they need no lock; the bounded
 ingest queue is what sources feed from their own threads, and the alert policy takes its
-own lock because a model switch replaces its config from another thread. Alerts go to the durable outbox before any handler sees them. The loop also runs
-the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
+own lock because a model switch replaces its config from another thread. Alerts go to the
+durable outbox before any handler sees them. The loop also runs the periodic jobs (silent-device check, gauges) and pings the watchdog callback, so a stuck
 loop stops the pings (systemd then restarts the service).
 """
 
@@ -15,25 +15,42 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.alerts.policy import AlertPolicy
-from gateway.contracts import ReadingObserver
+from gateway.contracts import ReadingObserver, ScoreObserver
 from gateway.ingest.decoding import UplinkDecoder
 from gateway.ingest.profiles import ProfileConfig
 from gateway.metrics import Metrics
+from gateway.pipeline.batching import Batcher
 from gateway.pipeline.inference import DueWindow, InferenceEngine
 from gateway.pipeline.windows import WindowStore
 from gateway.types import Alert, RawUplink, Reading
 
+if TYPE_CHECKING:
+    from gateway.state.checkpoint import Checkpointer
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
+DRAIN_MAX = 4096  # most queued uplinks handled between two periodic checks
+# publish-to-decision: from the source's hand-off (``ingest``) to the alert decision
+DECISION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Call:
+    """A job queued behind the uplinks (``Pipeline.call_soon``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config)."""
+    """Batching and back-pressure of the pipeline (``[batcher]`` and ``[gateway]`` config;
+    the service resolves ``"auto"`` batching to numbers first, see ``batching.resolve_batching``)."""
 
     max_batch: int = 64
     max_delay_s: float = 0.02
@@ -50,8 +67,10 @@ class Pipeline:
 
     Per accepted reading the loop feeds the alert policy's rules, then every
     ``ReadingObserver`` in ``observers`` (telemetry, recorder, probes) in order, then the
-    reading's window; due windows are scored in batches. Jobs added with ``add_periodic``
-    run on the pipeline thread about once a second (the systemd watchdog ping).
+    reading's window; due windows are scored in batches, and every score goes to the alert
+    policy and then to each ``ScoreObserver`` (the status page). An observer may be both;
+    ``observers`` holds them all. Jobs added with ``add_periodic`` run on the pipeline
+    thread about once a second (the systemd watchdog ping, checkpoints).
     """
 
     def __init__(
@@ -63,7 +82,7 @@ class Pipeline:
         policy: AlertPolicy,
         publish_alerts: Callable[[list[Alert]], None],
         metrics: Metrics,
-        observers: Sequence[ReadingObserver] = (),
+        observers: Sequence[ReadingObserver | ScoreObserver] = (),
         settings: PipelineSettings = PipelineSettings(),
     ) -> None:
         self.decoder = decoder
@@ -72,18 +91,25 @@ class Pipeline:
         self.policy = policy
         self.publish_alerts = publish_alerts
         self.metrics = metrics
-        self.observers = tuple(observers)
+        self.observers = tuple(o for o in observers if isinstance(o, ReadingObserver))
+        self.score_observers = tuple(o for o in observers if isinstance(o, ScoreObserver))
+        metrics.histogram("decision_latency_seconds", DECISION_LATENCY_BUCKETS,
+                          "Seconds from a source handing an uplink to the pipeline to the alert decision "
+                          "on the window it completed (queueing, batching and inference included)")
         self.max_batch = settings.max_batch
         self.max_delay_s = settings.max_delay_s
         self.block_s = settings.block_s
         self._periodic_jobs: list[Callable[[], None]] = []
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.queue_size)
-        self._due: list[DueWindow] = []
-        self._due_since: float | None = None
+        self._batcher: Batcher[DueWindow] = Batcher(settings.max_batch, settings.max_delay_s)
         self._thread: threading.Thread | None = None
         self._running = False
         self._clock_offset = 0.0
         self._last_periodic = 0.0
+        self._stream_ts: float | None = None  # newest reading timestamp handled ...
+        self._stream_mono = 0.0  # ... and when (monotonic)
+        self.handled_seq = 0  # ingest-log position of the last uplink handled (gateway.ingest.log)
+        self.checkpointer: Checkpointer | None = None  # set before start; see checkpoint()
         self.idle = threading.Event()
 
     def add_periodic(self, job: Callable[[], None]) -> None:
@@ -93,10 +119,16 @@ class Pipeline:
     # ---- called from source threads -------------------------------------------------
     def ingest(self, uplink: RawUplink) -> None:
         try:
-            self._queue.put(uplink, timeout=self.block_s)
+            self._queue.put((uplink, time.monotonic()), timeout=self.block_s)
         except queue.Full:
             self.metrics.inc("uplinks_dropped_total", reason="queue_full")
             log.warning("ingest queue full for %.1f s: dropped an uplink from %s", self.block_s, uplink.device_id)
+
+    def ingest_logged(self, uplink: RawUplink) -> None:
+        """An uplink already in the ingest log (``gateway.ingest.accept``): waits for room as
+        long as it takes (never dropped: it was acknowledged; the source's thread is held,
+        so the broker keeps what follows)."""
+        self._queue.put((uplink, time.monotonic()))
 
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -104,13 +136,24 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Process what is queued, flush the pending batch, then stop the thread."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Process what is queued, flush the pending batch, then stop the thread. True when
+        the thread finished (everything handled: a final checkpoint may be taken)."""
         if self._thread is None:
-            return
+            return True
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        done = not self._thread.is_alive()
         self._thread = None
+        return done
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the pipeline thread once every uplink queued before it has been
+        handled and its due windows scored (the pending batch is flushed first), so ``fn``
+        sees device state that reflects exactly those uplinks. Never dropped: blocks while
+        the queue is full. An exception from ``fn`` is logged and counted
+        (``pipeline_calls_failed_total``); the loop goes on."""
+        self._queue.put((_Call(fn), None))
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -119,13 +162,31 @@ class Pipeline:
         """Wall clock, advanced to the newest reading when sources run ahead (simulations)."""
         return time.time() + self._clock_offset
 
+    def stream_now(self) -> float:
+        """The time silence is judged at: the newest reading's own timestamp plus the time
+        since it was handled, never ahead of ``now()``. Live, that is the wall clock; while
+        a backlog drains (a replay after an outage or a restart) it is the backlog's own
+        time, so the devices in it are not silent and one that really stopped is found
+        silent at its own time (no ``device_silent`` storm when days of uplinks drain)."""
+        if self._stream_ts is None:
+            return self.now()
+        return min(self.now(), self._stream_ts + (time.monotonic() - self._stream_mono))
+
+    def checkpoint(self, wait: bool = False) -> bool:
+        """Checkpoint device state as of ``handled_seq`` (pipeline thread, or with it
+        stopped): the pending batch is scored first so no handled reading is left out."""
+        cp = self.checkpointer
+        if cp is None:
+            return False
+        self._flush()
+        return cp.capture(self.handled_seq, wait=wait)
+
     # ---- the loop -------------------------------------------------------------------
     def _run(self) -> None:
         get = self._queue.get
+        batcher = self._batcher
         while True:
-            timeout = 0.5
-            if self._due_since is not None:
-                timeout = max(0.0, self._due_since + self.max_delay_s - time.monotonic())
+            timeout = batcher.wait_s(0.5)
             try:
                 item = get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -135,9 +196,9 @@ class Pipeline:
                 return
             if item is not None:
                 self.idle.clear()
-                self._handle(item)
-                # take what else is already waiting, up to a batch's worth, before deciding
-                for _ in range(self.max_batch * 4):
+                self._handle(*item)
+                # take what else is already waiting before deciding; the deadline still holds
+                for _ in range(min(self.max_batch * 4, DRAIN_MAX)):
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
@@ -145,23 +206,39 @@ class Pipeline:
                     if nxt is _STOP:
                         self._flush()
                         return
-                    self._handle(nxt)
-            if self._due and (len(self._due) >= self.max_batch or item is None
-                              or (self._due_since is not None and time.monotonic() - self._due_since >= self.max_delay_s)):
-                self._flush()
+                    self._handle(*nxt)
+                    overdue = batcher.due()
+                    if overdue:
+                        self._score(overdue)
+            if item is None:
+                self._flush()  # the wait ended with nothing new: the deadline (or idleness) is reached
+            else:
+                overdue = batcher.due()
+                if overdue:
+                    self._score(overdue)
             self._periodic()
-            if item is None and not self._due and self._queue.empty():
+            if item is None and not batcher and self._queue.empty():
                 self.idle.set()
 
-    def _handle(self, uplink: RawUplink) -> None:
+    def _handle(self, uplink: RawUplink | _Call, ingested: float | None = None) -> None:
+        if isinstance(uplink, _Call):
+            self._run_call(uplink)
+            return
+        if uplink.seq:
+            self.handled_seq = uplink.seq
         decoded = self.decoder.decode(uplink)
         if decoded is None:
             return
         reading, profile = decoded
         self.metrics.inc("readings_total")
-        ahead = reading.timestamp - time.time()
+        ts = reading.timestamp
+        ahead = ts - time.time()
         if ahead > self._clock_offset:
             self._clock_offset = ahead
+        if self._stream_ts is None or ts >= self._stream_ts:
+            self._stream_ts, self._stream_mono = ts, time.monotonic()
+        if self.checkpointer is not None:
+            self.checkpointer.mark(reading.device_id)
         alerts = self.policy.on_reading(reading, _battery(reading, profile))
         if alerts:
             self.publish_alerts(alerts)
@@ -173,19 +250,26 @@ class Pipeline:
             self.policy.set_expected_interval(reading.device_id, profile.expected_interval_s)
         due = self.engine.observe(window)
         if due is not None:
-            if not self._due:
-                self._due_since = time.monotonic()
-            self._due.append(due)
-            if len(self._due) >= self.max_batch:
-                self._flush()
+            due.ingested = ingested
+            full = self._batcher.add(due)
+            if full:
+                self._score(full)
+
+    def _run_call(self, call: _Call) -> None:
+        self._flush()
+        try:
+            call.fn()
+        except Exception:  # noqa: BLE001 - a failing job must not stop the loop; counted and logged
+            self.metrics.inc("pipeline_calls_failed_total")
+            log.exception("a job queued on the pipeline failed")
 
     def _flush(self) -> None:
-        if not self._due:
-            self._due_since = None
-            return
-        windows = self._due
-        self._due = []
-        self._due_since = None
+        """Score whatever is pending now."""
+        windows = self._batcher.take()
+        if windows:
+            self._score(windows)
+
+    def _score(self, windows: list[DueWindow]) -> None:
         try:
             results = self.engine.score(windows)
         except Exception as exc:  # noqa: BLE001 - inference failure is counted; the loop goes on
@@ -196,17 +280,28 @@ class Pipeline:
         alerts: list[Alert] = []
         for due, score, details in results:
             alerts.extend(self.policy.on_score(due.window.device_id, due.timestamp, score, details))
+            for observer in self.score_observers:
+                observer.observe_score(due.window.device_id, due.timestamp, score, details)
         if alerts:
             self.publish_alerts(alerts)
+        decided = time.monotonic()
+        for due, _, _ in results:
+            if due.ingested is not None:
+                self.metrics.observe("decision_latency_seconds", decided - due.ingested)
 
     def _periodic(self) -> None:
         now_mono = time.monotonic()
         if now_mono - self._last_periodic < 1.0:
             return
         self._last_periodic = now_mono
-        alerts = self.policy.check_silent(self.now())
+        alerts = self.policy.check_silent(self.stream_now())
         if alerts:
+            if self.checkpointer is not None:
+                for alert in alerts:
+                    self.checkpointer.mark(alert.device_id)
             self.publish_alerts(alerts)
+        if self.checkpointer is not None and self.checkpointer.due():
+            self.checkpoint()
         self.metrics.set("ingest_queue_depth", self._queue.qsize())
         self.metrics.set("devices_tracked", len(self.windows))
         for job in self._periodic_jobs:

@@ -15,6 +15,7 @@ every device with the same channels (the store interns them).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,14 @@ class DeviceWindow:
         self.last_timestamp = timestamp
         return row, unknown
 
+    def export_state(self) -> dict[str, Any]:
+        """The ring as plain data for ``gateway.state.codec`` (``WindowStore.import_window``
+        takes it back). Arrays are views: encode them before the next push. ``state`` (the
+        scoring state) is the inference engine's to export."""
+        return {"channels": list(self.channels), "adapter": self.adapter, "length": self._length,
+                "values": self._values, "mask_bits": self._mask_bits, "pos": self._pos, "count": self.count,
+                "last_timestamp": self.last_timestamp}
+
     def latest(self) -> np.ndarray:
         """The newest row ``[C]`` (a view; valid until the next push)."""
         return self._values[self._pos - 1]
@@ -111,6 +120,7 @@ class WindowStore:
         self.metrics = metrics
         self._windows: OrderedDict[str, DeviceWindow] = OrderedDict()
         self._layouts: dict[tuple[str, ...], tuple[list[str], dict[str, int]]] = {}
+        self._evicted: set[str] | None = None  # ids evicted since drain_evicted (once asked for)
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -129,9 +139,7 @@ class WindowStore:
             chans, index = self._layout(chans)
             window = DeviceWindow(reading.device_id, chans, self.length, adapter, index)
             self._windows[reading.device_id] = window
-            if len(self._windows) > self.max_devices:
-                evicted, _ = self._windows.popitem(last=False)
-                self.metrics.inc("devices_evicted_total")
+            self._evict_beyond_limit()
         else:
             self._windows.move_to_end(reading.device_id)
         _, unknown = window.push(reading.values, reading.timestamp)
@@ -140,6 +148,49 @@ class WindowStore:
         if unknown:
             self.metrics.inc("window_channels_ignored_total", unknown)
         return window
+
+    def _evict_beyond_limit(self) -> None:
+        while len(self._windows) > self.max_devices:
+            evicted, _ = self._windows.popitem(last=False)
+            self.metrics.inc("devices_evicted_total")
+            if self._evicted is not None:
+                self._evicted.add(evicted)
+
+    def remove(self, device_id: str) -> bool:
+        """Forget a device (handed to another gateway); counted like an eviction for the
+        checkpoint (its row is deleted), not in ``devices_evicted_total``."""
+        if self._windows.pop(device_id, None) is None:
+            return False
+        if self._evicted is not None:
+            self._evicted.add(device_id)
+        return True
+
+    def drain_evicted(self) -> set[str]:
+        """Ids evicted since the last call (the checkpoint deletes their rows); the first call
+        starts the tracking (bounded: it is drained at every checkpoint)."""
+        out, self._evicted = self._evicted or set(), set()
+        return out
+
+    def import_window(self, device_id: str, state: dict[str, Any]) -> DeviceWindow | None:
+        """Install a window from ``DeviceWindow.export_state`` data as the most recently seen
+        device (replacing any window it has); None when it does not fit this store (another
+        window length, or values of the wrong shape)."""
+        if int(state["length"]) != self.length:
+            return None
+        chans, index = self._layout([str(c) for c in state["channels"]])
+        values = np.asarray(state["values"], dtype=np.float32)
+        pos, count = int(state["pos"]), int(state["count"])
+        if values.shape != (self.length, len(chans)) or not 0 <= pos < self.length or count < 0:
+            return None
+        window = DeviceWindow(device_id, chans, self.length, state["adapter"], index)
+        window._values[:] = values
+        window._mask_bits = int(state["mask_bits"])
+        window._pos, window.count = pos, count
+        window.last_timestamp = float(state["last_timestamp"])
+        self._windows[device_id] = window
+        self._windows.move_to_end(device_id)
+        self._evict_beyond_limit()
+        return window if device_id in self._windows else None
 
     def _layout(self, channels: list[str]) -> tuple[list[str], dict[str, int] | None]:
         """The interned (channel list, index) for ``channels``, shared by every window with

@@ -1,0 +1,1 @@
+"""Recording of accepted readings to day files, and exporting them for fine-tuning."""

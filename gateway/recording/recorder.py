@@ -65,6 +65,9 @@ class ReadingRecorder:
         self._wake_at = max(1, config.queue_size // 2)
         self._queue: deque[tuple[Reading, str | None, int | None]] = deque()
         self._wake = threading.Event()
+        self._queued = 0  # readings queued so far (pipeline thread)
+        self._handled = 0  # of those, written or counted as dropped (writer thread)
+        self._handled_cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._closed: deque[RecordingFile] = deque()  # oldest first, not being written
@@ -103,6 +106,7 @@ class ReadingRecorder:
             self.metrics.inc("recorder_dropped_total", reason="queue_full")
             return
         queue.append((reading, name, f_port))
+        self._queued += 1
         if len(queue) == self._wake_at:
             self._wake.set()
 
@@ -135,6 +139,16 @@ class ReadingRecorder:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every reading queued before this call is written (or its write error
+        counted); call it from the pipeline thread. False when ``timeout`` passed first.
+        A clustered source calls it before acknowledging, so the recording holds every
+        acknowledged reading (written to the OS, not fsynced)."""
+        target = self._queued
+        self._wake.set()
+        with self._handled_cond:
+            return self._handled_cond.wait_for(lambda: self._handled >= target, timeout)
+
     def wake(self) -> None:
         """Have the writer write what is queued now instead of at its next interval."""
         self._wake.set()
@@ -150,6 +164,9 @@ class ReadingRecorder:
             n = len(queue)
             if n:
                 self._write([queue.popleft() for _ in range(n)])
+                with self._handled_cond:
+                    self._handled += n
+                    self._handled_cond.notify_all()
             if time.monotonic() >= next_age_check:
                 next_age_check = time.monotonic() + AGE_CHECK_S
                 if self._cur is not None and self._cur.day != utc_day(self.clock()):

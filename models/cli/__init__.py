@@ -1,0 +1,1 @@
+"""The ``lora-gateway model ...`` commands, and ``UserError`` shared by every command line."""

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.cli.errors import UserError
+from models.cli.errors import UserError, train_extra_missing
 
 
 def _train_imports() -> None:
@@ -19,8 +19,7 @@ def _train_imports() -> None:
         import peft  # noqa: F401
         import torch  # noqa: F401
     except ModuleNotFoundError as exc:
-        raise UserError(f"this command needs the training extra ({exc.name} is missing): "
-                        "pip install 'lora-edge-gateway[train]'") from exc
+        raise UserError(train_extra_missing(exc.name)) from exc
 
 
 def _default_base() -> Path:
@@ -131,14 +130,14 @@ def add_adapter_commands(model_sub: Any) -> None:
                    "(needed when it holds several devices)")
     p.add_argument("--base", type=Path, help="base model directory (default: the bundled base)")
     p.add_argument("--out", required=True, type=Path, help="adapter output directory")
-    p.add_argument("--name", default="site-adapter")
-    p.add_argument("--version", default="1")
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--name", default="site-adapter", help="adapter name in its manifest (default site-adapter)")
+    p.add_argument("--version", default="1", help="adapter version in its manifest (default 1)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--alpha", type=int, default=16, help="LoRA alpha (scaling = alpha / rank)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="most training epochs (default 30)")
     p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without improvement")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 0.003)")
+    p.add_argument("--batch-size", type=int, default=128, help="windows per training step (default 128)")
     p.add_argument("--skip-gate", action="store_true",
                    help="export even an adapter that does worse than the base on its validation rows "
                         "(for comparisons; the gate's figures are not computed)")
@@ -146,7 +145,7 @@ def add_adapter_commands(model_sub: Any) -> None:
                    help="use only the leading N rows (a device's calibration stretch); the rest is ignored")
     p.add_argument("--val-fraction", type=float, default=0.25, help="last part of the rows (by time) validates")
     p.add_argument("--stride", type=int, default=1, help="rows between window starts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the training run (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
@@ -161,7 +160,7 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--merged", type=Path, metavar="OUT_DIR", help="write the adapter merged into the base")
     p.add_argument("--int8", action="store_true", help="with --merged: int8 dynamic quantisation")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |ONNX Runtime - PyTorch| accepted")
-    p.add_argument("--int8-tolerance", type=float, default=0.25)
+    p.add_argument("--int8-tolerance", type=float, default=0.25, help="max |int8 ONNX Runtime - PyTorch| accepted with --int8 (default 0.25)")
     p.add_argument("--name", help="with --merged: model name (default <adapter>-merged[-int8])")
     p.add_argument("--version", help="with --merged: version (default: the adapter's); with --lora-graph-out: "
                    "the copy's version (default <base version>+lora)")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.cli.errors import UserError
+from models.cli.errors import UserError, train_extra_missing
 from models.datasets import DatasetError, labels_from_windows, load_label_windows
 
 PCA = "PCA T2+Q baseline"
@@ -128,6 +128,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             write_report(args.report, table, labels, s, title=f"{args.csv.name}: {manifest.name} {manifest.version}")
         except ModuleNotFoundError as exc:
-            raise UserError(f"--report needs matplotlib ({exc.name} is missing)") from None
+            raise UserError(train_extra_missing(exc.name)) from None
         print(f"wrote {args.report}")
     return 0

@@ -70,29 +70,62 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundled_row() -> dict[str, Any]:
+    """The model shipped in the package (``models/base``): what the daemon serves when no
+    store model is active."""
+    from models import integrity
+    from models.manifest import base_model_dir
+
+    path = base_model_dir()
+    try:
+        manifest = integrity.load_manifest(path)
+    except integrity.IntegrityError:
+        manifest = {}
+    return {"name": str(manifest.get("name", "?")), "version": str(manifest.get("version", "?")), "kind": "base",
+            "active": False, "bundled": True, "base_sha256": None, "path": str(path)}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """List installed models and adapters."""
+    """List installed models and adapters, and the bundled model (which serves when none
+    is active)."""
     models = _store(args).list()
+    bundled = _bundled_row()
+    bundled["active"] = not any(m.active for m in models)
     if args.json:
-        print(json.dumps([{"name": m.name, "version": m.version, "kind": m.kind, "active": m.active,
-                           "base_sha256": m.base_sha256, "path": str(m.path)} for m in models], indent=2))
+        rows = [{"name": m.name, "version": m.version, "kind": m.kind, "active": m.active, "bundled": False,
+                 "base_sha256": m.base_sha256, "path": str(m.path)} for m in models]
+        print(json.dumps(rows + [bundled], indent=2))
         return 0
-    if not models:
-        print("no models installed")
     for m in models:
         base = f" base {m.base_sha256[:12]}" if m.base_sha256 else ""
         print(f"{'*' if m.active else ' '} {m.ref:<32} {m.kind:<8}{base}")
+    ref = f"{bundled['name']}@{bundled['version']}"
+    note = "serving: no store model is active" if bundled["active"] else "serves when no store model is active"
+    print(f"{'*' if bundled['active'] else ' '} {ref:<32} {'base':<8} bundled ({note})")
     return 0
 
 
+def _loads(model_dir: Path) -> None:
+    """Load and warm up ``model_dir`` on the CPU (then close it): the store's active pointer
+    moves only to a model that loads, so the daemon's SIGHUP reload does not find a model it
+    cannot serve (the MQTT command topic loads in the daemon itself before it commits)."""
+    from models.runtime import ModelLoadError, ModelRuntime
+
+    try:
+        ModelRuntime.load(Path(model_dir), ["CPUExecutionProvider"]).close()
+    except ModelLoadError as exc:
+        raise UserError(f"not activated: the model does not load: {exc}") from exc
+
+
 def cmd_activate(args: argparse.Namespace) -> int:
-    """Activate an installed base or merged model and tell the daemon."""
+    """Load (warm-up included) an installed base or merged model, activate it and tell the daemon."""
     from models.store import notify_daemon, parse_ref
 
     name, version = parse_ref(args.ref)
     store = _store(args)
     if version is None:
         version = store.get(name).version
+    _loads(store.get(f"{name}@{version}").path)
     model = store.activate(name, version)
     print(f"active: {model.ref}")
     if not args.no_notify:
@@ -146,19 +179,19 @@ def add_model_commands(model_sub: Any) -> None:
     _common(p)
     p.set_defaults(func=_wrap(cmd_install))
 
-    p = model_sub.add_parser("list", help="list installed models and adapters (* = active)")
-    p.add_argument("--json", action="store_true")
+    p = model_sub.add_parser("list", help="list installed models and adapters, and the bundled model (* = serving)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     _common(p)
     p.set_defaults(func=_wrap(cmd_list))
 
     p = model_sub.add_parser("activate", help="switch the served model (atomic) and tell the daemon")
-    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION", help="the installed model to serve (see `model list`)")
     p.add_argument("--no-notify", action="store_true", help="do not signal a running daemon")
     _common(p)
     p.set_defaults(func=_wrap(cmd_activate))
 
     p = model_sub.add_parser("rollback", help="re-activate the previously active model")
-    p.add_argument("--no-notify", action="store_true")
+    p.add_argument("--no-notify", action="store_true", help="do not signal a running daemon")
     _common(p)
     p.set_defaults(func=_wrap(cmd_rollback))
 
@@ -168,7 +201,7 @@ def add_model_commands(model_sub: Any) -> None:
     p.set_defaults(func=_wrap(cmd_verify))
 
     p = model_sub.add_parser("remove", help="remove an installed model or adapter (not the active one)")
-    p.add_argument("ref", metavar="NAME@VERSION")
+    p.add_argument("ref", metavar="NAME@VERSION", help="the installed model or adapter to remove")
     _common(p)
     p.set_defaults(func=_wrap(cmd_remove))
 

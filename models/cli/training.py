@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.cli.errors import UserError
+from models.cli.errors import UserError, train_extra_missing
 from models.scoring.settings import settings_from
 from models.datasets import (
     DatasetError,
@@ -85,7 +85,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         from models.adapters import ExportError
         from models.training.pretrain import Recipe, pretrain
     except ModuleNotFoundError as exc:
-        raise UserError(f"model pretrain needs the [train] extra ({exc.name} is missing)") from None
+        raise UserError(train_extra_missing(exc.name)) from None
     recipe = Recipe(steps=200, train_windows=20_000) if args.quick else Recipe()
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be >= 1")

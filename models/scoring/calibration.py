@@ -212,6 +212,31 @@ class SeriesCalibration:
             self._block = None
             self._pool.give_back(chunk, index)
 
+    def export_state(self) -> dict[str, object]:
+        """Everything this calibration has accumulated, as plain data (arrays are copies) for
+        a checkpoint; ``from_state`` rebuilds it."""
+        kept = None if self._readings is None else self._readings[: self._kept].copy()
+        return {"n_channels": self.n_channels, "calibration_steps": self.calibration_steps, "min_std": self.min_std,
+                "count": self.count.copy(), "mean": self._mean.copy(), "m2": self._m2.copy(),
+                "frozen": self.frozen, "readings": kept}
+
+    @classmethod
+    def from_state(cls, state: dict, pool: ReadingsPool | None = None) -> "SeriesCalibration":
+        """The calibration ``export_state`` described (ValueError when it does not fit)."""
+        c, steps = int(state["n_channels"]), int(state["calibration_steps"])
+        readings = state["readings"]
+        cal = cls(c, steps, float(state["min_std"]), keep_readings=readings is not None, pool=pool)
+        count, mean, m2 = (np.asarray(state[k]) for k in ("count", "mean", "m2"))
+        if count.shape != (c,) or mean.shape != (c,) or m2.shape != (c,):
+            raise ValueError("calibration state does not match its channel count")
+        cal.count[:], cal._mean[:], cal._m2[:] = count, mean, m2
+        cal.frozen = bool(state["frozen"])
+        if readings is not None and cal._readings is not None:
+            rows = np.asarray(readings, dtype=np.float32).reshape(-1, c)[:steps]
+            cal._readings[: len(rows)] = rows
+            cal._kept = len(rows)
+        return cal
+
     def __del__(self) -> None:
         # a device dropped while calibrating (evicted): its pooled block goes back
         if getattr(self, "_block", None) is not None:

@@ -1,0 +1,1 @@
+"""Built-in payload decoders (``lora_gateway_decode`` hook implementations)."""

@@ -1,0 +1,1 @@
+"""Built-in alert handlers: log, file, mqtt, webhook, homeassistant."""

@@ -29,6 +29,17 @@ class DeviceAlertStates:
         self._states: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def initial(self, device_id: str, timestamp: float) -> dict[str, Any] | None:
+        """The ``ok`` document of a device with no alert yet (recorded, so it is given once),
+        or None when the device already has a state."""
+        with self._lock:
+            if device_id in self._states:
+                return None
+            self._states[device_id] = {}
+            while len(self._states) > self.max_devices:
+                self._states.popitem(last=False)
+            return {"device_id": device_id, "state": "ok", "alerts": {}, "updated_at": timestamp}
+
     def apply(self, alert: Alert) -> dict[str, Any]:
         """Record ``alert`` and return the device's whole state document."""
         with self._lock:

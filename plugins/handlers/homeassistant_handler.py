@@ -5,8 +5,13 @@ the ``mqtt`` handler, so both can run side by side:
 
 - ``<prefix>/status``: gateway availability (retained birth ``online`` / last will ``offline``);
   every discovered entity names it as its ``availability_topic``.
-- ``<prefix>/<device_id>/telemetry``: readings (JSON, ``values`` per channel).
-- ``<prefix>/<device_id>/state``: retained alert state (``state``: ``problem`` | ``ok``).
+- ``<prefix>/<device_id>/telemetry``: readings (JSON, ``values`` per channel), retained, so
+  Home Assistant shows the last value as soon as it subscribes (checked against a real Home
+  Assistant by ``bench/homeassistant_discovery.py``: without it every sensor stayed
+  ``unknown`` until the reading after the one that announced it).
+- ``<prefix>/<device_id>/state``: retained alert state (``state``: ``problem`` | ``ok``);
+  ``ok`` is published with the alert sensor's announcement when the device has no alert
+  yet, so the sensor is ``off`` rather than ``unknown``.
 
 Discovery (retained, QoS 1) under ``<discovery_prefix>`` (default ``homeassistant``):
 
@@ -27,6 +32,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from paho.mqtt import client as mqtt
 from pydantic import ConfigDict, Field
 
 from gateway.contracts import PluginContext
@@ -83,6 +89,9 @@ class HomeAssistantHandler:
         self.states = DeviceAlertStates()
         self._configs: dict[str, str] = {}  # discovery topic -> config JSON
         self._lock = threading.Lock()
+        # a device's state topic is written by on_reading (the first "ok") and deliver: each
+        # decides and enqueues under this lock, so an "ok" never lands after a "problem"
+        self._state_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,8 +112,8 @@ class HomeAssistantHandler:
         self._announce_gateway()
         self._publish_all_configs()
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == f"{self.options.discovery_prefix}/status" and payload == b"online":
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if message.topic == f"{self.options.discovery_prefix}/status" and message.payload == b"online":
             log.info("%s: Home Assistant came online; re-publishing discovery", self.name)
             self._publish_all_configs()
 
@@ -193,21 +202,31 @@ class HomeAssistantHandler:
         body = self._remember(topic, config)
         if body is not None:
             self.conn.publish_nowait(topic, body, qos=1, retain=True)
+            with self._state_lock:
+                initial = self.states.initial(reading.device_id, reading.timestamp)
+                if initial is not None:
+                    self.conn.publish_nowait(f"{self.prefix}/{topic_part(reading.device_id)}/state",
+                                             json.dumps(initial, separators=(",", ":")), qos=1, retain=True)
         if self.options.publish_telemetry:
             data = json.dumps(reading.as_dict(), separators=(",", ":"))
-            if not self.conn.publish_nowait(f"{self.prefix}/{topic_part(reading.device_id)}/telemetry", data):
+            if not self.conn.publish_nowait(f"{self.prefix}/{topic_part(reading.device_id)}/telemetry", data,
+                                            retain=True):
                 self.metrics.inc("telemetry_dropped_total", reason="mqtt_disconnected")
 
     def deliver(self, alert: Alert) -> None:
         """Publish the device's alert state (retained) and wait for the PUBACK; DeliveryError if not."""
-        topic, config = self.alert_config(alert.device_id, None)
-        body = self._remember(topic, config)
-        if body is not None:
-            self.conn.publish(topic, body, qos=1, retain=True, timeout=self.options.ack_timeout_s)
-        state = self.states.apply(alert)
-        self.conn.publish(f"{self.prefix}/{topic_part(alert.device_id)}/state",
-                          json.dumps(state, separators=(",", ":"), default=str), qos=1, retain=True,
-                          timeout=self.options.ack_timeout_s)
+        # The alert sensor is announced by the device's first reading here (on_reading), with
+        # the device's name. An alert can come first (the policy decides before readings fan
+        # out to handlers): then only the retained state goes out now, and Home Assistant
+        # reads it when that announcement follows. Announcing here instead would make Home
+        # Assistant create the entity under the device id (seen with 2024.3.3: entity id
+        # binary_sensor.<dev_eui>_alert next to sensor.<name>_temperature).
+        state_topic = f"{self.prefix}/{topic_part(alert.device_id)}/state"
+        with self._state_lock:
+            state = self.states.apply(alert)
+            info = self.conn.enqueue(state_topic, json.dumps(state, separators=(",", ":"), default=str),
+                                     qos=1, retain=True)
+        self.conn.wait_published(info, state_topic, self.options.ack_timeout_s)
 
 
 def make_homeassistant_handler(name: str, options: HomeAssistantOptions,

@@ -1,0 +1,1 @@
+"""Built-in sources: MQTT (LoRaWAN network servers) and serial (LoRa radio modules)."""

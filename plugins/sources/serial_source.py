@@ -9,6 +9,11 @@ truncated, oversized, garbage, length, malformed, hex, orphan, version, no_addre
 Other metrics: ``serial_connected`` (gauge), ``serial_reopens_total``,
 ``serial_configure_errors_total``, ``serial_emit_errors_total`` (the consumer raised). ``received_at`` comes from ``context.extra["clock"]``
 when given (the simulator passes its simulated clock), else ``time.time``.
+
+With the daemon's durable ``emit`` (``gateway.ingest.accept``) the frames of one read are
+written to the ingest log together (``emit.commit()``) before the pipeline sees them. A
+radio cannot send a frame again, so ``redelivers`` is False: no duplicate check, and a
+frame the log could not store (disk full) is still processed (counted as bypassed).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class SerialSource:
         self._published: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._emit: Emit | None = None
+        self.redelivers = False  # see the module docstring
         self._at_replies: ReplyBox[ReplyLine] = ReplyBox()
         self._bridge_replies: ReplyBox[BridgeReply] = ReplyBox()
         self.configured = threading.Event()
@@ -151,13 +157,18 @@ class SerialSource:
         with self._lock:
             events = self._driver.feed(data)
             self._publish_counts()
+        uplinks = 0
         for event in events:
             if isinstance(event, ModuleUplink):
                 self._uplink(event)
+                uplinks += 1
             elif isinstance(event, BridgeReply):
                 self._bridge_replies.offer(event)
             else:
                 self._at_replies.offer(event)
+        commit = getattr(self._emit, "commit", None)
+        if uplinks and callable(commit):
+            commit()  # the frames of this read go to the ingest log together (one fsync)
 
     def _publish_counts(self) -> None:
         for result, total in self._driver.counts.items():

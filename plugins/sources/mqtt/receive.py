@@ -18,7 +18,9 @@ reconnects, and changes only how bytes move:
   ``Properties`` that callers must not modify. Anything else goes through paho's decoder;
 - QoS 1 PUBACKs for the messages of one chunk are collected and queued as one write after
   the chunk (each still after its message's ``on_message`` returned, so at-least-once holds:
-  a message whose PUBACK never left is redelivered by the broker).
+  a message whose PUBACK never left is redelivered by the broker), and only once
+  ``before_acks()`` said the chunk is durable (acknowledged means durable: the MQTT source
+  writes the chunk's uplinks to the ingest log there, one fsync per chunk).
 
 Contract: the same behaviour as ``paho.mqtt.client.Client`` for callers. Buffered bytes
 and unsent acknowledgements belong to one connection and are discarded when its socket
@@ -29,12 +31,16 @@ closes. It overrides private paho methods (``_sock_recv``, ``_send_puback``,
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from paho.mqtt import client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 65536
 """Largest single ``recv``; a chunk holds a few hundred typical uplinks."""
@@ -60,6 +66,7 @@ class BatchedReceiveClient(mqtt.Client):
         self._acks = bytearray()
         self._collect_acks = False
         self._fresh_reads = -1  # socket reads left in this loop_read (-1: no limit, outside it)
+        self.before_acks: Callable[[], bool] | None = None  # see loop_read
 
     # ---- reading ----------------------------------------------------------------------
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -91,6 +98,10 @@ class BatchedReceiveClient(mqtt.Client):
         """Handle every complete packet of one received chunk (one ``recv`` serves many),
         then queue the collected PUBACKs as one write.
 
+        Before the PUBACKs go, ``before_acks()`` (when set) must return True: the source makes
+        the chunk's uplinks durable there (``gateway.ingest.accept``). When it returns False
+        (or raises) the chunk's PUBACKs are dropped and the connection is closed, so the
+        broker delivers those messages again on the next connection (paho reconnects).
         The PUBACKs go out however the chunk ends, also when ``on_message`` raised (then for
         the messages before that one, as paho would have sent them); a connection that failed
         took its collected PUBACKs with it (``_sock_close``)."""
@@ -98,19 +109,40 @@ class BatchedReceiveClient(mqtt.Client):
             return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
         self._collect_acks = True
         self._fresh_reads = 0 if self._rpos < len(self._rbuf) else 1
+        durable = True
         try:
-            while True:
-                if self._sock is None:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
-                rc = self._packet_read()
-                if rc > 0:
-                    return self._loop_rc_handle(rc)  # closes the socket
-                if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or self._rpos >= len(self._rbuf):
-                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            rc = self._read_chunk()
         finally:
             self._collect_acks = False
             self._fresh_reads = -1
-            self._flush_acks()
+            durable = self._chunk_durable()
+            if durable:
+                self._flush_acks()
+            else:
+                self._acks.clear()
+        if not durable and self._sock is not None:
+            return self._loop_rc_handle(mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST)  # closes the socket
+        return rc
+
+    def _read_chunk(self) -> mqtt.MQTTErrorCode:
+        while True:
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)  # closes the socket
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN or self._rpos >= len(self._rbuf):
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _chunk_durable(self) -> bool:
+        hook = self.before_acks
+        if hook is None:
+            return True
+        try:
+            return bool(hook())
+        except Exception:  # noqa: BLE001 - not durable: no acks, the broker keeps the messages
+            log.exception("making a received chunk durable failed; its messages stay unacknowledged")
+            return False
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         """paho's PUBLISH handling, minus the per-message ``Properties`` for v5 QoS 1 without

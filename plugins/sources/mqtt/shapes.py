@@ -3,7 +3,7 @@
 Shapes (``shape=`` names, also used by the MQTT source's config):
 
 - ``chirpstack_v4``: topic ``application/<app>/device/<dev_eui>/event/up``. ``data``
-  (base64), ``deviceInfo.devEui``/``deviceName``, ``fCnt``, ``fPort``, ``time``,
+  (base64), ``deviceInfo.devEui``/``deviceName``, ``fCnt``, ``fPort``, ``time``, ``deduplicationId``,
   ``rxInfo[].rssi/snr/gatewayId``, ``txInfo.frequency``,
   ``txInfo.modulation.lora.spreadingFactor/bandwidth`` (Hz), ``object``.
 - ``chirpstack_v3``: same topic (v3.11+; older ``.../device/<eui>/up`` and ``/rx``).
@@ -283,7 +283,14 @@ def _chirpstack_v4(doc: dict[str, Any], now: float) -> RawUplink:
         decoded=_decoded(doc.get("object"), "object"),
         device_name=_str(info.get("deviceName"), "deviceInfo.deviceName"),
         shape="chirpstack_v4",
+        dedup_id=_dedup_id(doc.get("deduplicationId")),
     )
+
+
+def _dedup_id(value: Any) -> str | None:
+    """ChirpStack's ``deduplicationId`` (a UUID string) when usable; anything else is ignored
+    (it only serves the ingest's redelivery check, never rejects an uplink)."""
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
 
 
 def _gateway_hex(value: Any, name: str) -> str | None:

@@ -8,7 +8,11 @@ paho's thread, which is cheap and never sleeps; bad messages are counted by reas
 
 The client is ``plugins.sources.mqtt.receive.BatchedReceiveClient``: one socket read serves many
 messages and their QoS 1 PUBACKs leave in one write per read (after each message was
-handed on), which cuts paho's per-message cost about 4x (bench/RESULTS.md, 1d).
+handed on), which cuts paho's per-message cost about 4x (bench/RESULTS.md, 1d). When
+``emit`` has ``commit`` (the daemon's ``gateway.ingest.accept.SourceEmitter``), the
+client calls it before a chunk's PUBACKs leave: the uplinks are in the ingest log (one
+fsync per chunk) before the broker forgets them; a failed commit withholds the PUBACKs
+and reconnects, so the broker delivers the messages again.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.contracts import Emit, PluginContext
 from gateway.hookspecs import hookimpl
+from gateway.types import RawUplink
 from gateway.broker.options import AUTH_FAILURE_CODES, BrokerOptions, connect_properties, make_client
 from plugins.sources.mqtt.receive import receive_client_class
-from plugins.sources.mqtt.shapes import UplinkShapeError, parse_uplink, topic_matches
+from plugins.sources.mqtt.shapes import SHAPES, UplinkShapeError, parse_uplink, topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ class MqttSource:
         self._auth_failed = False
         self._client: mqtt.Client | None = None
         self._shapes = [(t.topic, t.shape) for t in options.topics]
+        self.redelivers = True  # the broker sends unacknowledged messages again (gateway.ingest.accept)
+        self._commit_each: Any = None  # plain paho (no batched receive): commit per message
 
     def _filters(self) -> list[str]:
         """The subscription filter per configured topic (shared when ``shared_group`` is set)."""
@@ -76,6 +83,14 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        commit = getattr(emit, "commit", None)
+        if callable(commit):
+            if hasattr(client, "before_acks"):
+                client.before_acks = commit  # a received chunk is acknowledged once it is durable
+            else:
+                log.warning("mqtt source %s: this paho has no batched receive; uplinks are acknowledged on "
+                            "arrival, before they are on disk", self.name)
+                self._commit_each = commit
         self._client = client
         props = connect_properties(self.options, self.options.session_expiry_s if self.options.persistent_session else 0)
         kwargs: dict[str, Any] = {"keepalive": self.options.keepalive_s}
@@ -131,6 +146,8 @@ class MqttSource:
         uplink.source = self.name
         if self._emit is not None:
             self._emit(uplink)
+            if self._commit_each is not None:
+                self._commit_each()
 
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -162,3 +179,16 @@ def lora_gateway_register_sources(register: Any) -> None:
     register("mqtt", _factory, MqttSourceOptions)
 
 
+
+
+@hookimpl
+def lora_gateway_message_shapes() -> list[str]:
+    return list(SHAPES)
+
+
+@hookimpl
+def lora_gateway_parse_message(topic: str | None, body: bytes, shape: str) -> RawUplink | None:
+    """``decode FILE``: a message file parsed exactly as the source parses a received one."""
+    if shape not in SHAPES:
+        return None
+    return parse_uplink(topic, body, shape)
