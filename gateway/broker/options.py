@@ -72,16 +72,28 @@ def tls_context(tls: TlsOptions) -> ssl.SSLContext:
     return ctx
 
 
+def read_secret(env_name: str | None, file: Path | None) -> str | None:
+    """A secret named by a ``*_env`` / ``*_file`` option pair: the environment variable's
+    value, else the file's first line (stripped; "" for an empty file), else None when
+    neither is set. ValueError with a one-line reason for an unset variable or an
+    unreadable file. Shared by every broker client (MQTT and RabbitMQ)."""
+    if env_name:
+        value = os.environ.get(env_name)
+        if value is None:
+            raise ValueError(f"environment variable {env_name} (password_env) is not set")
+        return value
+    if file:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"password_file {file}: {exc.strerror or exc}") from exc
+        return lines[0].strip() if lines else ""
+    return None
+
+
 def read_password(opts: BrokerOptions) -> str | None:
     """The broker password from the environment or a file (None when neither is set)."""
-    if opts.password_env:
-        value = os.environ.get(opts.password_env)
-        if value is None:
-            raise ValueError(f"environment variable {opts.password_env} (password_env) is not set")
-        return value
-    if opts.password_file:
-        return opts.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
-    return None
+    return read_secret(opts.password_env, opts.password_file)
 
 
 def make_client(opts: BrokerOptions, client_id: str, persistent: bool, *,

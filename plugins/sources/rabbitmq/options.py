@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.broker.options import read_secret
 from gateway.cluster.topology import SNAPSHOT_KEEP, UPLINK_BINDING
 
 
@@ -53,15 +53,9 @@ class RabbitSourceOptions(BaseModel):
         return self
 
     def password(self) -> str:
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ValueError(f"environment variable {self.password_env} (password_env) is not set")
-            return value
-        if self.password_file:
-            try:
-                lines = self.password_file.read_text().splitlines()
-            except OSError as exc:
-                raise ValueError(f"password_file {self.password_file}: {exc.strerror}") from exc
-            return lines[0] if lines else ""
+        """The password from ``password_env`` / ``password_file``; RabbitMQ's default user
+        ``guest`` gets its default password when neither is set."""
+        secret = read_secret(self.password_env, self.password_file)
+        if secret is not None:
+            return secret
         return "guest" if self.username == "guest" else ""
