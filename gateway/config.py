@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from gateway.alerts.alert_windows import FeedbackSection
 from gateway.alerts.policy import AlertPolicyConfig
 from gateway.control.command_topic import CommandsSection
 from gateway.ingest.profiles import ProfileConfig
@@ -129,6 +130,7 @@ class GatewayConfig(Strict):
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording of accepted readings to disk (`lora-gateway record export` reads it); off by default.")
     commands: CommandsSection = Field(default_factory=CommandsSection, description="MQTT command topic that activates an installed model version in the running daemon (`<topic_prefix>/command/model/activate`, JSON `{\"model\": \"NAME@VERSION\", \"request_id\": ...}`; result on `<topic_prefix>/command/model/result`); off by default. See docs/adapters.md.")
+    feedback: FeedbackSection = Field(default_factory=FeedbackSection, description="Operator feedback on alerts: the readings kept around each model alert so a false/confirmed verdict can train the next adapter (`model finetune --feedback STATE_DIR`). See docs/operations.md.")
     status: StatusSection = Field(default_factory=StatusSection, description="The status page beside /metrics: devices, charts, recent alerts with an operator's verdict; read-only unless an operator token is set.")
 
     # Validated plugin options, filled by validate_config: (type, name, options model instance)

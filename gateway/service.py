@@ -1,12 +1,12 @@
 """The daemon: builds every part from a validated config, runs it, and shuts it down cleanly.
 
 Start order: state dir and pid file -> model (warm-up included) -> alert handlers -> outbox
-(it keeps one delivery row per handler, so it needs their names) -> dispatcher -> telemetry
-fan-out and reading recorder (``[record]``) -> pipeline -> sources -> metrics endpoint ->
-command topic -> READY=1. A failed start still runs ``stop()``. Stop order is the reverse: sources first (no new
-input), the pipeline drains its queue and flushes the last batch, the recorder writes what
-it holds, the dispatcher keeps delivering for up to ``drain_timeout_s``, then handlers
-stop. Each part's cleanup runs even when another's fails.
+(one delivery row per handler, so it needs their names) -> dispatcher -> telemetry fan-out,
+reading recorder (``[record]``), alert-window keeper (``[feedback]``) -> pipeline -> sources ->
+metrics endpoint -> command topic -> READY=1. A failed start still runs ``stop()``. Stop order is
+the reverse: sources first (no new input), the pipeline drains its queue and flushes the last
+batch, the recorder writes what it holds, the dispatcher delivers for up to ``drain_timeout_s``,
+then handlers stop. Each part's cleanup runs even when another's fails.
 
 SIGTERM/SIGINT stop the daemon; SIGHUP reloads the model (the store's active version) and
 keeps the old one serving if the new one fails to load or to run its warm-up batch. With
@@ -30,6 +30,7 @@ from typing import Any
 import pluggy
 
 from gateway import sdnotify
+from gateway.alerts.alert_windows import AlertWindowKeeper, new_alert_windows
 from gateway.alerts.dispatcher import Dispatcher
 from gateway.alerts.outbox import Outbox
 from gateway.alerts.policy import AlertPolicy
@@ -102,6 +103,7 @@ class Gateway:
         self._switch_lock = threading.Lock()  # one model switch at a time (SIGHUP, command topic)
         self.commands: ModelCommandListener | None = None
         self.durability: Any = None  # gateway.state.durability.Durability with [state] durable_ingest
+        self.alert_windows: AlertWindowKeeper | None = None  # readings around model alerts ([feedback])
         self.metrics.describe("model_info", "The model serving (1) and the one it replaced (0)")
         self.metrics.zero(DASHBOARD_COUNTERS)
 
@@ -170,6 +172,8 @@ class Gateway:
             self.outbox.append(alert)
             if self.status is not None:
                 self.status.on_alert(alert)
+            if self.alert_windows is not None:
+                self.alert_windows.on_alert(alert)
             if self.on_alert is not None:
                 self.on_alert(alert)
         self.dispatcher.wake()
@@ -222,6 +226,7 @@ class Gateway:
         self.status = new_tracker(self)
         if self.status is not None:
             observers.append(self.status)
+        self.alert_windows = new_alert_windows(self, observers)  # started; appended to observers when on
         self.pipeline = Pipeline(
             decoder=UplinkDecoder(self.pm, ProfileSet(cfg.profiles),
                                   Quarantine(state_dir / "quarantine.jsonl", self.metrics)),
@@ -342,6 +347,8 @@ class Gateway:
             steps.append(("pipeline", lambda: pipeline_done.__setitem__(0, pipeline.stop())))
         if self.telemetry is not None:
             steps.append(("telemetry", self.telemetry.stop))
+        if self.alert_windows is not None:
+            steps.append(("alert windows", self.alert_windows.stop))
         if durability is not None:
             steps.append(("checkpoint", lambda: durability.close(pipeline_done[0])))
         if self.recorder is not None:
@@ -380,11 +387,9 @@ class Gateway:
     def _serve_until_stopped(self, duration: float | None) -> None:
         """Wait for a stop request (or ``duration``) in short slices.
 
-        The kernel may deliver SIGTERM/SIGHUP to any thread; CPython then runs the Python
-        handler only when the main thread next executes bytecode. A main thread parked in
-        one endless ``Event.wait()`` would never do so, and the signal would sit unhandled
-        (seen in tests: SIGHUP ignored, so systemd's SIGTERM could be too). Waking every
-        0.2 s bounds that delay.
+        The kernel may deliver SIGTERM/SIGHUP to any thread; CPython runs the Python handler
+        only when the main thread next executes bytecode. A main thread parked in one endless
+        ``Event.wait()`` never would (seen in tests: SIGHUP ignored); waking every 0.2 s bounds that.
         """
         deadline = None if duration is None else time.monotonic() + duration
         while not self._stop.is_set():

@@ -37,6 +37,7 @@ rows, channels, split, LoRA settings, validation loss before/after, supervised m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -51,9 +52,24 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from models import integrity
+from models.adapter_gate import AdapterRejected, _gate, _supervised, scorer_calibration_rows  # noqa: F401 (re-exported)
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
-from models.evaluate import fill_missing, point_metrics, score_recording
-from models.label_objective import DEFAULT_MARGIN, device_windows, label_margin_loss, recency_weights
+from models.evaluate import fill_missing
+from models.feedback_training import (
+    feedback_gate,
+    feedback_objective,
+    feedback_windows,
+    first_verdict_row,
+    load_verdicts,
+    mark_confirmed_rows,
+)
+from models.label_objective import (
+    DEFAULT_MARGIN,
+    device_windows,
+    feedback_margin_loss,
+    label_margin_loss,
+    recency_weights,
+)
 from models.runtime import weights_sha256, window_length
 from models.scoring.settings import settings_from
 from models.site_data import SiteData, SiteDataError, load_site_data
@@ -108,89 +124,6 @@ def _loss(model: torch.nn.Module, windows: np.ndarray, batch: int = 1024) -> flo
     return total / max(1, windows.size)
 
 
-class _TorchSession:
-    """The slice of an ONNX Runtime session that models.evaluate uses, backed by a torch model."""
-
-    class _Arg:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval()
-
-    def get_inputs(self) -> list[_TorchSession._Arg]:
-        return [self._Arg("window")]
-
-    def get_outputs(self) -> list[_TorchSession._Arg]:
-        return [self._Arg("reconstruction"), self._Arg("embedding")]
-
-    @torch.no_grad()
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        rec, emb = self.model(torch.from_numpy(np.ascontiguousarray(feeds["window"])))
-        out = {"reconstruction": rec.numpy(), "embedding": emb.numpy()}
-        return [out[n] for n in names]
-
-
-def scorer_calibration_rows(labels: np.ndarray, split: int) -> int:
-    """Rows the scorer calibrates on for the supervised metrics: the training rows before
-    the first labelled anomaly when that is at least half of them, else all ``split``."""
-    first = np.flatnonzero(labels[:split])
-    return int(first[0]) if len(first) and first[0] >= split // 2 else split
-
-
-def _supervised(models: dict[str, torch.nn.Module], values: np.ndarray, labels: np.ndarray, split: int, T: int,
-                manifest: dict[str, Any]) -> dict[str, Any]:
-    """Point-wise metrics on the rows from ``split`` on, for each model and the PCA baseline."""
-    settings = settings_from(manifest)
-    cal = scorer_calibration_rows(labels, split)
-    evaluated = np.arange(len(labels)) >= split
-    out: dict[str, Any] = {"calibration_rows": cal}
-    for i, (key, model) in enumerate(models.items()):
-        scores = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings,
-                                 with_pca=i == 0)
-        out[key] = point_metrics(labels, scores.alert, evaluated).as_dict()
-        if i == 0:
-            out["pca"] = point_metrics(labels, scores.pca_alert, evaluated).as_dict()
-    return out
-
-
-class AdapterRejected(ValueError):
-    """The adapter did worse than the base on its own validation rows; nothing was written.
-    The message is one line saying what and by how much."""
-
-
-def _gate(base: torch.nn.Module, adapted: torch.nn.Module, values: np.ndarray, labels: np.ndarray | None,
-          split: int, T: int, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Score the validation rows (from ``split`` on) as the gateway would, calibrating the
-    scorer on the training rows (the rows the adapter learnt: exactly what a device serving
-    it meets), with the base and with the adapter. The adapter passes when its false-alarm
-    rate on the normal validation rows is no higher than the base's, and, where the
-    validation rows hold labelled anomalies, its recall no lower."""
-    settings = settings_from(manifest)
-    y = labels if labels is not None else np.zeros(len(values), dtype=bool)
-    cal = scorer_calibration_rows(y, split)
-    evaluated = np.arange(len(values)) >= split
-    out: dict[str, Any] = {"calibration_rows": cal, "validation_rows": int(evaluated.sum()),
-                           "false_alarm_target": settings["false_alarm_target"]}
-    for key, model in (("base", base), ("adapter", adapted)):
-        scores = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings,
-                                 with_pca=False)
-        m = point_metrics(y, scores.alert, evaluated)
-        normal = evaluated & ~y
-        over = float(np.mean(np.nan_to_num(scores.score[normal]) >= settings["raise"])) if normal.any() else 0.0
-        out[key] = {"false_alarm_rate": m.false_alarm_rate, "recall": m.recall if y[evaluated].any() else None,
-                    "normal_windows_over_threshold": round(over, 6)}
-    b, a = out["base"], out["adapter"]
-    reasons = []
-    if a["false_alarm_rate"] > b["false_alarm_rate"]:
-        reasons.append(f"raises the false-alarm rate on its validation rows {b['false_alarm_rate']:.4f} -> "
-                       f"{a['false_alarm_rate']:.4f}")
-    if b["recall"] is not None and a["recall"] < b["recall"]:
-        reasons.append(f"lowers recall on its validation rows {b['recall']:.3f} -> {a['recall']:.3f}")
-    out["passed"], out["reasons"] = not reasons, reasons
-    return out
-
-
 def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, channels: list[str] | None = None,
              timestamp_column: str | None = None, label_column: str | None = None, rank: int = 8,
              alpha: int = 16, epochs: int = 30, patience: int = 4, lr: float = 3e-3, batch_size: int = 128,
@@ -198,7 +131,7 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
              device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True,
              label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN, train_rows: int | None = None,
-             gate: bool = True) -> FinetuneResult:
+             gate: bool = True, feedback: Path | None = None, feedback_weight: float = 1.0) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
@@ -207,7 +140,10 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     term, used only when the training part has labelled anomalous rows. ``train_rows``: use
     only the leading rows (a device's calibration stretch); the rest of the data is ignored.
     ``gate``: refuse (``AdapterRejected``, nothing written) an adapter that raises the
-    false-alarm rate or lowers recall on its own validation rows (``_gate``).
+    false-alarm rate or lowers recall on its own validation rows (``_gate``), and, with
+    ``feedback`` (a gateway's state dir), one that still fires on an alert an operator
+    marked a false alarm or no longer fires on a confirmed one (``models.feedback_training``;
+    the verdicts also train, weight ``feedback_weight``).
     Raises SiteDataError for data it cannot use (too few
     rows, unknown columns, nothing normal to learn from) and ValueError for bad settings.
     Writes ``out_dir`` (created; existing adapter files in it are replaced).
@@ -238,6 +174,11 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
                             channels=data.channels, labels=None if data.labels is None else data.labels[:train_rows],
                             source=data.source, sha256=data.sha256,
                             notes=[*data.notes, f"trained on the leading {train_rows} of {data.rows} rows"])
+    verdicts = load_verdicts(Path(feedback), data.channels, device_id) if feedback is not None else None
+    marked = 0
+    if verdicts is not None:
+        labels, marked = mark_confirmed_rows(verdicts, data.timestamps, data.labels)
+        data = dataclasses.replace(data, labels=labels) if marked or data.labels is not None else data
     L = data.rows
     split = int(round(L * (1 - val_fraction)))
     if split < 2 * T or L - split < T:
@@ -261,9 +202,18 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
 
     # supervised term: whole-device windows of the training part only
     empty = np.zeros((0, T, z.shape[1]), np.float32)
+    fb_confirmed, fb_false = feedback_windows(verdicts, mean, std, T, rng) if verdicts is not None else (empty, empty)
+    if len(fb_false):  # what the operator called normal is normal data to reconstruct, too
+        train = np.concatenate([train, fb_false.transpose(0, 2, 1).reshape(-1, T, 1)])
+    use_feedback = feedback_weight > 0 and len(fb_confirmed) + len(fb_false) > 0
     sup_anomalous, sup_normal = (device_windows(z[:split], anomalous[:split], missing[:split], T, max_windows, rng)
-                                 if label_weight > 0 and anomalous[:split].any() else (empty, empty))
+                                 if (label_weight > 0 and anomalous[:split].any()) or use_feedback else (empty, empty))
     supervised = label_weight > 0 and len(sup_anomalous) >= 4 and len(sup_normal) >= 64
+    fb_normal = sup_normal
+    first = first_verdict_row(verdicts, data.timestamps) if verdicts is not None else None
+    if use_feedback and first is not None and first >= T + 64:  # normal = what the daemon saw before the verdicts
+        fb_normal = device_windows(z[:first], anomalous[:first], missing[:first], T, max_windows, rng)[1]
+    use_feedback = use_feedback and len(fb_normal) >= 64
     weights = recency_weights(T, settings_from(base_manifest)["recency_halflife"])
     sup_batch, ref_batch = 32, 256
 
@@ -275,8 +225,13 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     model = get_peft_model(base_model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    before = _loss(model, val)
-    best, best_epoch, bad_epochs = before, 0, 0
+    def objective() -> tuple[float, float]:  # (validation loss, verdicts' term): early stopping on their sum
+        fb = (feedback_objective(model, fb_confirmed, fb_false, fb_normal, weights, label_margin)
+              if use_feedback else 0.0)
+        return _loss(model, val), fb
+
+    before, fb_before = objective()
+    best, best_epoch, bad_epochs = before + feedback_weight * fb_before, 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
     history: list[dict[str, float]] = []
     started = time.monotonic()
@@ -298,16 +253,21 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
                 sup_loss = label_margin_loss(model, a, n, weights, label_margin)
                 sup_total += float(sup_loss.detach()) * len(x)
                 loss = loss + label_weight * sup_loss
+            if use_feedback:
+                c, f = (torch.from_numpy(w[rng.integers(0, len(w), min(sup_batch, len(w)))]) for w in (fb_confirmed, fb_false))
+                n = torch.from_numpy(fb_normal[rng.integers(0, len(fb_normal), ref_batch)])
+                loss = loss + feedback_weight * feedback_margin_loss(model, c, f, n, weights, label_margin)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         train_loss = total / len(train)
-        val_loss = _loss(model, val)
+        val_loss, fb_loss = objective()
         history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6)}
-                       | ({"label_loss": round(sup_total / len(train), 6)} if supervised else {}))
+                       | ({"label_loss": round(sup_total / len(train), 6)} if supervised else {})
+                       | ({"feedback_loss": round(fb_loss, 6)} if use_feedback else {}))
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best:.4f}")
-        if val_loss < best - 1e-7:
-            best, best_epoch, bad_epochs = val_loss, epoch, 0
+        if val_loss + feedback_weight * fb_loss < best - 1e-7:
+            best, best_epoch, bad_epochs = val_loss + feedback_weight * fb_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
         else:
             bad_epochs += 1
@@ -315,7 +275,7 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
                 break
     bar.close()
     model.load_state_dict(best_state, strict=False)
-    after = _loss(model, val)
+    after, fb_after = objective()
 
     evaluation: dict[str, Any] = {"val_loss_before": round(before, 6), "val_loss_after": round(after, 6),
                                   "val_windows": int(len(val)), "loss": "MSE of reconstruction, standardised units"}
@@ -335,9 +295,17 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
             evaluation["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
         except ValueError as exc:  # too few rows to calibrate the scorer on the training part
             evaluation["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
-        if not evaluation["gate"]["passed"]:
-            raise AdapterRejected(f"adapter not exported: it {' and '.join(evaluation['gate']['reasons'])} "
-                                  f"(scorer calibrated on the {evaluation['gate']['calibration_rows']} training rows)")
+        reasons = [f"{r} (scorer calibrated on the {evaluation['gate'].get('calibration_rows')} first rows)"
+                   for r in evaluation["gate"]["reasons"]]
+        if verdicts is not None and verdicts.windows:
+            cal = scorer_calibration_rows(anomalous, split)
+            cal = min(cal, first) if first is not None and first >= T + 8 else cal
+            evaluation["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
+                                                        verdicts, T, base_manifest)
+            reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
+                        for r in evaluation["feedback_gate"]["reasons"]]
+        if reasons:
+            raise AdapterRejected(f"adapter not exported: it {' and '.join(reasons)}")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -362,6 +330,12 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
             "label_objective": {"used": supervised, "weight": label_weight, "margin": label_margin,
                                 "anomalous_windows": int(len(sup_anomalous)), "normal_windows": int(len(sup_normal)),
                                 "labelled_training_rows": int(anomalous[:split].sum())},
+            "feedback": None if verdicts is None else {
+                "source": str(feedback), "verdicts": verdicts.verdicts, "skipped": verdicts.skipped,
+                "used": {"confirmed": verdicts.count("confirmed"), "false_alarm": verdicts.count("false_alarm")},
+                "windows": {"confirmed": len(fb_confirmed), "false_alarm": len(fb_false)},
+                "rows_marked_confirmed": marked, "weight": feedback_weight, "trained": use_feedback,
+                "objective_before": round(fb_before, 6), "objective_after": round(fb_after, 6)},
             "data_file": data.source, "data_sha256": data.sha256, "rows": L, "channels": data.channels,
             "timestamp_column": timestamp_column, "label_column": label_column,
             "time_range": [float(data.timestamps[0]), float(data.timestamps[-1])],

@@ -90,14 +90,13 @@ def window_statistics(model: torch.nn.Module, x: torch.Tensor,
     return torch.einsum("ntc,t->nc", (rec - x) ** 2, weights), emb
 
 
-def label_margin_loss(model: torch.nn.Module, anomalous: torch.Tensor, normal: torch.Tensor,
-                      weights: torch.Tensor, margin: float = DEFAULT_MARGIN,
+def window_log_scores(model: torch.nn.Module, windows: torch.Tensor, normal: torch.Tensor, weights: torch.Tensor,
                       quantile: float = DEFAULT_QUANTILE) -> torch.Tensor:
-    """``mean(relu(log(margin) - s))`` over ``anomalous [Na, T, C]``, with ``s`` the window's
-    log score ratio against ``normal [Nn, T, C]`` (see the module docstring)."""
-    x = torch.cat([anomalous, normal])
+    """``[N]``: each window's log score ratio ``s`` against ``normal [Nn, T, C]`` (see the
+    module docstring); 0 is the normal windows' ``quantile``."""
+    x = torch.cat([windows, normal])
     r, emb = window_statistics(model, x, weights)
-    na = len(anomalous)
+    na = len(windows)
     r_a, r_n = r[:na], r[na:]
     e = emb.flatten(1)
     e_a, e_n = e[:na], e[na:]
@@ -109,5 +108,31 @@ def label_margin_loss(model: torch.nn.Module, anomalous: torch.Tensor, normal: t
     q_d = torch.quantile(d_n, quantile) + 1e-6
     s_res = torch.log(r_a + 1e-9).sub(torch.log(q_r)).max(dim=1).values
     s_dist = torch.log(d_a + 1e-9) - torch.log(q_d)
-    s = torch.maximum(s_res, s_dist)
+    return torch.maximum(s_res, s_dist)
+
+
+def label_margin_loss(model: torch.nn.Module, anomalous: torch.Tensor, normal: torch.Tensor,
+                      weights: torch.Tensor, margin: float = DEFAULT_MARGIN,
+                      quantile: float = DEFAULT_QUANTILE) -> torch.Tensor:
+    """``mean(relu(log(margin) - s))`` over ``anomalous [Na, T, C]``, with ``s`` the window's
+    log score ratio against ``normal [Nn, T, C]`` (see the module docstring)."""
+    s = window_log_scores(model, anomalous, normal, weights, quantile)
     return torch.relu(float(np.log(margin)) - s).mean()
+
+
+def feedback_margin_loss(model: torch.nn.Module, confirmed: torch.Tensor, false_alarms: torch.Tensor,
+                         normal: torch.Tensor, weights: torch.Tensor, margin: float = DEFAULT_MARGIN,
+                         quantile: float = DEFAULT_QUANTILE) -> torch.Tensor:
+    """The operators' verdicts as a margin term: windows of alerts marked ``confirmed`` are
+    pushed above ``margin`` x the normal windows' ``quantile`` (as labelled rows are), windows
+    of alerts marked false alarms below that quantile divided by ``margin``: the adapter is
+    taught that what the operator called normal scores like normal, with room to spare (the
+    daemon's own thresholds are fitted on other windows than these). Either set may be empty."""
+    s = window_log_scores(model, torch.cat([confirmed, false_alarms]), normal, weights, quantile)
+    nc = len(confirmed)
+    loss = torch.zeros(())
+    if nc:
+        loss = loss + torch.relu(float(np.log(margin)) - s[:nc]).mean()
+    if len(false_alarms):
+        loss = loss + torch.relu(s[nc:] + float(np.log(margin))).mean()
+    return loss

@@ -2,27 +2,34 @@
 
 An operator marks an alert event (by its idempotency key, ``Alert.key``) as a false alarm
 or as confirmed: from the status page, with ``lora-gateway alerts feedback KEY
-false|confirmed``, or from any other tool. The store is one append-only JSON-lines file,
-``<state_dir>/alert-feedback.jsonl``: each verdict appends a line; a later verdict on the
+false|confirmed``, over the MQTT command topic (``gateway.control.feedback_command``), or
+from any other tool. The store is one append-only JSON-lines file,
+``<state_dir>/alert-feedback.jsonl`` (format: ``models.feedback_labels``, which
+``model finetune --feedback`` reads): each verdict appends a line; a later verdict on the
 same key supersedes an earlier one (the history stays on disk). A line is written with one
 ``write`` of a complete line and fsync'd, so a crash leaves at worst a torn last line,
-which the reader skips (and counts) and the next write starts after. Standard library only.
+which the reader skips (and counts) and the next write starts after. Standard library and
+numpy only.
 
 Contract:
 
 - ``record_feedback(state_dir, alert_key, label, note=None, *, alert=None, device_id=None,
-  timestamp=None, window=None)`` -> the stored record. ``label`` is ``false_alarm`` or
-  ``confirmed`` (``false``/``false-alarm`` mean ``false_alarm``, ``true`` means
-  ``confirmed``, any case); ``alert_key`` is 1-128 characters of ``[0-9A-Za-z_.:-]``;
-  ``note`` at most 500 characters. ``alert`` adds what is known of the alert (device,
-  kind, times, score); ``window`` the readings around it (``{"channels", "timestamps",
-  "values"}``, at most ``MAX_WINDOW_ROWS`` rows; NaN stored as null) so a fine-tuning can
-  use them without the recording. Anything invalid raises ``FeedbackError`` (a ValueError)
-  with a one-line reason; an unwritable state dir raises OSError.
+  timestamp=None, window=None, attach_window=True)`` -> the stored record. ``label`` is
+  ``false_alarm`` or ``confirmed`` (``false``/``false-alarm`` mean ``false_alarm``,
+  ``true`` means ``confirmed``, any case); ``alert_key`` is 1-128 characters of
+  ``[0-9A-Za-z_.:-]``; ``note`` at most 500 characters. ``alert`` adds what is known of
+  the alert (device, kind, times, score); ``window`` the readings around it
+  (``{"channels", "timestamps", "values"[, "raise_row"]}``, at most ``MAX_WINDOW_ROWS``
+  rows; NaN stored as null). Without ``window`` (and with ``attach_window``) the readings
+  the daemon kept for that alert (``<state_dir>/alert-windows.jsonl``,
+  ``gateway.alerts.alert_windows``) are copied into the verdict, so the verdict keeps its
+  data after the windows file has rotated; ``alert`` and ``device_id`` are filled from
+  them when not given. Anything invalid raises ``FeedbackError`` (a ValueError) with a
+  one-line reason; an unwritable state dir raises OSError.
 - ``load_feedback(state_dir)`` -> ``{alert_key: record}``, the latest verdict per key
   (empty when nothing was recorded). Records carry ``key``, ``label``, ``note``, ``at``
   (UNIX seconds of the verdict), ``alert`` (dict or None), and ``device_id``,
-  ``timestamp``, ``window`` when given.
+  ``timestamp``, ``window`` when given or found.
 - ``read_feedback(state_dir)`` -> ``FeedbackLog``: every verdict oldest first, and how many
   lines were skipped as unreadable.
 """
@@ -30,9 +37,7 @@ Contract:
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -40,15 +45,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FILE_NAME = "alert-feedback.jsonl"
-LABELS = ("false_alarm", "confirmed")
-_ALIASES = {"false": "false_alarm", "false-alarm": "false_alarm", "false_alarm": "false_alarm",
-            "confirmed": "confirmed", "true": "confirmed"}
-_KEY = re.compile(r"^[0-9A-Za-z_.:-]{1,128}$")
+from models.feedback_labels import (
+    FEEDBACK_FILE,
+    LABELS,
+    MAX_WINDOW_ROWS,
+    FeedbackFormatError,
+    check_key,
+    check_window,
+    find_window,
+    read_verdicts,
+)
+from models.feedback_labels import normalise_label as _normalise
+
+FILE_NAME = FEEDBACK_FILE
 MAX_NOTE = 500
-MAX_WINDOW_ROWS = 4096
 _ALERT_FIELDS = ("device_id", "kind", "state", "severity", "timestamp", "score", "message", "details")
 _lock = threading.Lock()
+
+__all__ = ["FILE_NAME", "LABELS", "MAX_WINDOW_ROWS", "FeedbackError", "FeedbackLog", "feedback_path",
+           "load_feedback", "normalise_label", "read_feedback", "record_feedback"]
 
 
 class FeedbackError(ValueError):
@@ -70,38 +85,34 @@ def feedback_path(state_dir: str | os.PathLike[str]) -> Path:
 
 def normalise_label(label: str) -> str:
     """``false_alarm`` or ``confirmed``; FeedbackError for anything else."""
-    out = _ALIASES.get(str(label).strip().lower())
-    if out is None:
-        raise FeedbackError(f"label must be one of {', '.join(LABELS)} (or false), got {label!r}")
-    return out
-
-
-def _check_window(window: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        channels = [str(c) for c in window["channels"]]
-        stamps = [float(t) for t in window["timestamps"]]
-        values = [[float(v) for v in row] for row in window["values"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FeedbackError(f"window needs channels, timestamps and values rows ({exc})") from None
-    if len(values) != len(stamps) or any(len(row) != len(channels) for row in values):
-        raise FeedbackError("window: one timestamp per row and one value per channel in each row")
-    if len(values) > MAX_WINDOW_ROWS:
-        raise FeedbackError(f"window: at most {MAX_WINDOW_ROWS} rows, got {len(values)}")
-    return {"channels": channels, "timestamps": stamps,
-            "values": [[v if math.isfinite(v) else None for v in row] for row in values]}
+        return _normalise(label)
+    except FeedbackFormatError as exc:
+        raise FeedbackError(str(exc)) from None
 
 
 def record_feedback(state_dir: str | os.PathLike[str], alert_key: str, label: str, note: str | None = None,
                     *, alert: Mapping[str, Any] | None = None, device_id: str | None = None,
-                    timestamp: float | None = None, window: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    timestamp: float | None = None, window: Mapping[str, Any] | None = None,
+                    attach_window: bool = True) -> dict[str, Any]:
     """Store one verdict (see the module docstring); returns the record written."""
-    if not isinstance(alert_key, str) or not _KEY.match(alert_key):
-        raise FeedbackError("alert key must be 1-128 characters of letters, digits and _.:-")
-    norm = normalise_label(label)
+    try:
+        check_key(alert_key)
+        norm = _normalise(label)
+        checked = check_window(window) if window is not None else None
+    except FeedbackFormatError as exc:
+        raise FeedbackError(str(exc)) from None
     if note is not None:
         note = str(note).strip() or None
         if note is not None and len(note) > MAX_NOTE:
             raise FeedbackError(f"note is longer than {MAX_NOTE} characters")
+    stored = find_window(state_dir, alert_key) if attach_window and checked is None else None
+    if stored is not None:
+        checked = check_window(stored)
+        if alert is None:
+            alert = {"device_id": stored.get("device_id"), "kind": stored.get("kind"), "state": "raised",
+                     "timestamp": stored.get("raised_at"), "score": stored.get("score")}
+        device_id = device_id if device_id is not None else stored.get("device_id")
     record: dict[str, Any] = {
         "key": alert_key, "label": norm, "note": note, "at": time.time(),
         "alert": {k: alert[k] for k in _ALERT_FIELDS if k in alert} if alert is not None else None}
@@ -109,8 +120,8 @@ def record_feedback(state_dir: str | os.PathLike[str], alert_key: str, label: st
         record["device_id"] = str(device_id)
     if timestamp is not None:
         record["timestamp"] = float(timestamp)
-    if window is not None:
-        record["window"] = _check_window(window)
+    if checked is not None:
+        record["window"] = checked
     line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
     path = feedback_path(state_dir)
     with _lock:
@@ -129,24 +140,8 @@ def record_feedback(state_dir: str | os.PathLike[str], alert_key: str, label: st
 
 def read_feedback(state_dir: str | os.PathLike[str]) -> FeedbackLog:
     """Every stored verdict, oldest first; torn or foreign lines are skipped and counted."""
-    log = FeedbackLog()
-    try:
-        text = feedback_path(state_dir).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return log
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            log.skipped += 1
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("key"), str) and rec.get("label") in LABELS:
-            log.entries.append(rec)
-        else:
-            log.skipped += 1
-    return log
+    entries, skipped = read_verdicts(state_dir)
+    return FeedbackLog(entries, skipped)
 
 
 def load_feedback(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

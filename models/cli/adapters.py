@@ -47,7 +47,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, val_fraction=args.val_fraction, stride=args.stride, seed=args.seed,
             name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
             label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows,
-            gate=not args.skip_gate)
+            gate=not args.skip_gate, feedback=args.feedback, feedback_weight=args.feedback_weight)
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
@@ -65,6 +65,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"validation false alarms (scorer calibrated on the training rows): {b['false_alarm_rate']:.4f} -> "
               f"{a['false_alarm_rate']:.4f}; normal windows over threshold {b['normal_windows_over_threshold']:.4f} -> "
               f"{a['normal_windows_over_threshold']:.4f}")
+    fb = result.manifest["training"].get("feedback")
+    if fb is not None:
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(fb["skipped"].items()))
+        print(f"operator verdicts: {fb['used']['false_alarm']} false alarm(s), {fb['used']['confirmed']} confirmed "
+              f"used of {fb['verdicts']}" + (f" (left out: {skipped})" if skipped else "")
+              + f"; {fb['rows_marked_confirmed']} data rows labelled from confirmed alerts")
+    for v in ev.get("feedback_gate", {}).get("verdicts", []):
+        print(f"  alert {v['key']} ({v['label']}): score {v['base']['max_score']:.2f} -> {v['adapter']['max_score']:.2f}, "
+              f"fires {'yes' if v['base']['fires'] else 'no'} -> {'yes' if v['adapter']['fires'] else 'no'}")
     if result.best_epoch == 0:
         print("warning: no epoch improved the validation loss; the adapter changes nothing")
     return 0
@@ -141,6 +150,12 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--skip-gate", action="store_true",
                    help="export even an adapter that does worse than the base on its validation rows "
                         "(for comparisons; the gate's figures are not computed)")
+    p.add_argument("--feedback", type=Path, default=None, metavar="STATE_DIR",
+                   help="a gateway's state dir: operators' false/confirmed verdicts (alert-feedback.jsonl) with the "
+                        "readings kept around each alert train the adapter, and it is refused if it still fires on a "
+                        "false alarm or no longer fires on a confirmed fault")
+    p.add_argument("--feedback-weight", type=float, default=1.0,
+                   help="weight of the operators' verdicts in the margin term (default 1; 0: gate only)")
     p.add_argument("--train-rows", type=int, default=None,
                    help="use only the leading N rows (a device's calibration stretch); the rest is ignored")
     p.add_argument("--val-fraction", type=float, default=0.25, help="last part of the rows (by time) validates")
