@@ -234,21 +234,41 @@ class AlertWindowKeeper:
                 self._write(records)
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode("utf-8")
+        """Append ``records``, rotating whenever the current file would pass half the budget;
+        one fsync per file written."""
         path = self.directory / WINDOWS_FILE
+        half = self.max_bytes // 2
+        written = 0
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            if path.exists() and path.stat().st_size + len(data) > self.max_bytes // 2:
-                self._rotate(path)
-            with open(path, "ab") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            size = path.stat().st_size if path.exists() else 0
+            chunk: list[bytes] = []
+            chunk_bytes = 0
+            for rec in records:
+                line = (json.dumps(rec, separators=(",", ":")) + "\n").encode("utf-8")
+                if size + chunk_bytes + len(line) > half and size + chunk_bytes > 0:
+                    self._append(path, chunk)
+                    written += len(chunk)
+                    self._rotate(path)
+                    size, chunk, chunk_bytes = 0, [], 0
+                chunk.append(line)
+                chunk_bytes += len(line)
+            self._append(path, chunk)
+            written += len(chunk)
         except OSError as exc:
-            self.metrics.inc("alert_windows_dropped_total", len(records), reason="write_failed")
+            self.metrics.inc("alert_windows_dropped_total", len(records) - written, reason="write_failed")
             log.warning("alert windows: cannot write %s: %s", path, exc)
+        if written:
+            self.metrics.inc("alert_windows_written_total", written)
+
+    @staticmethod
+    def _append(path: Path, lines: list[bytes]) -> None:
+        if not lines:
             return
-        self.metrics.inc("alert_windows_written_total", len(records))
+        with open(path, "ab") as fh:
+            fh.write(b"".join(lines))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _rotate(self, path: Path) -> None:
         previous = self.directory / WINDOWS_PREVIOUS

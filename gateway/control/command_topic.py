@@ -25,8 +25,12 @@ too with MQTT v5, which subscribes with retain-as-published), ``not_json``,
 ``not_object``, ``unknown_key``, ``bad_model`` (not ``NAME@VERSION``), ``bad_request_id``,
 ``busy`` (``max_pending`` commands already waiting).
 
+The same listener takes operators' verdicts on alerts (``<prefix>/command/alert/feedback``,
+replies on ``<prefix>/command/alert/result``; ``gateway.control.feedback_command``); they
+queue and run on the same worker, behind any activation.
+
 Authorisation: the listener exists only with ``[commands] enabled = true``; anyone who
-may publish on the command topic may switch models, so restrict that topic with the
+may publish on the command topic may switch models (and mark alerts), so restrict that topic with the
 broker's ACL (e.g. Mosquitto ``acl_file``) and use TLS and credentials as for the other
 MQTT connections. Commands run one at a time on a worker thread; paho's thread only
 parses and queues.
@@ -49,6 +53,15 @@ from pydantic import ConfigDict, Field
 
 from gateway.broker.connection import MqttConnection
 from gateway.broker.options import BrokerOptions
+from gateway.control.feedback_command import (
+    FEEDBACK_LEAF,
+    FEEDBACK_RESULT_LEAF,
+    FeedbackCommand,
+    FeedbackRejected,
+    parse_feedback,
+    rejection_reply,
+    store_feedback,
+)
 from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -64,7 +77,7 @@ class CommandsSection(BrokerOptions):
     """``[commands]``: the MQTT command topic that activates installed models."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(False, description="Listen for model activation commands on <topic_prefix>/command/model/activate and reply on <topic_prefix>/command/model/result. Off by default: anyone who may publish there may switch models, so restrict the topic with the broker's ACL.")
+    enabled: bool = Field(False, description="Listen for model activation commands on <topic_prefix>/command/model/activate (replies on <topic_prefix>/command/model/result) and for operators' alert verdicts on <topic_prefix>/command/alert/feedback (replies on <topic_prefix>/command/alert/result). Off by default: anyone who may publish there may switch models, so restrict the topics with the broker's ACL.")
     topic_prefix: str | None = Field(None, description="Topic prefix of the command and result topics; default lora-gateway/<gateway_id>.")
     qos: Literal[1, 2] = Field(1, description="QoS of the command subscription and of the replies.")
     max_pending: int = Field(4, ge=1, le=64, description="Commands waiting to run (they run one at a time); more are rejected (reason busy) and answered.")
@@ -185,14 +198,18 @@ class ModelCommandListener:
         prefix = (options.topic_prefix or f"lora-gateway/{_topic_part(gateway_id)}").rstrip("/")
         self.command_topic = f"{prefix}/{ACTIVATE_LEAF}"
         self.result_topic = f"{prefix}/{RESULT_LEAF}"
+        self.feedback_topic = f"{prefix}/{FEEDBACK_LEAF}"
+        self.feedback_result_topic = f"{prefix}/{FEEDBACK_RESULT_LEAF}"
         self.client_id = options.client_id or f"{_topic_part(gateway_id)}-commands"
-        self._queue: queue.Queue[ActivateCommand | None] = queue.Queue(maxsize=options.max_pending)
+        self._queue: queue.Queue[ActivateCommand | FeedbackCommand | None] = queue.Queue(maxsize=options.max_pending)
         self._conn: MqttConnection | None = None
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         metrics.describe("model_commands_total", "Model commands run, by result (ok/error) and reason")
         metrics.describe("model_command_rejects_total", "Model commands refused before running, by reason")
         metrics.describe("model_command_reply_failures_total", "Command results that could not be published")
+        metrics.describe("alert_feedback_total", "Operators' alert verdicts taken over the command topic, by result and label")
+        metrics.describe("alert_feedback_rejects_total", "Alert verdicts refused before storing, by reason")
 
     def start(self) -> None:
         """Connect in the background and start the worker; returns at once."""
@@ -201,6 +218,7 @@ class ModelCommandListener:
         # re-subscribed on every connect; with MQTT v5 the broker keeps the retain flag on live
         # deliveries too (retainAsPublished), so a retained command is refused at once
         conn.subscribe_on_connect(self.command_topic, self.options.qos, retain_as_published=True)
+        conn.subscribe_on_connect(self.feedback_topic, self.options.qos, retain_as_published=True)
         conn.on_connect_hooks.append(lambda: self.metrics.set("model_commands_connected", 1))
         conn.on_disconnect_hooks.append(lambda: self.metrics.set("model_commands_connected", 0))
         conn.on_message_hooks.append(self._on_message)
@@ -221,8 +239,11 @@ class ModelCommandListener:
         if worker is not None:
             while True:
                 try:
-                    if self._queue.get_nowait() is not None:
+                    dropped = self._queue.get_nowait()
+                    if isinstance(dropped, ActivateCommand):
                         self.metrics.inc("model_command_rejects_total", reason="stopping")
+                    elif dropped is not None:
+                        self.metrics.inc("alert_feedback_rejects_total", reason="stopping")
                 except queue.Empty:
                     break
             try:
@@ -237,6 +258,9 @@ class ModelCommandListener:
 
     # ---- paho's thread: parse and queue only ----------------------------------------------
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.feedback_topic:
+            self._on_feedback(message)
+            return
         try:
             command = parse_activate(bytes(message.payload), retained=bool(message.retain))
         except CommandRejected as exc:
@@ -251,6 +275,21 @@ class ModelCommandListener:
             self._reject("busy", f"{self.options.max_pending} commands are already waiting; try again later",
                          command.request_id, command.model)
 
+    def _on_feedback(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            command = parse_feedback(bytes(message.payload), retained=bool(message.retain))
+            if self._stopping.is_set():
+                raise FeedbackRejected("stopping", "the daemon is stopping")
+            try:
+                self._queue.put_nowait(command)
+            except queue.Full:
+                raise FeedbackRejected("busy", f"{self.options.max_pending} commands are already waiting; try "
+                                       "again later", command.request_id, command.key) from None
+        except FeedbackRejected as exc:
+            self.metrics.inc("alert_feedback_rejects_total", reason=exc.reason)
+            log.warning("alert feedback rejected (%s): %s", exc.reason, exc)
+            self._reply(rejection_reply(exc), wait=False, topic=self.feedback_result_topic)
+
     def _reject(self, reason: str, error: str, request_id: str | None, model: str | None) -> None:
         self.metrics.inc("model_command_rejects_total", reason=reason)
         log.warning("model command rejected (%s): %s", reason, error)
@@ -261,6 +300,12 @@ class ModelCommandListener:
     # ---- worker thread ----------------------------------------------------------------------
     def _work(self) -> None:
         while (command := self._queue.get()) is not None:
+            if isinstance(command, FeedbackCommand):
+                reply = store_feedback(self.host.config.gateway.state_dir, command, self.metrics)
+                log.info("alert %s marked %s over the command topic (%s, %d readings)", command.key, command.label,
+                         reply["reason"], reply["window_rows"])
+                self._reply(reply, wait=True, topic=self.feedback_result_topic)
+                continue
             try:
                 result = activate(self.host, command.model)
             except Exception as exc:  # noqa: BLE001 - reported in the reply and the log; the worker goes on
@@ -275,11 +320,11 @@ class ModelCommandListener:
                          "ok": result.ok, "changed": result.changed, "serving": result.serving,
                          "reason": result.reason, "error": result.error}, wait=True)
 
-    def _reply(self, body: dict[str, Any], wait: bool) -> None:
+    def _reply(self, body: dict[str, Any], wait: bool, topic: str | None = None) -> None:
         """Publish a result; on paho's thread (``wait`` False) it is only handed over."""
         conn = self._conn
         info = None if conn is None else conn.publish_handle(
-            self.result_topic, json.dumps(body, separators=(",", ":")), qos=self.options.qos)
+            topic or self.result_topic, json.dumps(body, separators=(",", ":")), qos=self.options.qos)
         if info is None:
             self.metrics.inc("model_command_reply_failures_total")
             return
