@@ -218,6 +218,10 @@ def test_eval_folder_pools_counts_prints_target_and_states_settings(tmp_path: Pa
         assert data["metrics"][name][key] == sum(f["metrics"][name][key] for f in data["files"])
     assert data["settings"]["false_alarm_target"] == data["false_alarm_target"] == 1e-4
     assert data["settings"]["level_follow"] == 1.0 and data["files"][0]["calibration_rows"] == CAL
+    # the calibration really used is the --calibration-rows, not the manifest's daemon setting
+    assert data["settings"]["calibration_steps"] == CAL and data["settings"]["calibration_windows"] == CAL - 31
+    from importlib.metadata import version
+    assert data["lora_gateway_version"] == version("lora-edge-gateway")
     assert 0.0 <= data["achieved"]["normal_windows_over_threshold"] <= 1.0
     assert main(["model", "eval", str(runs), "--label-column", "fault", "--record"]) == 1
     assert "take one file" in capsys.readouterr().err

@@ -38,6 +38,15 @@ def _labels(args: argparse.Namespace, table: Any, path: Path) -> np.ndarray:
     return np.asarray(table.labels, dtype=bool)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lora-edge-gateway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.csv") if p.is_file())
@@ -107,13 +116,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{settings['raise']:g}, {model_all.false_alarm_rate * 100:.3g} % of normal rows alarmed")
     metrics = {f"{manifest.name} {manifest.version}": model_all, PCA: pca_all}
     if args.json:
+        cals = sorted({f["calibration_rows"] for f in per_file})
+        # the readings calibration and the score profile both use each file's calibration
+        # rows, not the manifest's calibration_steps/_windows (those are the daemon's)
+        used = {**settings, "calibration_steps": cals[0] if len(cals) == 1 else "per file",
+                "calibration_windows": cals[0] - manifest.window_length + 1 if len(cals) == 1 else "per file"}
         args.json.write_text(json.dumps({
+            "lora_gateway_version": _version(),
             "file": str(args.csv), "files": per_file, "rows": sum(f["rows"] for f in per_file),
             "channels": per_file[0]["channels"] if len(files) == 1 else sorted({c for f in per_file for c in f["channels"]}),
             "calibration_rows": per_file[0]["calibration_rows"] if len(files) == 1 else None,
             "label_source": f"column {args.label_column}" if args.label_column else f"windows {args.windows}",
             "model": f"{manifest.name}@{manifest.version}", "model_dir": str(args.model or "bundled base"),
-            "settings": settings, "false_alarm_target": target,
+            "settings": used, "false_alarm_target": target,
             "achieved": {"normal_windows_over_threshold": round(window_rate, 6),
                          "false_alarm_rate": model_all.false_alarm_rate},
             "metrics": {k: v.as_dict() for k, v in metrics.items()},
