@@ -46,7 +46,8 @@ def test_bad_feedback_is_a_clear_error(tmp_path: Path, key: str, label: str, kwa
 
 def test_cli_records_a_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["alerts", "feedback", "abc123", "false", "--state-dir", str(tmp_path), "--note", "n"]) == 0
-    assert "alert abc123 marked false_alarm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "alert abc123 marked false_alarm, no readings kept for this key" in out
     assert load_feedback(tmp_path)["abc123"]["label"] == "false_alarm"
     assert main(["alerts", "feedback", "abc123", "confirmed"]) == 1
     assert "--state-dir DIR, or --config FILE" in capsys.readouterr().err

@@ -123,7 +123,8 @@ def test_operator_feedback_trains_an_adapter_that_drops_the_false_alarm_and_keep
     # the operator's verdicts, by the CLI
     assert main(["alerts", "feedback", false_alarm.key, "false", "--state-dir", str(state), "--note", "defrost"]) == 0
     assert main(["alerts", "feedback", fault.key, "confirmed", "--state-dir", str(state)]) == 0
-    capsys.readouterr()
+    marked = capsys.readouterr().out
+    assert f"alert {false_alarm.key} marked false_alarm, with the {len(kept['values'])} readings" in marked
     verdicts = labelled_windows(state, CHANNELS.split(","), DEVICE)
     assert sorted(w.label for w in verdicts.windows) == ["confirmed", "false_alarm"] and verdicts.skipped == {}
 

@@ -1,7 +1,9 @@
 """``lora-gateway alerts feedback KEY false|confirmed``: an operator's verdict on an alert.
 
 Stored in the gateway's state dir by ``gateway.alerts.feedback`` (the same store a status
-page or the MQTT command topic writes to). The state dir comes from ``--state-dir``, or
+page or the MQTT command topic writes to), with the readings the daemon kept around the
+alert (``gateway.alerts.alert_windows``) when it kept any; ``model finetune --feedback``
+trains on them. The state dir comes from ``--state-dir``, or
 from ``--config FILE`` (its ``[gateway] state_dir``).
 """
 
@@ -36,7 +38,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"cannot write feedback under {state_dir}: {exc.strerror or exc}") from None
     count = len(load_feedback(state_dir))
-    print(f"alert {args.key} marked {record['label']} ({count} alert(s) with a verdict in {state_dir})")
+    rows = len((record.get("window") or {}).get("values") or [])
+    kept = (f"with the {rows} readings the daemon kept around it" if rows else
+            "no readings kept for this key (a rule alert, or older than the windows files): it cannot train")
+    print(f"alert {args.key} marked {record['label']}, {kept} ({count} alert(s) with a verdict in {state_dir})")
     return 0
 
 
