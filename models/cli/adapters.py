@@ -124,7 +124,9 @@ def add_adapter_commands(model_sub: Any) -> None:
                                          "out of the reconstruction loss and feed a supervised margin term; "
                                          "and detection metrics are reported. The adapter is refused (nothing "
                                          "written) when, on its own validation rows scored as the gateway would, "
-                                         "it raises the false-alarm rate or lowers recall against the base.")
+                                         "it raises the false-alarm rate or lowers recall against the base. With --feedback, operators' "
+                                         "false/confirmed verdicts on alerts train it too, and it is refused when it "
+                                         "still fires on an alert marked false.")
     p.add_argument("--data", required=True, help="CSV (comma or semicolon; `lora-gateway record export` writes one), "
                    "or the gateway's recording: its directory or a .jsonl file")
     p.add_argument("--channels", required=True, help="comma-separated channel column names")
@@ -136,7 +138,7 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--label-margin", type=float, default=2.0,
                    help="labelled windows are pushed to this multiple of the normal windows' 99th percentile")
     p.add_argument("--device", help="device id to train on, from a recording or a CSV with a device_id column "
-                   "(needed when it holds several devices)")
+                   "(needed when it holds several devices); with --feedback only that device's verdicts are used")
     p.add_argument("--base", type=Path, help="base model directory (default: the bundled base)")
     p.add_argument("--out", required=True, type=Path, help="adapter output directory")
     p.add_argument("--name", default="site-adapter", help="adapter name in its manifest (default site-adapter)")
