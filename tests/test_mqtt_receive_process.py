@@ -21,6 +21,7 @@ from plugins.sources.mqtt import chunk_codec
 from plugins.sources.mqtt.process import ProcessMqttSource
 from plugins.sources.mqtt.source import MqttSourceOptions, _factory
 from tests.conftest import Broker
+from tests.gateway_process import GatewayProcess, write_config
 from tests.test_e2e_mqtt import make_gateway, wait_for
 from tests.uplink_factory import chirpstack_v4, dev_eui, field_uplinks, lpp, publish_all
 
@@ -203,3 +204,86 @@ def test_a_clean_stop_leaves_nothing_to_redeliver(broker: Broker, tmp_path: Path
         assert sorted(again.keys()) == sorted((dev_eui(k % 13), k) for k in range(len(msgs), len(msgs) + 5))
     finally:
         again.close()
+
+
+def test_a_failed_log_write_withholds_the_acks_and_the_broker_redelivers(broker: Broker, tmp_path: Path) -> None:
+    h = Harness(broker, tmp_path)
+    try:
+        write = h.acceptor.log.write
+        failed: list[int] = []
+
+        def flaky_write(uplinks: list[RawUplink]) -> None:
+            if not failed:
+                failed.append(len(uplinks))
+                raise OSError(28, "No space left on device")
+            write(uplinks)
+
+        h.acceptor.log.write = flaky_write  # type: ignore[method-assign]
+        msgs = _uplinks(300)
+        publish_all(broker.host, broker.port, msgs)
+        assert wait_for(lambda: len(h.keys()) >= len(msgs), 30), len(h.keys())
+        assert failed and h.counter("uplinks_dropped_total", reason="log_write_failed") == failed[0]
+        assert h.counter("mqtt_connects_total", source="ns") >= 2  # the child reconnected for the redelivery
+        assert sorted(h.keys()) == sorted((dev_eui(k % 13), k) for k in range(len(msgs)))
+        assert h.source.child_pid() is not None and h.counter("receive_process_restarts_total") == 0
+    finally:
+        h.close()
+
+
+def test_past_its_restart_budget_the_receive_process_stays_down(broker: Broker, tmp_path: Path) -> None:
+    metrics = Metrics()
+    options = MqttSourceOptions(host=broker.host, port=broker.port, client_id="rx-down", receive_process=True,
+                                receive_process_max_restarts=0)
+    source = _factory("ns", options, PluginContext(metrics=metrics, gateway_id="gw"))
+    assert isinstance(source, ProcessMqttSource)
+    source.start(lambda up: None)
+    try:
+        assert source.wait_connected(20)
+        pid = source.child_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not source.connected() and metrics.get("receive_process_up") == 0, 20)
+        assert source._thread is not None
+        source._thread.join(10)
+        assert not source._thread.is_alive() and source.child_pid() == pid  # not started again
+        assert metrics.get("receive_process_restarts_total") == 0
+    finally:
+        source.stop()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_the_daemon_with_a_receive_process_stops_cleanly_on_sigterm_to_its_group(broker: Broker, tmp_path: Path) -> None:
+    """``lora-gateway run`` for real: /metrics shows the child's counters, and a SIGTERM to the
+    daemon and its child at once (systemd's default control-group kill) ends both cleanly."""
+    config, port = write_config(tmp_path, broker, extra={"sources": [
+        {"type": "mqtt", "name": "chirpstack", "host": broker.host, "port": broker.port, "client_id": "gw-proc-src",
+         "receive_process": True, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}]})
+    gw = GatewayProcess(config, port, tmp_path / "gateway.log")
+    try:
+        assert wait_for(lambda: (h := gw.health()) is not None and h[0] == 200, 60), gw.log()[-2000:]
+        uplinks = field_uplinks(devices=3, readings=60)
+        publish_all(broker.host, broker.port, uplinks)
+        assert wait_for(lambda: gw.metric("readings_total") == len(uplinks), 30), gw.log()[-2000:]
+        assert gw.metric("uplinks_received_total", source="chirpstack") == len(uplinks)
+        assert gw.metric("receive_process_up", source="chirpstack") == 1
+        kids = [k for k in _children(gw.pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+        assert kids, "no receive process found under the daemon"
+        for pid in [gw.pid, *kids]:
+            os.kill(pid, signal.SIGTERM)
+        assert gw.wait(30) == 0, gw.log()[-2000:]
+        assert "gateway stopped" in gw.log()
+        assert wait_for(lambda: not any(Path(f"/proc/{k}").exists() for k in kids), 10)
+    finally:
+        gw.close()
