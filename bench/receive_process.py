@@ -2,7 +2,7 @@
 readings/s draining a QoS 1 backlog, and CPU per reading of each process.
 
     .venv/bin/python bench/receive_process.py [--devices 1000] [--backlog 20000] [--repeat 3]
-                                              [--inflight 4] [--json out.json]
+                                              [--inflight 4] [--rate 1000] [--seconds 5] [--json out.json]
 
 One gateway (bench/_common.py's config: Cayenne LPP, the bundled model on every reading,
 mqtt + file alert handlers) with ``[state] durable_ingest`` on, as the daemon runs: every
@@ -17,6 +17,10 @@ CPU: this process's CPU time (all its threads) from the first reading to the end
 drain, and for "on" the child's over the same span (``/proc/<pid>/stat`` utime + stime, so
 the child's start-up is not counted), each divided by the readings. The modes alternate (off, on, off, on...) so
 the shared box's load hits both alike; compare within a run.
+
+Latency (``--rate``, 0 to skip): per mode, alternating, the generator publishes at that rate
+for ``--seconds`` to the running source; publish -> alert-policy decision per scored window
+(bench/e2e_mqtt.py's timing wrapper), p50 / p99.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import WARM_READINGS, Mosquitto, gateway_config, machine, make_gateway  # noqa: E402
-from e2e_mqtt import loadgen, warm_up  # noqa: E402
+from e2e_mqtt import Probe, loadgen, pct, wait_metric, warm_up  # noqa: E402
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -81,14 +85,38 @@ def drain(gw: Any, source: Any, emit: Any, n: int) -> dict[str, Any]:
             "total_cpu_us_per_reading": (cpu + child) / readings * 1e6, "load_average": os.getloadavg()[0]}
 
 
+def latency(gw: Any, source: Any, emit: Any, probe: Any, port: int, devices: int, rate: float, seconds: float,
+            fcnt: int) -> tuple[dict[str, float], int]:
+    source.start(emit)
+    try:
+        if not source.wait_connected(30):
+            raise RuntimeError("the source did not connect")
+        r0 = gw.metrics.get("readings_total")
+        probe.latencies = []
+        probe.recording = True
+        seconds = max(1, round(rate * seconds / devices)) * devices / rate
+        gen = loadgen(port, devices, rate=rate, seconds=seconds, fcnt_start=fcnt)
+        wait_metric(gw, "readings_total", r0 + gen["published"], timeout=120)
+        gw.pipeline.idle.wait(10)
+        probe.recording = False
+    finally:
+        source.stop()
+    got = probe.latencies
+    return ({"published_per_s": gen["rate"], "decisions_per_reading": len(got) / gen["published"],
+             "p50_ms": pct(got, 50), "p99_ms": pct(got, 99)}, gen["published"] // devices)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--backlog", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--inflight", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    lat_rows: list[dict[str, Any]] = []
     print(machine())
     rows: list[dict[str, Any]] = []
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="bench-rxproc-") as tmp:
@@ -117,6 +145,16 @@ def main() -> None:
                           f"{row['child_cpu_us_per_reading']:5.1f} us = {row['total_cpu_us_per_reading']:5.1f} us; "
                           f"mean batch {row['mean_batch']:.1f}, {row['windows_per_reading']:.3f} windows/reading, "
                           f"load {row['load_average']:.2f}", flush=True)
+            probe = Probe(gw.pipeline.policy)
+            for rep in range(args.repeat if args.rate > 0 else 0):
+                for mode in ("off", "on"):
+                    row, rounds = latency(gw, make_source(gw, mode, args.inflight), emit, probe, broker.port, args.devices,
+                                          args.rate, args.seconds, fcnt)
+                    fcnt += rounds
+                    lat_rows.append({"mode": mode, "repeat": rep + 1, **row})
+                    print(f"#{rep + 1} receive_process {mode:>3} at {row['published_per_s']:.0f}/s: publish -> decision "
+                          f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms "
+                          f"({row['decisions_per_reading']:.3f} decisions/reading)", flush=True)
             counters = {k: v for k, v in gw.metrics.snapshot().items()
                         if "dropped" in k or "rejected" in k or "duplicate" in k or "receive_process" in k}
             print("counters:", json.dumps(counters))
@@ -132,8 +170,12 @@ def main() -> None:
               f"{statistics.median(r['child_cpu_us_per_reading'] for r in mine):.1f} | "
               f"{statistics.median(r['total_cpu_us_per_reading'] for r in mine):.1f} |")
     print(f"on / off (median readings/s): {med['on'] / med['off']:.2f}")
+    for mode in ("off", "on") if lat_rows else ():
+        mine = [r for r in lat_rows if r["mode"] == mode]
+        print(f"latency at {args.rate:.0f}/s, receive_process {mode}: p50 {statistics.median(r['p50_ms'] for r in mine):.1f} ms, "
+              f"p99 {statistics.median(r['p99_ms'] for r in mine):.1f} ms (medians of {len(mine)} runs)")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "latency": lat_rows}, indent=2))
 
 
 if __name__ == "__main__":
