@@ -15,7 +15,9 @@ from the first reading to the last (``readings_total``).
 
 CPU: this process's CPU time (all its threads) from the first reading to the end of the
 drain, and for "on" the child's over the same span (``/proc/<pid>/stat`` utime + stime, so
-the child's start-up is not counted), each divided by the readings. The modes alternate (off, on, off, on...) so
+the child's start-up is not counted), each divided by the readings; and two threads of the
+gateway process alone (``/proc/self/task/<tid>/stat``): the pipeline thread, and the source's
+thread (paho's network thread when off, the thread answering the child when on). The modes alternate (off, on, off, on...) so
 the shared box's load hits both alike; compare within a run.
 
 Latency (``--rate``, 0 to skip): per mode, alternating, the generator publishes at that rate
@@ -47,6 +49,24 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(thread: Any) -> float:
+    """User + system CPU seconds of one thread of this process (Linux /proc, clock ticks)."""
+    if thread is None or thread.native_id is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def source_thread(source: Any) -> Any:
+    """The gateway-process thread that takes the source's chunks: paho's network thread (off)
+    or the thread answering the receive process (on)."""
+    client = getattr(source, "_client", None)
+    return getattr(client, "_thread", None) if client is not None else getattr(source, "_thread", None)
+
+
 def make_source(gw: Any, mode: str, inflight: int) -> Any:
     from gateway.contracts import PluginContext
     from plugins.sources.mqtt.process import ProcessMqttSource
@@ -68,6 +88,8 @@ def drain(gw: Any, source: Any, emit: Any, n: int) -> dict[str, Any]:
         time.sleep(0.001)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
+    threads = {"pipeline": gw.pipeline._thread, "source": source_thread(source)}
+    thread0 = {k: thread_cpu_s(t) for k, t in threads.items()}
     child0 = proc_cpu_s(pid) if pid else 0.0  # the child's start-up (spawn, imports, connect) is not counted
     r_start = m.get("readings_total")
     while m.get("readings_total") < r0 + n:
@@ -75,6 +97,7 @@ def drain(gw: Any, source: Any, emit: Any, n: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     gw.pipeline.idle.wait(30)
     cpu = time.process_time() - cpu0
+    spent = {k: thread_cpu_s(t) - thread0[k] for k, t in threads.items()}
     child = proc_cpu_s(pid) - child0 if pid else 0.0
     source.stop()
     readings = m.get("readings_total") - r_start
@@ -82,7 +105,9 @@ def drain(gw: Any, source: Any, emit: Any, n: int) -> dict[str, Any]:
     return {"readings_per_s": readings / (t1 - t0), "windows_per_reading": windows / n,
             "mean_batch": windows / max(m.get("inference_batches_total") - b0, 1),
             "parent_cpu_us_per_reading": cpu / readings * 1e6, "child_cpu_us_per_reading": child / readings * 1e6,
-            "total_cpu_us_per_reading": (cpu + child) / readings * 1e6, "load_average": os.getloadavg()[0]}
+            "total_cpu_us_per_reading": (cpu + child) / readings * 1e6,
+            "pipeline_thread_cpu_us_per_reading": spent["pipeline"] / readings * 1e6,
+            "source_thread_cpu_us_per_reading": spent["source"] / readings * 1e6, "load_average": os.getloadavg()[0]}
 
 
 def latency(gw: Any, source: Any, emit: Any, probe: Any, port: int, devices: int, rate: float, seconds: float,
@@ -142,7 +167,9 @@ def main() -> None:
                     rows.append(row)
                     print(f"#{rep + 1} receive_process {mode:>3}: {row['readings_per_s']:7.0f} readings/s, "
                           f"CPU/reading: gateway {row['parent_cpu_us_per_reading']:5.1f} us + receive process "
-                          f"{row['child_cpu_us_per_reading']:5.1f} us = {row['total_cpu_us_per_reading']:5.1f} us; "
+                          f"{row['child_cpu_us_per_reading']:5.1f} us = {row['total_cpu_us_per_reading']:5.1f} us "
+                          f"(gateway's pipeline thread {row['pipeline_thread_cpu_us_per_reading']:5.1f}, source thread "
+                          f"{row['source_thread_cpu_us_per_reading']:5.1f}); "
                           f"mean batch {row['mean_batch']:.1f}, {row['windows_per_reading']:.3f} windows/reading, "
                           f"load {row['load_average']:.2f}", flush=True)
             probe = Probe(gw.pipeline.policy)
@@ -160,13 +187,16 @@ def main() -> None:
             print("counters:", json.dumps(counters))
         finally:
             gw.stop()
-    print("\n| receive_process | readings/s (median) | gateway µs CPU/reading | receive process µs CPU/reading | total µs CPU/reading |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("\n| receive_process | readings/s (median) | gateway µs CPU/reading | of it: pipeline thread | of it: source thread "
+          "| receive process µs CPU/reading | total µs CPU/reading |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     med: dict[str, float] = {}
     for mode in ("off", "on"):
         mine = [r for r in rows if r["mode"] == mode]
         med[mode] = statistics.median(r["readings_per_s"] for r in mine)
         print(f"| {mode} | {med[mode]:.0f} | {statistics.median(r['parent_cpu_us_per_reading'] for r in mine):.1f} | "
+              f"{statistics.median(r['pipeline_thread_cpu_us_per_reading'] for r in mine):.1f} | "
+              f"{statistics.median(r['source_thread_cpu_us_per_reading'] for r in mine):.1f} | "
               f"{statistics.median(r['child_cpu_us_per_reading'] for r in mine):.1f} | "
               f"{statistics.median(r['total_cpu_us_per_reading'] for r in mine):.1f} |")
     print(f"on / off (median readings/s): {med['on'] / med['off']:.2f}")

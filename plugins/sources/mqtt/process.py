@@ -81,6 +81,7 @@ class ProcessMqttSource:
         self._proc: BaseProcess | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # STOP (any thread) and the replies share the pipe
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._auth_failed = False
@@ -127,7 +128,8 @@ class ProcessMqttSource:
             conn = self._conn
         if conn is not None:
             try:
-                conn.send_bytes(wire.encode((wire.STOP,)))
+                with self._send_lock:
+                    conn.send_bytes(wire.encode((wire.STOP,)))
             except OSError:
                 pass
         if self._thread is not None:
@@ -219,7 +221,8 @@ class ProcessMqttSource:
                     log.exception("mqtt source %s: accepting a chunk from the receive process failed", self.name)
                     durable = False
                 try:
-                    conn.send_bytes(wire.encode((wire.ACK, chunk_id, durable)))
+                    with self._send_lock:
+                        conn.send_bytes(wire.encode((wire.ACK, chunk_id, durable)))
                 except OSError:
                     return False
             elif kind == wire.STATE:
