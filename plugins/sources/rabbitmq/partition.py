@@ -2,8 +2,9 @@
 source's connection thread only; nothing here is thread-safe).
 
 ``Partition`` keeps the delivery bookkeeping (last tag handed on, how many since the last
-acknowledged checkpoint), the partition's devices with their last frame counters (the
-duplicate check against a restored snapshot) and the devices that changed since the last
+acknowledged checkpoint), the partition's devices with their last frame counters and the
+network server's uplink ids taken since the last checkpoint (the duplicate check against a
+restored snapshot, see ``Partition.take``) and the devices that changed since the last
 checkpoint (a delta snapshot's content). ``read_snapshots`` takes a partition's snapshot
 messages off the broker and puts them back, in order, for whoever comes next;
 ``check_partitions`` makes sure the broker's partition queues match the configured count;
@@ -44,13 +45,26 @@ class Partition:
     dirty: set[str] = field(default_factory=set)  # took uplinks since the last checkpoint
     since_full: int = 0  # snapshots on the queue after the newest full one
     last_fcnt: dict[str, int] = field(default_factory=dict)
+    recent_ids: list[str] = field(default_factory=list)  # dedup ids taken since the last checkpoint
+    covered_ids: set[str] = field(default_factory=set)  # dedup ids the restored snapshots cover
+    ids_known: bool = False  # the restored snapshots carry dedup ids (written by this version)
 
-    def take(self, device_id: str, f_cnt: int | None, duplicate_window: int) -> bool:
-        """Note an uplink of ``device_id``; False when a restored snapshot already covers it
-        (its fCnt at most ``duplicate_window - 1`` below the device's last one, or equal)."""
-        last = self.last_fcnt.get(device_id)
-        if f_cnt is not None and last is not None and 0 <= last - f_cnt < duplicate_window:
-            return False
+    def take(self, device_id: str, f_cnt: int | None, duplicate_window: int, dedup_id: str | None = None) -> bool:
+        """Note an uplink of ``device_id``; False when a restored snapshot already covers it.
+
+        An uplink with the network server's id (ChirpStack ``deduplicationId``) is covered
+        exactly when a restored snapshot lists that id: a device that reset its frame counter
+        is then still taken. Without an id (or after snapshots that carry none) it is covered
+        when its fCnt is at most ``duplicate_window - 1`` below the device's last one, or equal."""
+        if dedup_id is not None and self.ids_known:
+            if dedup_id in self.covered_ids:
+                return False
+        else:
+            last = self.last_fcnt.get(device_id)
+            if f_cnt is not None and last is not None and 0 <= last - f_cnt < duplicate_window:
+                return False
+        if dedup_id is not None:
+            self.recent_ids.append(dedup_id)
         if f_cnt is not None:
             self.last_fcnt[device_id] = f_cnt
         self.devices.add(device_id)
@@ -64,14 +78,18 @@ class Partition:
         devices = sorted(self.devices if full else self.dirty)
         self.dirty = set()
         self.since_full = 0 if full else self.since_full + 1
+        ids, self.recent_ids = self.recent_ids, []
         return PartitionSnapshot(partition=self.p, worker=worker, seq=seq, full=full, devices=devices,
-                                 last_fcnt={d: self.last_fcnt[d] for d in devices if d in self.last_fcnt})
+                                 last_fcnt={d: self.last_fcnt[d] for d in devices if d in self.last_fcnt},
+                                 ids=ids, ids_known=True)
 
     def adopt(self, snaps: list[PartitionSnapshot], complete: bool, full_every: int) -> None:
         """Take over the devices and frame counters of a restored chain (oldest first)."""
         for snap in snaps:
             self.last_fcnt.update(snap.last_fcnt)
             self.devices.update(snap.devices)
+            self.covered_ids.update(snap.ids)
+        self.ids_known = bool(snaps) and all(snap.ids_known for snap in snaps)
         self.since_full = len(snaps) - 1 if complete else full_every
 
 

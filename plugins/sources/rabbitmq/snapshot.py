@@ -5,8 +5,11 @@ Layout (no pickle; safe to read from the broker):
 
 The header says which partition, who wrote it, a sequence number (per writer), whether it
 is ``full`` (every device of the partition) or a delta (the devices that took uplinks
-since the previous snapshot), and the last frame counter taken per device it holds (the
-duplicate check that makes a redelivery after a newer snapshot harmless). The blob is the
+since the previous snapshot), the last frame counter taken per device it holds, and the
+network server's uplink ids (``deduplicationId``) taken since the previous snapshot: the
+duplicate check that makes a redelivery after a newer snapshot harmless uses the ids when
+an uplink has one (a frame-counter reset is then no duplicate) and the counters otherwise.
+Headers without ``ids`` (older writers) still load; uplinks are then checked by counter. The blob is the
 device-state codec's ``dump_devices`` output (empty when the gateway has no codec: then
 only the frame counters move).
 
@@ -39,10 +42,12 @@ class PartitionSnapshot:
     last_fcnt: dict[str, int] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     state: bytes = b""
+    ids: list[str] = field(default_factory=list)
+    ids_known: bool = True  # False: an older header without ``ids``
 
     def encode(self) -> bytes:
         header = json.dumps({"partition": self.partition, "worker": self.worker, "seq": self.seq, "full": self.full,
-                             "last_fcnt": self.last_fcnt, "devices": self.devices},
+                             "last_fcnt": self.last_fcnt, "devices": self.devices, "ids": self.ids},
                             separators=(",", ":")).encode()
         return MAGIC + _LEN.pack(len(header)) + header + self.state
 
@@ -57,7 +62,8 @@ class PartitionSnapshot:
             h = json.loads(data[8:8 + n])
             return cls(partition=int(h["partition"]), worker=str(h["worker"]), seq=int(h["seq"]), full=bool(h["full"]),
                        last_fcnt={str(k): int(v) for k, v in h["last_fcnt"].items()},
-                       devices=[str(d) for d in h["devices"]], state=bytes(data[8 + n:]))
+                       devices=[str(d) for d in h["devices"]], state=bytes(data[8 + n:]),
+                       ids=[str(i) for i in h.get("ids", [])], ids_known="ids" in h)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise SnapshotError(f"bad header: {exc}") from exc
 

@@ -250,7 +250,7 @@ class RabbitSource:
         self.metrics.inc("uplinks_received_total", source=self.name)
         uplink = self._parse(method.routing_key, body)
         if uplink is not None:
-            if st.take(uplink.device_id, uplink.f_cnt, self.options.duplicate_window):
+            if st.take(uplink.device_id, uplink.f_cnt, self.options.duplicate_window, uplink.dedup_id):
                 assert self._emit is not None
                 self._emit(uplink)
             else:
