@@ -53,6 +53,13 @@ class MqttSourceOptions(BrokerOptions):
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="MQTT v5 session expiry.")
     shared_group: str | None = Field(None, description="MQTT v5 shared-subscription group ($share/<group>/...) to split a feed across several gateways.")
     max_payload_bytes: int = Field(65536, ge=256, description="Larger messages are rejected (reason too_large).")
+    receive_process: bool = Field(False, description="Receive and parse in a child process (the other core); whole chunks reach "
+                                  "the scoring process through a pipe, and PUBACKs still leave only after the ingest log holds "
+                                  "the chunk (plugins/sources/mqtt/process.py).")
+    receive_process_inflight: int = Field(4, ge=1, le=64, description="Chunks the receive process may have waiting for the "
+                                          "ingest log at once (it reads ahead while one is logged); a full window stops reading.")
+    receive_process_max_restarts: int = Field(5, ge=0, description="Deaths in a row after which the receive process is not "
+                                              "started again (a process that ran 60 s resets the count).")
 
 
 class MqttSource:
@@ -170,7 +177,11 @@ class MqttSource:
         return self._connected.wait(timeout)
 
 
-def _factory(name: str, options: MqttSourceOptions, context: PluginContext) -> MqttSource:
+def _factory(name: str, options: MqttSourceOptions, context: PluginContext) -> Any:
+    if options.receive_process:
+        from plugins.sources.mqtt.process import ProcessMqttSource  # the child imports this module
+
+        return ProcessMqttSource(name, options, context)
     return MqttSource(name, options, context)
 
 
