@@ -35,6 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
+HOLD_SHARE = 0.5
+"""With ``level_hold``, a window at the threshold holds the channels scoring at least this
+share of its largest channel score (the distance ratio is split among channels)."""
+
 
 class LevelTracker:
     """Bounded-rate follower of a device's channel levels (see the module docstring).
@@ -47,13 +51,25 @@ class LevelTracker:
     back as soon as it has left half of it.
     """
 
-    __slots__ = ("offset", "step")
+    __slots__ = ("hold", "offset", "step")
 
     def __init__(self, n_channels: int, calibration_steps: int, rate: float = 1.0) -> None:
         if n_channels < 1 or calibration_steps < 1 or rate < 0:
             raise ValueError("need n_channels >= 1, calibration_steps >= 1 and rate >= 0")
         self.offset = np.zeros(n_channels)
         self.step = rate / calibration_steps
+        self.hold = np.zeros(n_channels, dtype=bool)
+
+    def hold_from(self, score: float, channel_scores: np.ndarray, hold_at: float) -> None:
+        """Hold (stop following) the channels that carry an excursion: when the device's
+        newest scored window scores at or over ``hold_at`` (``level_hold``; 0 = never hold),
+        each channel whose score (``ScoreResult.channel_scores [C]``) is at least
+        ``HOLD_SHARE`` of the largest; every channel is released once a window scores below
+        it (a NaN score leaves the hold as it is)."""
+        if hold_at <= 0 or not np.isfinite(score):
+            return
+        scores = np.nan_to_num(np.asarray(channel_scores, dtype=np.float64), nan=0.0)
+        self.hold = (scores >= HOLD_SHARE * scores.max()) if score >= hold_at else np.zeros_like(self.hold)
 
     def update(self, levels: np.ndarray) -> np.ndarray:
         """Feed the level of each new reading ``[K, C]`` (or one ``[C]``), oldest first, in z
@@ -61,7 +77,8 @@ class LevelTracker:
         each ``[K, C]`` (float64)."""
         rows = np.asarray(levels, dtype=np.float64).reshape(-1, self.offset.size)
         out = np.empty_like(rows)
-        offset, step = self.offset, self.step
+        offset = self.offset
+        step = np.where(self.hold, 0.0, self.step) if self.hold.any() else self.step
         for i, row in enumerate(rows):
             move = np.minimum(np.maximum(row - offset, -step), step)
             offset = offset + (move if np.isfinite(row).all() else np.where(np.isfinite(row), move, 0.0))

@@ -209,9 +209,14 @@ class WindowScorer:
             for train, block in fold_slices(m, folds, gap):
                 if train.size >= 8:
                     held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings))
-        d_scale = max(tail_quantile(held, target), 1e-3)
-        r_scale = np.array([max(tail_quantile(res[:, j], target), 1e-4) for j in range(c)])
-        joint = max(tail_quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1)), target), 1.0) * margin
+        log_scale, xi_max = self.settings.get("tail_log", 1.0) > 0, self.settings.get("tail_shape_max", 0.5)
+
+        def quantile(v: np.ndarray) -> float:
+            return tail_quantile(v, target, log_scale=log_scale, xi_max=xi_max)
+
+        d_scale = max(quantile(held), 1e-3)
+        r_scale = np.array([max(quantile(res[:, j]), 1e-4) for j in range(c)])
+        joint = max(quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1))), 1.0) * margin
         return (r_scale * joint).astype(np.float32), float(d_scale * joint)
 
     def _quantile_thresholds(

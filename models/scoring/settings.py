@@ -29,6 +29,9 @@ DEFAULTS: dict[str, float] = {
     "adapt_below": 0.5,
     "adapt_calm": 32,
     "level_follow": 1.0,
+    "level_hold": 1.0,
+    "tail_log": 1.0,
+    "tail_shape_max": 0.5,
     "calibration_trim": 0.0,
     "calibration_trim_z": 8.0,
 }
