@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,20 +72,47 @@ def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def adapted_session(base: Path, x: np.ndarray, i: int) -> tuple[Any, bool]:
+    """``model finetune --train-rows 400`` on one run (defaults, gate on), as a session
+    (False: the gate refused it, the base model's session instead)."""
+    import tempfile
+
+    import torch
+
+    from models.architecture import load_model
+    from models.finetune import AdapterRejected, _TorchSession, finetune, load_peft
+
+    torch.set_num_threads(1)
+    out = Path(tempfile.mkdtemp(prefix=f"plant-adapter-{i}-"))
+    try:
+        finetune(base, x, out, train_rows=400, progress=False, name=f"run-{i}")
+    except AdapterRejected:
+        return _TorchSession(load_model(base)), False
+    return _TorchSession(load_peft(base, out)), True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=34)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--model", type=Path, default=base_model_dir())
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting")
+    ap.add_argument("--adapter", action="store_true",
+                    help="per-run adapter: model finetune on the run's 400 calibration rows (its gate on; a "
+                         "refused adapter leaves the base model, as for a user)")
     args = ap.parse_args()
     manifest = load_manifest(args.model)
     session = onnx_session(args.model / "model.onnx")
     settings = settings_from(manifest, **{k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     ys, alerts, pcas, pre, post = [], [], [], [], []
+    refused = 0
     for i in range(args.runs):
         x, y = run(args.seed + i)
-        r = score_recording(x, session, manifest.window_length, 400, settings)
+        scored = session
+        if args.adapter:
+            scored, ok = adapted_session(args.model, x, i)
+            refused += not ok
+        r = score_recording(x, scored, manifest.window_length, 400, settings)
         ys.append(y[r.evaluated])
         alerts.append(r.alert[r.evaluated])
         pcas.append(r.pca_alert[r.evaluated])
@@ -96,6 +124,8 @@ def main() -> int:
     for name, a in (("model", alerts), ("PCA T2+Q", pcas)):
         m = point_metrics(y, np.concatenate(a))
         print(f"{name:<9} F1 {m.f1:.3f}  false-alarm {m.false_alarm_rate:.3f}  missed-alarm {m.missed_alarm_rate:.3f}")
+    if args.adapter:
+        print(f"per-run adapters: {args.runs - refused} exported, {refused} refused by the gate (base kept)")
     print(f"model: normal rows alarmed before the first anomaly {np.concatenate(pre).mean():.3f}, "
           f"after the last {np.concatenate(post).mean():.3f}")
     return 0

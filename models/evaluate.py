@@ -24,7 +24,7 @@ import numpy as np
 from models.pca_baseline import PCABaseline
 from models.scoring.calibration import SeriesCalibration, fill_forward
 from models.scoring.decision import Hysteresis, debounced_flags
-from models.scoring.level import follow_offsets
+from models.scoring.level import LevelTracker, window_level
 from models.scoring.scorer import DeviceScoreState, WindowScorer
 
 
@@ -98,11 +98,6 @@ def score_recording(
         cal.freeze()  # the calibration rows had gaps: use their finite readings
     z = cal.standardize(x)
     windows = sliding_windows(z, t)  # window i ends at row i + t - 1
-    plain = windows
-    if settings["level_follow"] > 0:  # the level follows the device at a bounded rate (models.scoring.level)
-        offsets = follow_offsets(z.astype(np.float64), calibration_rows, t, settings["level_follow"])
-        windows = windows - offsets[t - 1 :, None, :].astype(np.float32)
-    outputs = run_model(session, windows)
     scorer = WindowScorer(None, **dict(settings))
     n_cal = calibration_rows - t + 1  # windows ending inside the calibration rows
     # the daemon's path: calibration windows from the retained calibration readings
@@ -113,19 +108,26 @@ def score_recording(
     rest = slice(n_cal, None)
     score = np.full(n_rows, np.nan, dtype=np.float32)
     channel_scores = np.full((n_rows, n_ch), np.nan, dtype=np.float32)
+    rate, hold_at = settings["level_follow"], settings["level_hold"]
+    tracker = LevelTracker(n_ch, calibration_rows, rate) if rate > 0 else None
+    levels = window_level(windows[n_cal:]) if tracker is not None else None  # level of the window ending at each row
     for start in range(n_cal, len(windows), STREAM_BATCH):
         part = slice(start, min(start + STREAM_BATCH, len(windows)))
-        res = scorer.score_details(
-            windows[part], {k: v[part] for k, v in outputs.items()}, [state] * (part.stop - part.start)
-        )
+        batch = windows[part]
+        if tracker is not None and levels is not None:  # the level follows the device (models.scoring.level)
+            offsets = tracker.update(levels[part.start - n_cal : part.stop - n_cal])
+            batch = batch - offsets[:, None, :].astype(np.float32)
+        res = scorer.score_details(batch, run_model(session, batch), [state] * (part.stop - part.start))
         rows = slice(part.start + t - 1, part.stop + t - 1)
         score[rows] = res.score
         channel_scores[rows] = res.channel_scores
+        if tracker is not None:  # a channel at the alert threshold is not followed (level_hold)
+            tracker.hold_from(float(res.score[-1]), res.channel_scores[-1], hold_at)
     pca_score = np.full(n_rows, np.nan, dtype=np.float32)
     if with_pca:
         pca = PCABaseline()  # the fixed reference: its own 99.5 % x 1.5 thresholds, frozen levels
         pca.fit(cal_windows)
-        pca_score[calibration_rows:] = pca.score(plain[rest])
+        pca_score[calibration_rows:] = pca.score(windows[rest])
     evaluated = np.zeros(n_rows, dtype=bool)
     evaluated[calibration_rows:] = True
     return RecordingScores(

@@ -161,3 +161,47 @@ def test_daemon_level_follows_each_reading_within_its_bound() -> None:
     bound = engine.scorer.settings["level_follow"] / steps * (len(x) - steps)
     assert 0.3 * bound < moved[0] <= bound + 1e-9  # the drifting channel is followed, bounded
     assert np.all(np.abs(moved[1:]) < moved[0])
+
+
+def test_level_tracker_holds_channels_at_the_alert_threshold() -> None:
+    """``level_hold``: while the device scores at the threshold, the channels carrying the
+    score are not followed (a fault does not teach the level); the others keep following;
+    a window below the threshold releases them; a NaN score changes nothing."""
+    tracker = LevelTracker(3, calibration_steps=100, rate=1.0)
+    tracker.hold_from(2.5, np.array([2.5, 1.5, 0.3]), 1.0)
+    assert tracker.hold.tolist() == [True, True, False]
+    off = tracker.update(np.full((50, 3), 5.0))
+    assert np.all(off[:, :2] == 0.0) and off[-1, 2] == pytest.approx(0.5)
+    tracker.hold_from(float("nan"), np.full(3, np.nan), 1.0)
+    assert tracker.hold.tolist() == [True, True, False]
+    tracker.hold_from(0.9, np.array([0.9, 0.4, 0.1]), 1.0)
+    assert not tracker.hold.any()
+    assert tracker.update(np.full((10, 3), 5.0))[-1, 0] == pytest.approx(0.1)
+    tracker.hold_from(9.0, np.array([9.0, 9.0, 9.0]), 0.0)  # level_hold 0: never hold
+    assert not tracker.hold.any()
+
+
+def test_daemon_holds_the_level_of_a_faulty_channel() -> None:
+    """The daemon's InferenceEngine holds the level of a channel scoring at or over
+    ``level_hold`` after each batch, as ``model score`` does: during a 6-std shift of
+    channels b and c their level moves less than with level_hold 0 (not nothing: the hold
+    is released by every window that scores below the threshold meanwhile)."""
+    steps = 300
+    x, _ = plant(3, steps + 400, steps, fault=(steps + 50, steps + 400))
+    moved = {}
+    for hold in (1.0, 0.0):
+        runtime = ModelRuntime.load(base_model_dir(), ["cpu"])
+        engine = InferenceEngine(runtime, Metrics(), calibration_steps=steps)
+        engine.scorer.settings["level_hold"] = hold
+        store = WindowStore(runtime.window_length, 4, Metrics())
+        state = None
+        for k in range(len(x)):
+            window = store.add(Reading("dev", 60.0 * k, dict(zip(("a", "b", "c"), map(float, x[k])))))
+            due = engine.observe(window)
+            if due is not None:
+                engine.score([due])
+            state = window.state
+        assert state is not None and state.level is not None and state.norm is not None
+        moved[hold] = (state.norm[0] - state.norm[2]) / state.norm[1]
+    assert np.all(np.abs(moved[1.0][1:]) < 0.75 * np.abs(moved[0.0][1:]))  # measured 0.65x and 0.25x
+    assert np.all(moved[0.0][1:] > 0.5)

@@ -147,7 +147,8 @@ class InferenceEngine:
         st = window.state
         if not isinstance(st, _DeviceState):
             return None
-        level = None if st.level is None else {"offset": st.level.offset.copy(), "step": float(st.level.step)}
+        level = None if st.level is None else {"offset": st.level.offset.copy(), "step": float(st.level.step),
+                                               "hold": st.level.hold.copy()}
         return {"norm": st.norm, "level": level,
                 "calibration": None if st.calibration is None else st.calibration.export_state(),
                 "score": st.score_state if st.generation == self.generation else None}
@@ -202,6 +203,9 @@ class InferenceEngine:
             offset = np.asarray(stored.get("offset"), dtype=np.float64)
             if offset.shape == (c,) and np.isfinite(offset).all():
                 tracker.offset = offset
+            hold = stored.get("hold")  # absent in checkpoints from before level_hold: nothing held
+            if hold is not None and np.shape(hold) == (c,):
+                tracker.hold = np.asarray(hold, dtype=bool)
         return tracker
 
     @staticmethod
@@ -306,6 +310,10 @@ class InferenceEngine:
             if result.trimmed:  # fallback calibrations (after a model swap) completed in this batch
                 m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()
+            hold_at = scorer.settings["level_hold"]
+            for d, score, channel_scores in zip(group, scores, result.channel_scores):  # newest window wins
+                if d.state.level is not None:
+                    d.state.level.hold_from(score, channel_scores, hold_at)
             ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
             if not ok:
                 continue

@@ -41,10 +41,9 @@ log-statistic above ``calibration_trim_z``, 8; models.scoring.trim), at most
 ``calibration_trim`` (20 %) of them, then fits the profile and takes the quantiles on
 the rest; it returns the count (the daemon exports it as ``score_trim_windows_total``). A clean
 stretch loses nothing; a large normal event can lose its most extreme windows (measured
-in docs/models.md). ``calibration_trim = 0`` turns it off. With ``holdout`` > 0 the distance
-quantile also covers the last ``holdout`` fraction of the calibration windows measured
-against a profile fitted without them (off by default: it lowered false alarms on
-generated devices but cost recall on NAB). The window score is the largest ratio,
+in docs/models.md). ``calibration_trim = 0`` turns it off. ``holdout`` > 0 (off by default):
+the distance quantile also covers the last ``holdout`` of the calibration windows measured
+against a profile fitted without them. The window score is the largest ratio,
 ``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``, so **1.0 means "at the
 alert threshold"**. A sustained shift moves the embedding away from normal for as long
 as it lasts, even where the reconstruction follows the new level; the joint distance
@@ -52,8 +51,7 @@ also sees a channel leave its usual relation to the others (humidity against
 temperature). The profile's mean follows slow normal change (``adapt_rate`` per window)
 from windows scoring below ``adapt_below`` only.
 
-Scores become raise/clear alert states in gateway.alerts.policy (``AlertPolicy``, and
-``anomaly_flags`` for a recorded series), the same mechanism for the daemon and ``model score``.
+Scores become raise/clear alert states (models.scoring.decision), alike for the daemon and ``model score``.
 Settings live in models.scoring.settings, the readings calibration (step 1) in
 models.scoring.calibration, and the PCA baseline ``model eval`` reports in models.pca_baseline.
 """
@@ -62,6 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -209,9 +208,11 @@ class WindowScorer:
             for train, block in fold_slices(m, folds, gap):
                 if train.size >= 8:
                     held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings))
-        d_scale = max(tail_quantile(held, target), 1e-3)
-        r_scale = np.array([max(tail_quantile(res[:, j], target), 1e-4) for j in range(c)])
-        joint = max(tail_quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1)), target), 1.0) * margin
+        quantile = partial(tail_quantile, alpha=target, log_scale=self.settings["tail_log"] > 0,
+                           xi_max=self.settings["tail_shape_max"])  # models.scoring.tail
+        d_scale = max(quantile(held), 1e-3)
+        r_scale = np.array([max(quantile(res[:, j]), 1e-4) for j in range(c)])
+        joint = max(quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1))), 1.0) * margin
         return (r_scale * joint).astype(np.float32), float(d_scale * joint)
 
     def _quantile_thresholds(

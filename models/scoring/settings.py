@@ -29,6 +29,9 @@ DEFAULTS: dict[str, float] = {
     "adapt_below": 0.5,
     "adapt_calm": 32,
     "level_follow": 1.0,
+    "level_hold": 1.0,
+    "tail_log": 1.0,
+    "tail_shape_max": 0.5,
     "calibration_trim": 0.0,
     "calibration_trim_z": 8.0,
 }
@@ -45,7 +48,12 @@ the calibration's effectively independent windows where larger. ``adapt_rate``,
 ``adapt_below``, ``adapt_calm``: the profile mean follows windows scoring below
 ``adapt_below`` after ``adapt_calm`` of them in a row. ``level_follow``: how fast each
 channel's standardisation level may follow the device (calibration stds per calibration
-length; models.scoring.level; 0 = frozen). ``calibration_trim``: the largest fraction of
+length; models.scoring.level; 0 = frozen). ``level_hold``: while a window scores at or
+over it, the level does not follow the channels carrying that score (0 = always follow).
+``tail_log`` 1: the tail quantiles are fitted to log-values (Pareto-type extrapolation,
+conservative), 0: to the raw values; ``tail_shape_max``: the largest generalised Pareto
+shape the fit may take (models.scoring.tail; docs/models.md has both measured).
+``calibration_trim``: the largest fraction of
 score-calibration windows that may be dropped as anomalous before the profile and
 thresholds are fitted (0, the default, turns trimming off: it dropped rare normal events,
 docs/models.md); ``calibration_trim_z``: the robust log-z beyond which a window counts as

@@ -34,7 +34,7 @@ MIN_TAIL = 10
 """At least this many values in the fitted tail."""
 
 
-def _gpd_quantile(x: np.ndarray, alpha: float) -> float:
+def _gpd_quantile(x: np.ndarray, alpha: float, xi_max: float = 0.5) -> float:
     """Upper ``alpha`` quantile of sorted ``x`` (finite, ascending): empirical where
     ``(n + 1)(1 - alpha)`` is within the sample, else peaks over threshold with a
     generalised Pareto tail (method of moments; shape clipped to [0, 0.5], so the tail is
@@ -50,7 +50,7 @@ def _gpd_quantile(x: np.ndarray, alpha: float) -> float:
     v = float(y.var(ddof=1))
     if m <= 0.0:
         return float(x[-1])
-    xi = min(max(0.5 * (1.0 - m * m / v), 0.0), 0.5) if v > 0.0 else 0.0
+    xi = min(max(0.5 * (1.0 - m * m / v), 0.0), xi_max) if v > 0.0 else 0.0
     sigma = m * (1.0 - xi)  # the GPD mean is sigma / (1 - xi)
     ratio = (k / n) / alpha
     if xi < 1e-6:
@@ -58,7 +58,8 @@ def _gpd_quantile(x: np.ndarray, alpha: float) -> float:
     return u + sigma / xi * (ratio**xi - 1.0)
 
 
-def tail_quantile(values: np.ndarray, alpha: float, log_scale: bool = True, floor: float = 1e-12) -> float:
+def tail_quantile(values: np.ndarray, alpha: float, log_scale: bool = True, floor: float = 1e-12,
+                  xi_max: float = 0.5) -> float:
     """The value a new draw of ``values``' distribution exceeds with probability ``alpha``
     (``0 < alpha < 1``). Non-finite values are ignored; NaN when none is left. With
     ``log_scale`` (for positive statistics) the tail is fitted to ``log(max(v, floor))``."""
@@ -69,8 +70,8 @@ def tail_quantile(values: np.ndarray, alpha: float, log_scale: bool = True, floo
     if v.size == 0:
         return math.nan
     if log_scale:
-        return float(math.exp(_gpd_quantile(np.sort(np.log(np.maximum(v, floor))), alpha)))
-    return _gpd_quantile(np.sort(v), alpha)
+        return float(math.exp(_gpd_quantile(np.sort(np.log(np.maximum(v, floor))), alpha, xi_max)))
+    return _gpd_quantile(np.sort(v), alpha, xi_max)
 
 
 def effective_samples(rows: np.ndarray) -> float:
