@@ -167,12 +167,14 @@ def main() -> None:
 
             st = Stages()
             chunked = hasattr(p, "_handle_chunk")
-            p.decoder.decode = st.wrap("decode", p.decoder.decode)
+            if not chunked:
+                p.decoder.decode = st.wrap("decode", p.decoder.decode)
             p.windows.add = st.wrap("window", p.windows.add)
             p.engine.observe = st.wrap("score", p.engine.observe)
             p.policy.on_reading = st.wrap("policy", p.policy.on_reading)
             if chunked:
                 import gateway.pipeline.loop as loop_module
+                p.decoder.decode_chunk = st.wrap("decode", p.decoder.decode_chunk)
                 p.engine.score_groups = st.wrap("score", p.engine.score_groups)
                 loop_module.on_scores = st.wrap("policy", loop_module.on_scores)  # type: ignore[attr-defined]
             else:

@@ -38,32 +38,32 @@ def apply_follows(due: Sequence[DueWindow]) -> int:
     for d in marked:
         d.follow = False
         by_c.setdefault(d.raw.shape[1], []).append(d)
-    moved: dict[int, Any] = {}
     for group in by_c.values():
+        states = [d.state for d in group]
         raw = np.stack([d.raw for d in group])  # [K, T, C] float32
-        norms = np.stack([d.state.norm for d in group])  # type: ignore[misc]  # [K, 3, C] float64
+        norms = np.stack([st.norm for st in states])  # type: ignore[misc]  # [K, 3, C] float64
         levels = np.median((raw - norms[:, 2, None, :]) / norms[:, 1, None, :], axis=1)  # [K, C]
         rounds: list[list[int]] = []
         seen: dict[int, int] = {}
-        for j, d in enumerate(group):
-            r = seen.get(id(d.state), 0)
-            seen[id(d.state)] = r + 1
+        for j, st in enumerate(states):
+            r = seen.get(id(st), 0)
+            seen[id(st)] = r + 1
             if r == len(rounds):
                 rounds.append([])
             rounds[r].append(j)
-        for members in rounds:
-            trackers = [group[j].state.level for j in members]
+        for members in rounds:  # usually one: each device once in the batch
+            sts = states if len(members) == len(states) else [states[j] for j in members]
+            trackers = [st.level for st in sts]
             offset = np.stack([t.offset for t in trackers])  # type: ignore[union-attr]
             step = np.array([t.step for t in trackers])[:, None]  # type: ignore[union-attr]
-            row = levels[members]
+            row = levels if len(members) == len(states) else levels[members]
             move = np.minimum(np.maximum(row - offset, -step), step)
             new = offset + np.where(np.isfinite(row), move, 0.0)
-            for j, tracker, o in zip(members, trackers, new):
+            sub = norms if len(members) == len(states) else norms[members]
+            level = sub[:, 2] + new * sub[:, 1]  # what each device is standardised with now
+            for st, tracker, o, lv in zip(sts, trackers, new, level):
                 tracker.offset = o.copy()  # type: ignore[union-attr]
-                moved[id(group[j].state)] = group[j].state
-    for st in moved.values():
-        norm = st.norm
-        norm[0] = norm[2] + st.level.offset * norm[1]
+                st.norm[0] = lv  # type: ignore[index]  # a later round of the same device overwrites it
     return len(marked)
 
 

@@ -275,15 +275,13 @@ class Pipeline:
     def _handle_chunk(self, uplinks: list[RawUplink], ingested: float | None = None) -> None:
         """Decode a chunk, feed its readings to the rules, observers and windows in order;
         due windows go to the batcher (their level steps deferred to the batch)."""
-        decode = self.decoder.decode
         policy, observers, windows, engine, batcher = self.policy, self.observers, self.windows, self.engine, self._batcher
         checkpointer = self.checkpointer
         n = 0
         newest = self._stream_ts
-        for uplink in uplinks:
+        for uplink, decoded in zip(uplinks, self.decoder.decode_chunk(uplinks)):
             if uplink.seq:
                 self.handled_seq = uplink.seq
-            decoded = decode(uplink)
             if decoded is None:
                 continue
             reading, profile = decoded
