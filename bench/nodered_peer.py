@@ -207,6 +207,8 @@ def live_gateway(gw, probe: Probe, port: int, devices: int, rate: float, seconds
         drained = True
     except TimeoutError:
         drained = False
+    time.sleep(0.05)
+    gw.pipeline.idle.wait(5)  # the last batch decided (its deadline)
     probe.recording = False
     return step_row("lora-gateway", rate, gen, list(probe.latencies), len(probe.latencies), drained), gen["published"]
 
@@ -253,6 +255,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--live", default="", help="comma list of publish rates for the live run (e.g. 1000,2000,4000)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per live step")
+    ap.add_argument("--max-delay-ms", type=float, default=5.0, help="the gateway's batch deadline (the CPU's auto: 1)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     print(machine())
@@ -268,7 +271,7 @@ def main() -> None:
         time.sleep(3)  # "Connected" is logged before the SUBSCRIBE completes
         nr.stop()
         stats = Stats(broker.port)
-        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state"))
+        gw = make_gateway(gateway_config(broker.host, broker.port, Path(tmp) / "state", max_delay_ms=args.max_delay_ms))
         gw.start()
         probe = Probe(gw.pipeline)
         result: dict = {"machine": machine(), "saturation": [], "live": []}
