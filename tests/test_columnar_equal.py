@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from gateway.config import validate_config
 from gateway.pipeline.batching import Batcher
@@ -57,7 +58,8 @@ def _alert_key(a: Alert) -> tuple[Any, ...]:
             json.dumps(a.details, sort_keys=True, default=str))
 
 
-def test_chunk_path_scores_and_alerts_equal_the_per_reading_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("defer", [False, True])
+def test_chunk_path_scores_and_alerts_equal_the_per_reading_path(tmp_path: Path, defer: bool) -> None:
     ups = _uplinks()
     old_gw, new_gw = _gateway(tmp_path / "old"), _gateway(tmp_path / "new")
     try:
@@ -99,6 +101,7 @@ def test_chunk_path_scores_and_alerts_equal_the_per_reading_path(tmp_path: Path)
             def observe_score(self, device_id: str, timestamp: float, score: float, details: dict[str, Any]) -> None:
                 new_scores.append((device_id, timestamp, score, details))
 
+        q.defer_level_steps = defer
         q.score_observers = (Scores(),)
         q.publish_alerts = new_alerts.extend  # type: ignore[method-assign]
         rng = random.Random(5)
