@@ -72,10 +72,15 @@ def main() -> None:
                                        payload=payloads[payload_index(d, k)])
         t0 = time.perf_counter()
         start = time.time() - WARM_READINGS * 60
+        chunked = hasattr(p, "_handle_chunk")  # the tree after issue 15: chunks of 256, as the daemon hands them on
         for k in range(WARM_READINGS):
             ts = start + k * 60
-            for d in range(args.devices):
-                p._handle(uplink(d, ts, k))
+            if chunked:
+                for c in range(0, args.devices, 256):
+                    p._handle_chunk([uplink(d, ts, k) for d in range(c, min(c + 256, args.devices))], None)
+            else:
+                for d in range(args.devices):
+                    p._handle(uplink(d, ts, k))
             p._flush()
         fill_s = time.perf_counter() - t0
         gc.collect()

@@ -1,7 +1,11 @@
-"""CPU microseconds per reading, per stage, on the current (per-reading) code, in one run:
-the "before" figures for the columnar core (issue 15).
+"""CPU microseconds per reading, per stage, in one run (issue 15: before and after the
+columnar core; run it in the old tree and this one, alternating, for the ratio).
 
     .venv/bin/python bench/stage_cost.py [--devices 1000] [--readings 20000] [--receive-count 20000]
+
+The pipeline is driven the way the daemon drives it: in chunks of ``--chunk`` uplinks
+(``Pipeline._handle_chunk``, what a committed ingest-log chunk becomes) where the tree has
+the chunk path, else one uplink at a time (``Pipeline._handle``, the tree before issue 15).
 
 Stages and how each is measured (CPU time of the thread doing it: ``time.thread_time_ns``,
 so a shared box's descheduling does not count; the timer's own cost, measured in the same
@@ -162,20 +166,32 @@ def main() -> None:
                 accept_cpu(ups, Path(tmp) / "accept", args.chunk)
 
             st = Stages()
-            p.decoder.decode = st.wrap("decode", p.decoder.decode)
+            chunked = hasattr(p, "_handle_chunk")
+            if not chunked:
+                p.decoder.decode = st.wrap("decode", p.decoder.decode)
             p.windows.add = st.wrap("window", p.windows.add)
             p.engine.observe = st.wrap("score", p.engine.observe)
-            p.engine.score = st.wrap("score", p.engine.score)
             p.policy.on_reading = st.wrap("policy", p.policy.on_reading)
-            p.policy.on_score = st.wrap("policy", p.policy.on_score)
+            if chunked:
+                import gateway.pipeline.loop as loop_module
+                p.decoder.decode_chunk = st.wrap("decode", p.decoder.decode_chunk)
+                p.engine.score_groups = st.wrap("score", p.engine.score_groups)
+                loop_module.on_scores = st.wrap("policy", loop_module.on_scores)  # type: ignore[attr-defined]
+            else:
+                p.engine.score = st.wrap("score", p.engine.score)
+                p.policy.on_score = st.wrap("policy", p.policy.on_score)
             for obs in p.observers:
                 obs.observe_reading = st.wrap("observers", obs.observe_reading)
             gw.outbox.append = st.wrap("outbox", gw.outbox.append)
             m = gw.metrics
             w0, s0 = m.get("windows_scored_total"), m.get("inference_seconds_total")
             cpu0, t0 = time.process_time_ns(), clock()
-            for up in ups:
-                p._handle(up)
+            if chunked:
+                for start in range(0, len(ups), args.chunk):
+                    p._handle_chunk(ups[start:start + args.chunk], time.monotonic())
+            else:
+                for up in ups:
+                    p._handle(up)
             p._flush()
             t_pipe, cpu_proc = clock() - t0, time.process_time_ns() - cpu0
             windows = m.get("windows_scored_total") - w0
@@ -201,7 +217,8 @@ def main() -> None:
         finally:
             gw.stop()
     print(f"{n} readings, {args.devices} devices, {windows / n:.3f} windows scored per reading, "
-          f"max_batch {args.max_batch}; timer cost {tick:.0f} ns per call (subtracted)")
+          f"max_batch {args.max_batch}, {'chunks of ' + str(args.chunk) if chunked else 'one uplink at a time'}; "
+          f"timer cost {tick:.0f} ns per call (subtracted)")
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("| stage | CPU µs per reading |\n| --- | ---: |")
     for label, us in rows.items():

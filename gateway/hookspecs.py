@@ -50,6 +50,16 @@ def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] 
     """
 
 
+@hookspec(firstresult=True)
+def lora_gateway_decode_batch(uplinks: list[RawUplink], codec: str) -> list[dict[str, Any] | None] | None:
+    """Optional: decode a chunk's uplinks of one named ``codec`` at once (the pipeline's
+    chunk path). Return one entry per uplink, in order: its fields (as
+    ``lora_gateway_decode`` would return them), or None to leave that uplink to
+    ``lora_gateway_decode`` (do that for an invalid one: its error is raised there). Return
+    None when ``codec`` is not yours. Only the plugin that lists ``codec`` is asked.
+    """
+
+
 @hookspec
 def lora_gateway_codecs() -> list[str]:
     """Return the codec names this plugin decodes (for ``--codec`` and profiles)."""

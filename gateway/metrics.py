@@ -88,6 +88,19 @@ class Metrics:
             series[0][bisect_left(bounds, value)] += 1
             series[1][0] += value
 
+    def observe_many(self, name: str, values: Sequence[float], **labels: str) -> None:
+        """``observe`` for each of ``values`` in order, under one lock (a scored batch)."""
+        key = _labels(labels)
+        with self._lock:
+            bounds = self._hist_bounds[name]
+            series = self._hists[name].get(key)
+            if series is None:
+                series = self._hists[name][key] = ([0] * (len(bounds) + 1), [0.0])
+            counts, total = series
+            for value in values:
+                counts[bisect_left(bounds, value)] += 1
+                total[0] += value
+
     def histograms(self) -> list[HistogramSeries]:
         """Every histogram series; a declared one with no observation yet as one empty series."""
         with self._lock:

@@ -37,6 +37,9 @@ from gateway.types import RawUplink
 
 log = logging.getLogger(__name__)
 
+REPLAY_CHUNK = 256
+"""Replayed records are handed on in chunks of this many (``deliver_chunk``)."""
+
 
 def dedup_key(up: RawUplink) -> tuple[str, Hashable] | None:
     """(reason, key) identifying a redelivery of the same uplink, None when unknowable."""
@@ -51,9 +54,13 @@ class IngestAcceptor:
     """Owns the ingest log and the duplicate horizon; see the module docstring."""
 
     def __init__(self, ingest_log: IngestLog, deliver: Callable[[RawUplink], None], metrics: Metrics, *,
-                 dedup_horizon: int = 65536, max_delay_s: float = 0.05) -> None:
+                 dedup_horizon: int = 65536, max_delay_s: float = 0.05,
+                 deliver_chunk: Callable[[list[RawUplink]], None] | None = None) -> None:
+        """``deliver_chunk`` (optional) takes a whole committed chunk in log order at once
+        (``Pipeline.ingest_logged_chunk``); without it each uplink goes to ``deliver``."""
         self.log = ingest_log
         self.deliver = deliver
+        self.deliver_chunk = deliver_chunk
         self.metrics = metrics
         self.dedup_horizon = dedup_horizon
         self.max_delay_s = max_delay_s
@@ -110,15 +117,20 @@ class IngestAcceptor:
                 log.error("ingest log write of %d uplinks failed: %s", len(uplinks), exc)
                 if deliver_on_failure:
                     self.metrics.inc("ingest_log_bypassed_total", len(uplinks))
-                    for up in uplinks:
-                        self.deliver(up)
+                    self._hand_on(uplinks)
                 else:
                     self.forget(uplinks)
                     self.metrics.inc("uplinks_dropped_total", len(uplinks), reason="log_write_failed")
                 return False
+            self._hand_on(uplinks)
+        return True
+
+    def _hand_on(self, uplinks: list[RawUplink]) -> None:
+        if self.deliver_chunk is not None:
+            self.deliver_chunk(uplinks)
+        else:
             for up in uplinks:
                 self.deliver(up)
-        return True
 
     def release_through(self, seq: int) -> None:
         """Retention after a checkpoint at ``seq`` (any thread)."""
@@ -130,11 +142,17 @@ class IngestAcceptor:
         """Load the duplicate keys of every record the log holds and hand the records with
         seq > ``after`` to the pipeline (before the sources start). Returns how many."""
         n = 0
+        chunk: list[RawUplink] = []
         for up in self.log.records(0):
             self.remember(up, count=False)
             if up.seq > after:
-                self.deliver(up)
+                chunk.append(up)
                 n += 1
+                if len(chunk) >= REPLAY_CHUNK:
+                    self._hand_on(chunk)
+                    chunk = []
+        if chunk:
+            self._hand_on(chunk)
         return n
 
     def start(self) -> None:

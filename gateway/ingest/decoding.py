@@ -20,6 +20,11 @@ kept in a weak map and rebuilt when the list of decode implementations changes).
 codec calls its plugin's function directly; auto mode walks the implementations in
 pluggy's own call order (``network_server`` first, ``cayenne_lpp`` last). If any decode
 implementation is a hook wrapper, the ordinary hook call is used instead.
+
+Chunks (``UplinkDecoder.decode_chunk``): the uplinks whose profile names a codec whose plugin
+implements ``lora_gateway_decode_batch`` are decoded in one call per codec; every uplink the
+batch left out (None), and all others, take the per-uplink path, so results, rejects and
+their reasons are those of ``decode`` (``tests/test_columnar_equal.py``).
 """
 
 from __future__ import annotations
@@ -77,6 +82,14 @@ class _Dispatch:
             for impl in reversed(impls)
         ]
         self.codecs = sorted(self.by_codec)
+        # codec -> the batch decoder of the plugin that lists it (lora_gateway_decode_batch)
+        batch_of_plugin = {impl.plugin_name: impl.function for impl in pm.hook.lora_gateway_decode_batch.get_hookimpls()
+                           if tuple(impl.argnames) == ("uplinks", "codec")}
+        self.batch: dict[str, Callable[[list[RawUplink], str], Any]] = {}
+        for plugin, codec in codec_of_plugin.items():
+            fn = batch_of_plugin.get(plugin)
+            if fn is not None and codec in self.by_codec and self.by_codec[codec][1] is by_plugin.get(plugin):
+                self.batch[codec] = fn
 
 
 _DISPATCH: weakref.WeakKeyDictionary[pluggy.PluginManager, _Dispatch] = weakref.WeakKeyDictionary()
@@ -181,11 +194,52 @@ class UplinkDecoder:
         self.quarantine = quarantine
 
     def decode(self, uplink: RawUplink) -> tuple[Reading, ProfileConfig] | None:
+        return self._guarded(uplink, decode_uplink, self.pm, uplink, self.profiles)
+
+    def _guarded(self, uplink: RawUplink, fn: Callable[..., tuple[Reading, ProfileConfig]],
+                 *args: Any) -> tuple[Reading, ProfileConfig] | None:
         try:
-            return decode_uplink(self.pm, uplink, self.profiles)
+            return fn(*args)
         except DecodeError as exc:
             self.quarantine.put(uplink, exc.reason or "decode_error", str(exc))
         except Exception as exc:  # noqa: BLE001 - a plugin bug must not stop the gateway; counted and kept
             self.quarantine.put(uplink, "decoder_crashed", f"{type(exc).__name__}: {exc}")
             log.exception("decoder raised on an uplink from %s", uplink.device_id)
         return None
+
+    def decode_chunk(self, uplinks: list[RawUplink]) -> list[tuple[Reading, ProfileConfig] | None]:
+        """``decode`` for each uplink of a chunk, in order, with batch decoders per codec
+        (see the module docstring)."""
+        d = _dispatch(self.pm)
+        match = self.profiles.match
+        profiles = [match(u) for u in uplinks]
+        fields: dict[int, dict[str, Any]] = {}
+        if d.batch and not d.use_hook:
+            by_codec: dict[str, list[int]] = {}
+            for i, profile in enumerate(profiles):
+                if profile.codec in d.batch:
+                    by_codec.setdefault(profile.codec, []).append(i)
+            for codec, idx in by_codec.items():
+                try:
+                    results = d.batch[codec]([uplinks[i] for i in idx], codec)
+                except Exception:  # noqa: BLE001 - the per-uplink path decides (and counts) instead
+                    log.exception("batch decoder of %s failed; decoding one by one", codec)
+                    continue
+                if isinstance(results, list) and len(results) == len(idx):
+                    fields.update((i, r) for i, r in zip(idx, results) if isinstance(r, dict))
+        out: list[tuple[Reading, ProfileConfig] | None] = []
+        for i, uplink in enumerate(uplinks):
+            got = fields.get(i)
+            if got is None:
+                out.append(self.decode(uplink))
+            else:
+                out.append(self._guarded(uplink, _from_fields, uplink, profiles[i], got))
+        return out
+
+
+def _from_fields(uplink: RawUplink, profile: ProfileConfig, fields: dict[str, Any]) -> tuple[Reading, ProfileConfig]:
+    """What ``decode_with_profile`` does after a named codec answered with ``fields``."""
+    reading, n_channels = build_reading(uplink, fields, profile)
+    if n_channels == 0:
+        raise DecodeError(f"no_channels: {profile.codec} produced no numeric channel")
+    return reading, profile

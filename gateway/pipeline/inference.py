@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gateway.metrics import Metrics
+from gateway.pipeline.columns import ScoredGroup, apply_follows
 from gateway.pipeline.windows import DeviceWindow
 from models.runtime import ModelRuntime
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
@@ -52,6 +53,7 @@ class DueWindow:
     timestamp: float
     state: _DeviceState
     ingested: float | None = None  # monotonic time its reading entered the pipeline (latency)
+    follow: bool = False  # its reading's level step is still to be applied (columns.apply_follows)
 
 
 @dataclass(slots=True)
@@ -219,8 +221,11 @@ class InferenceEngine:
             pool = self._pools[c] = ReadingsPool(self.calibration_steps, c)
         return pool
 
-    def observe(self, window: DeviceWindow) -> DueWindow | None:
-        """Account for the reading just pushed; a snapshot when the window is due for scoring."""
+    def observe(self, window: DeviceWindow, defer_follow: bool = False) -> DueWindow | None:
+        """Account for the reading just pushed; a snapshot when the window is due for scoring.
+        ``defer_follow``: the level step of this reading is left to the batch it is scored in
+        (``DueWindow.follow``, applied for the whole batch by ``score``); the pipeline's chunk
+        path does this. Otherwise the level moves now (one median per reading)."""
         st = window.state
         if not isinstance(st, _DeviceState) or st.generation != self.generation:
             st = self._state(window)
@@ -235,6 +240,8 @@ class InferenceEngine:
             self._calibrate_scores(window, st, cal)
             st.calibration = None
         elif st.level is not None and window.count >= window.length:
+            if defer_follow:
+                return DueWindow(window, window.values(), window.last_timestamp, st, None, True)
             self._follow(st, window)
         if window.count < window.length:
             return None
@@ -282,6 +289,12 @@ class InferenceEngine:
     def score(self, due: list[DueWindow]) -> list[tuple[DueWindow, float, dict[str, Any]]]:
         """Run the model on due windows (time order kept per device); returns
         (due window, score, details) for windows of calibrated devices."""
+        return [(g.due[i], g.scores[i], g.details(i)) for g in self.score_groups(due) for i in range(len(g.due))]
+
+    def score_groups(self, due: list[DueWindow]) -> list[ScoredGroup]:
+        """``score`` as columns: one ``ScoredGroup`` per model call (windows with a finite
+        score only; details built on demand). Deferred level steps are applied first."""
+        apply_follows(due)
         if self._retired:
             self._close_retired()
         runtime = self.runtime  # one model for the whole batch, even if a swap happens meanwhile
@@ -289,7 +302,7 @@ class InferenceEngine:
         groups: dict[tuple[str | None, int], list[DueWindow]] = {}
         for d in due:
             groups.setdefault((self._adapter_for(d.window, runtime), len(d.window.channels)), []).append(d)
-        out: list[tuple[DueWindow, float, dict[str, Any]]] = []
+        out: list[ScoredGroup] = []
         for (adapter, _), group in groups.items():
             for d in group:
                 if d.state.generation != self.generation:
@@ -317,14 +330,7 @@ class InferenceEngine:
             ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
             if not ok:
                 continue
-            contributions = result.channel_scores[ok]
+            contributions = result.channel_scores[ok] if len(ok) < len(scores) else result.channel_scores
             tops = np.nanargmax(contributions, axis=1).tolist()
-            for i, top, row in zip(ok, tops, contributions.tolist()):
-                d = group[i]
-                channels = d.window.channels
-                out.append((d, scores[i], {
-                    "channel": channels[top],
-                    "channel_scores": {c: round(v, 3) for c, v in zip(channels, row)},
-                    "adapter": adapter,
-                }))
+            out.append(ScoredGroup([group[i] for i in ok], [scores[i] for i in ok], tops, contributions, adapter))
         return out

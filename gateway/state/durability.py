@@ -50,7 +50,7 @@ class Durability:
         self.log = IngestLog(state_dir / "ingest-log", metrics, segment_bytes=options.segment_bytes,
                              keep_segments=options.keep_segments, fsync=options.fsync)
         self.acceptor = IngestAcceptor(self.log, pipeline.ingest_logged, metrics,
-                                       dedup_horizon=options.dedup_horizon)
+                                       dedup_horizon=options.dedup_horizon, deliver_chunk=pipeline.ingest_logged_chunk)
         self.codec = DeviceStateCodec(pipeline.windows, pipeline.engine, pipeline.policy)
         self.checkpointer = Checkpointer(CheckpointStore(state_dir / "checkpoint.sqlite", metrics), self.codec, metrics,
                                          options.checkpoint_interval_s,

@@ -147,5 +147,19 @@ def lora_gateway_decode(uplink: RawUplink, codec: str | None) -> dict[str, Any] 
 
 
 @hookimpl
+def lora_gateway_decode_batch(uplinks: list[RawUplink], codec: str) -> list[dict[str, Any] | None] | None:
+    """A chunk's LPP payloads in one call; an invalid one is left to ``lora_gateway_decode``."""
+    if codec != CODEC:
+        return None
+    out: list[dict[str, Any] | None] = []
+    for uplink in uplinks:
+        try:
+            out.append(decode_lpp(uplink.payload))
+        except DecodeError:
+            out.append(None)
+    return out
+
+
+@hookimpl
 def lora_gateway_codecs() -> list[str]:
     return [CODEC]

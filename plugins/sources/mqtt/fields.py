@@ -128,6 +128,12 @@ def field_dev_eui(value: Any, name: str) -> str:
     return text.lower()
 
 
+_SECONDS: dict[str, float] = {}
+"""UNIX seconds of recently seen ``YYYY-MM-DDTHH:MM:SS`` prefixes (a backlog's messages share
+them); bounded by ``_SECONDS_MAX``, cleared when full."""
+_SECONDS_MAX = 4096
+
+
 def parse_time(value: Any) -> float | None:
     """ISO 8601 string (any fraction length, ``Z`` or offset; no zone = UTC) or UNIX
     seconds -> UNIX seconds; None when absent or unreadable."""
@@ -145,12 +151,17 @@ def parse_time(value: Any) -> float | None:
     if not m:
         return None
     year, month, day, hour, minute, second, frac, zone = m.groups()
-    try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                      tzinfo=UTC)
-    except ValueError:
-        return None
-    ts = dt.timestamp()
+    whole = value.strip()[:19]  # the date and time to the second: many messages share it
+    ts = _SECONDS.get(whole)
+    if ts is None:
+        try:
+            ts = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                          tzinfo=UTC).timestamp()
+        except ValueError:
+            return None
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        _SECONDS[whole] = ts
     if frac:
         ts += int(frac[:9]) / 10 ** len(frac[:9])
     if zone and zone not in ("Z", "z"):
