@@ -7,7 +7,7 @@ the windows (``DueWindow.follow``); before a batch is standardised, this compute
 marked window's level in one median over ``[K, T, C]`` and steps the trackers a round at a
 time (round r: the r-th marked window of each device in the batch, so a device's windows
 still move its level in time order), with the same float64 arithmetic as
-``LevelTracker.update``. Since the batcher always hands over everything pending, the
+``LevelTracker.update`` (held channels, ``level_hold``, do not move). Since the batcher always hands over everything pending, the
 levels a batch is standardised with are exactly those the per-reading path had set: the
 follows of every reading handled so far (``tests/test_columnar_equal.py``).
 
@@ -56,6 +56,9 @@ def apply_follows(due: Sequence[DueWindow]) -> int:
             trackers = [st.level for st in sts]
             offset = np.stack([t.offset for t in trackers])  # type: ignore[union-attr]
             step = np.array([t.step for t in trackers])[:, None]  # type: ignore[union-attr]
+            holds = np.stack([t.hold for t in trackers])  # type: ignore[union-attr]  # level_hold: held channels stay
+            if holds.any():
+                step = np.where(holds, 0.0, step)
             row = levels if len(members) == len(states) else levels[members]
             move = np.minimum(np.maximum(row - offset, -step), step)
             new = offset + np.where(np.isfinite(row), move, 0.0)
