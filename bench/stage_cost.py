@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--receive-count", type=int, default=20000)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=64, help="uplinks per ingest-log write (a received chunk)")
+    ap.add_argument("--defer-level-steps", choices=("on", "off", "default"), default="default",
+                    help="level steps once per batch (on) or per reading (off); default: the tree's own")
     args = ap.parse_args()
     from gateway.types import Alert
     from plugins.sources.mqtt.shapes import parse_uplink
@@ -148,6 +150,9 @@ def main() -> None:
         gw.start()
         p = gw.pipeline
         p.stop()  # drive it from this thread
+        if args.defer_level_steps != "default" and hasattr(p, "defer_level_steps"):
+            p.defer_level_steps = args.defer_level_steps == "on"
+        print(f"defer_level_steps: {getattr(p, 'defer_level_steps', 'n/a')}")
         try:
             rounds = WARM_READINGS + -(-args.readings // args.devices)
             t_start = time.time() - rounds

@@ -7,9 +7,10 @@ the windows (``DueWindow.follow``); before a batch is standardised, this compute
 marked window's level in one median over ``[K, T, C]`` and steps the trackers a round at a
 time (round r: the r-th marked window of each device in the batch, so a device's windows
 still move its level in time order), with the same float64 arithmetic as
-``LevelTracker.update`` (held channels, ``level_hold``, do not move). Since the batcher always hands over everything pending, the
-levels a batch is standardised with are exactly those the per-reading path had set: the
-follows of every reading handled so far (``tests/test_columnar_equal.py``).
+``LevelTracker.update`` (held channels, ``level_hold``, do not move). Each window keeps the
+level its own round set (``DueWindow.level``) and is standardised with it, exactly as the
+per-reading path standardises a window with the level its reading's step left
+(``tests/test_columnar_equal.py``), whatever later readings of the device share the batch.
 
 ``ScoredGroup``: one ONNX Runtime call's results as columns (scores, top channel,
 per-channel contributions); ``details(i)`` builds the per-window dict the alert policy and
@@ -64,9 +65,10 @@ def apply_follows(due: Sequence[DueWindow]) -> int:
             new = offset + np.where(np.isfinite(row), move, 0.0)
             sub = norms if len(members) == len(states) else norms[members]
             level = sub[:, 2] + new * sub[:, 1]  # what each device is standardised with now
-            for st, tracker, o, lv in zip(sts, trackers, new, level):
+            for j, st, tracker, o, lv in zip(members, sts, trackers, new, level):
                 tracker.offset = o.copy()  # type: ignore[union-attr]
                 st.norm[0] = lv  # type: ignore[index]  # a later round of the same device overwrites it
+                group[j].level = lv  # the window is standardised with its own reading's level
     return len(marked)
 
 

@@ -54,6 +54,10 @@ class DueWindow:
     state: _DeviceState
     ingested: float | None = None  # monotonic time its reading entered the pipeline (latency)
     follow: bool = False  # its reading's level step is still to be applied (columns.apply_follows)
+    # float64 [C]: the level this window is standardised with, as its own reading's level step
+    # left it (None: the device's current ``norm[0]``, i.e. no level tracker). Kept per window
+    # so a window's score does not depend on which later readings share its batch.
+    level: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -86,7 +90,8 @@ def standardize(due: list[DueWindow]) -> np.ndarray:
     for the batch in one numpy expression with each device's frozen mean/std."""
     raw = np.stack([d.raw for d in due]).astype(np.float64)
     norm = np.stack([d.state.norm for d in due])  # type: ignore[misc]
-    return ((raw - norm[:, 0, None, :]) / norm[:, 1, None, :]).astype(np.float32)
+    level = np.stack([d.level if d.level is not None else n[0] for d, n in zip(due, norm)])
+    return ((raw - level[:, None, :]) / norm[:, 1, None, :]).astype(np.float32)
 
 
 class InferenceEngine:
@@ -245,12 +250,12 @@ class InferenceEngine:
             self._follow(st, window)
         if window.count < window.length:
             return None
-        return DueWindow(window, window.values(), window.last_timestamp, st)
+        return DueWindow(window, window.values(), window.last_timestamp, st, level=st.norm[0].copy())
 
     @staticmethod
     def _follow(st: _DeviceState, window: DeviceWindow) -> None:
         """Feed the newest window's level to the device's level tracker; the windows scored
-        from the next batch on are standardised with the moved level (models.scoring.level)."""
+        from this one on are standardised with the moved level (models.scoring.level)."""
         norm, level = st.norm, st.level
         assert norm is not None and level is not None
         offset = level.update(window_level((window.values() - norm[2]) / norm[1]))[-1]

@@ -57,13 +57,13 @@ class PipelineSettings:
     max_delay_s: float = 0.02
     queue_size: int = 10000
     block_s: float = 5.0
-    # step each reading's level once per batch (columns.apply_follows) instead of per reading:
-    # off for now: with it on, tests/test_cluster_rabbitmq.py's worker that took a partition
-    # over mid-fault cleared an alarm the single gateway did not; adding a 0.5 ms sleep per
-    # batch (no value changed) made that test pass again, so the cluster's outcome depends on
-    # timing (bench/RESULTS.md 14). Single-gateway results are equal either way
-    # (tests/test_columnar_equal.py).
-    defer_level_steps: bool = False
+    # step each reading's level once per batch (columns.apply_follows, one median over the
+    # batch) instead of one median per reading. Each due window carries the level its own
+    # reading's step left (DueWindow.level), so the result is the per-reading path's
+    # (tests/test_columnar_equal.py). It was off while windows were standardised with the
+    # device's level at batch time, which made a score depend on which later readings shared
+    # its batch (the cluster test's timing-dependent failure, bench/RESULTS.md 19-20).
+    defer_level_steps: bool = True
 
 
 class Pipeline:
