@@ -29,6 +29,25 @@ if TYPE_CHECKING:
     from gateway.pipeline.inference import DueWindow
 
 
+def device_rounds(due: list[DueWindow]) -> list[list[DueWindow]]:
+    """Split a batch into rounds, each device at most once per round, in order: round r
+    holds the r-th window of every device that has one (``[due]`` itself when no device
+    repeats, the usual case with many devices)."""
+    seen: dict[str, int] = {}
+    rounds: list[list[DueWindow]] = [[]]
+    repeat = False
+    for d in due:
+        key = d.window.device_id
+        r = seen.get(key, 0)
+        seen[key] = r + 1
+        if r:
+            repeat = True
+            if r == len(rounds):
+                rounds.append([])
+        rounds[r].append(d)
+    return rounds if repeat else [due]
+
+
 def apply_follows(due: Sequence[DueWindow]) -> int:
     """Step the level trackers for the windows marked ``follow`` (in order), then set each
     moved device's standardisation level (``norm[0]``). Returns how many were applied."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gateway.metrics import Metrics
-from gateway.pipeline.columns import ScoredGroup, apply_follows
+from gateway.pipeline.columns import ScoredGroup, apply_follows, device_rounds
 from gateway.pipeline.windows import DeviceWindow
 from models.runtime import ModelRuntime
 from models.scoring.calibration import ReadingsPool, SeriesCalibration
@@ -298,7 +298,22 @@ class InferenceEngine:
 
     def score_groups(self, due: list[DueWindow]) -> list[ScoredGroup]:
         """``score`` as columns: one ``ScoredGroup`` per model call (windows with a finite
-        score only; details built on demand). Deferred level steps are applied first."""
+        score only; details built on demand).
+
+        The batch is scored in device rounds (``device_rounds``: round r holds the r-th
+        window of each device; usually there is one). A device's state that a score
+        updates (the level hold, the profile's adaptation) therefore reaches its next
+        window exactly as if each window had been scored alone, so scores and alerts do not
+        depend on how the batcher cut the stream (tests/test_columnar_equal.py). Deferred
+        level steps are applied per round, before it is standardised."""
+        rounds = device_rounds(due)
+        if len(rounds) == 1:
+            return self._score_round(due)
+        return [g for part in rounds for g in self._score_round(part)]
+
+    def _score_round(self, due: list[DueWindow]) -> list[ScoredGroup]:
+        """Score windows of distinct devices (one round) in one model call per (adapter,
+        channel count)."""
         apply_follows(due)
         if self._retired:
             self._close_retired()
@@ -329,7 +344,7 @@ class InferenceEngine:
                 m.inc("score_trim_windows_total", result.trimmed)
             scores = result.score.tolist()
             hold_at = scorer.settings["level_hold"]
-            for d, score, channel_scores in zip(group, scores, result.channel_scores):  # newest window wins
+            for d, score, channel_scores in zip(group, scores, result.channel_scores):  # one window per device
                 if d.state.level is not None:
                     d.state.level.hold_from(score, channel_scores, hold_at)
             ok = [i for i, s in enumerate(scores) if math.isfinite(s)]
