@@ -172,7 +172,7 @@ def main() -> None:
                           f"{row['source_thread_cpu_us_per_reading']:5.1f}); "
                           f"mean batch {row['mean_batch']:.1f}, {row['windows_per_reading']:.3f} windows/reading, "
                           f"load {row['load_average']:.2f}", flush=True)
-            probe = Probe(gw.pipeline.policy)
+            probe = Probe(gw.pipeline)
             for rep in range(args.repeat if args.rate > 0 else 0):
                 for mode in ("off", "on"):
                     row, rounds = latency(gw, make_source(gw, mode, args.inflight), emit, probe, broker.port, args.devices,
