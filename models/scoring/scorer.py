@@ -65,10 +65,10 @@ from typing import Any
 
 import numpy as np
 
-from models.scoring.profile import fit_profile, profile_distance, rank_k_distance
+from models.scoring.profile import fit_profile, profile_distance, profile_shrinkage, rank_k_distance
 from models.scoring.settings import settings_from
 from models.scoring.state import DeviceScoreState, packed_precision, unpack_index
-from models.scoring.tail import fold_slices, tail_quantile
+from models.scoring.tail import effective_samples, fold_slices, tail_quantile, tail_quantile_bound
 from models.scoring.trim import diagonal_distance, trim_mask
 
 __all__ = ["DeviceScoreState", "ScoreResult", "WindowScorer", "packed_precision"]
@@ -205,14 +205,25 @@ class WindowScorer:
         held = profile_distance(flat, *profile)
         folds = int(self.settings["calibration_folds"])
         if folds >= 2:
+            # each fold's profile is shrunk as the device's own (its fewer windows would
+            # shrink it harder and understate the distances the device's profile will see)
+            lam = profile_shrinkage(flat, self.settings) if self.settings["fold_shrinkage"] > 0 else None
             for train, block in fold_slices(m, folds, gap):
                 if train.size >= 8:
-                    held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings))
+                    held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings, lam))
         quantile = partial(tail_quantile, alpha=target, log_scale=self.settings["tail_log"] > 0,
                            xi_max=self.settings["tail_shape_max"])  # models.scoring.tail
         d_scale = max(quantile(held), 1e-3)
         r_scale = np.array([max(quantile(res[:, j]), 1e-4) for j in range(c)])
-        joint = max(quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1))), 1.0) * margin
+        joint_values = np.maximum(held / d_scale, (res / r_scale).max(axis=1))
+        confidence = self.settings["threshold_confidence"]
+        if confidence > 0:  # an upper bound of the estimate: a block bootstrap of the held-out values
+            blen = max(gap, int(np.ceil(m / effective_samples(np.log(np.maximum(joint_values, 1e-12))[:, None]))))
+            q = tail_quantile_bound(joint_values, target, confidence, blen, log_scale=self.settings["tail_log"] > 0,
+                                    xi_max=self.settings["tail_shape_max"])
+        else:
+            q = quantile(joint_values)
+        joint = max(q, 1.0) * margin
         return (r_scale * joint).astype(np.float32), float(d_scale * joint)
 
     def _quantile_thresholds(
