@@ -137,11 +137,15 @@ def _gpd_quantiles(xs: np.ndarray, alpha: float, xi_max: float = 0.5) -> np.ndar
     return np.where(m <= 0.0, top[:, -1], q)
 
 
-def tail_quantile_bound(values: np.ndarray, alpha: float, confidence: float, block: int, log_scale: bool = True,
-                        floor: float = 1e-12, xi_max: float = 0.5, resamples: int = 200) -> float:
+def tail_quantile_bound(values: np.ndarray, alpha: float, confidence: float, min_block: int = 1,
+                        log_scale: bool = True, floor: float = 1e-12, xi_max: float = 0.5,
+                        resamples: int = 200) -> float:
     """An upper ``confidence`` bound of ``tail_quantile(values, alpha)``: the ``confidence``
     quantile of that estimate over a moving-block bootstrap of the time-ordered ``values``
-    (``resamples`` series of blocks of ``block`` values; a fixed seed, so deterministic)."""
+    (``resamples`` series of blocks; a block spans at least ``min_block`` values and the
+    values per effectively independent one, ``effective_samples``; a fixed seed, so
+    deterministic). It covers the estimate's sampling spread within the calibration
+    stretch, not a later normal the stretch never showed."""
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -149,7 +153,7 @@ def tail_quantile_bound(values: np.ndarray, alpha: float, confidence: float, blo
     if log_scale:
         v = np.log(np.maximum(v, floor))
     n = v.size
-    b = max(1, min(int(block), n))
+    b = max(1, min(max(int(min_block), math.ceil(n / effective_samples(v[:, None]))), n))
     rng = np.random.default_rng(0)
     starts = rng.integers(0, n - b + 1, size=(resamples, -(-n // b)))
     idx = (starts[:, :, None] + np.arange(b)).reshape(resamples, -1)[:, :n]
