@@ -374,10 +374,10 @@ class WindowScorer:
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate
-        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below`` (well
-        inside the threshold) that come after at least ``adapt_calm`` such windows in a row
-        (``state.calm``): no window of an excursion, nor the windows still holding its
-        readings, ever teaches the profile, so a sustained fault stays detected."""
+        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below`` (the
+        threshold: a gate inside the normal range feeds it a biased part of normal) that come
+        after at least ``adapt_calm`` such windows in a row (``state.calm``): no window of an
+        excursion, nor the windows still holding its readings, teaches it."""
         rate = self.settings["adapt_rate"]
         below, need = self.settings["adapt_below"], int(self.settings["adapt_calm"])
         groups: dict[int, list[int]] = {}
