@@ -16,7 +16,7 @@ from models.evaluate import run_model, score_recording
 from models.scoring.calibration import SeriesCalibration
 from models.scoring.profile import fit_profile, profile_distance, profile_shrinkage
 from models.scoring.settings import settings_from
-from models.scoring.tail import fold_slices
+from models.scoring.tail import _gpd_quantile, _gpd_quantiles, fold_slices, tail_quantile, tail_quantile_bound
 
 pytest.importorskip("onnxruntime")
 
@@ -87,3 +87,23 @@ def test_profile_mean_does_not_drift_on_a_stationary_node(session, manifest) -> 
         rates[name] = (float(np.mean(s[:6000] >= 1.0)), float(np.mean(s[-6000:] >= 1.0)), bool(r.alert.any()))
     assert rates["now"][1] <= max(2 * rates["now"][0], 1e-3) and not rates["now"][2], rates
     assert rates["before"][1] > 3 * rates["before"][0] and rates["before"][2], rates
+
+
+def test_tail_quantile_bound_covers_the_estimates_spread() -> None:
+    """``tail_quantile_bound``: the vectorised tail fit is the scalar one row by row; the
+    upper bound lies above the point estimate, by less the more the sample holds, is
+    deterministic, and takes degenerate samples."""
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.standard_normal((5, 400)), axis=1)
+    for alpha in (1e-4, 0.2):
+        assert np.allclose(_gpd_quantiles(rows[:, ::-1].copy(), alpha), [_gpd_quantile(r, alpha) for r in rows])
+    widths = []
+    for n in (300, 3000):
+        v = np.exp(rng.standard_normal(n) * 0.3)
+        point, bound = tail_quantile(v, 1e-4), tail_quantile_bound(v, 1e-4, 0.9, 32)
+        assert bound > point and bound == tail_quantile_bound(v, 1e-4, 0.9, 32)
+        widths.append(bound / point)
+    assert widths[1] < widths[0]
+    assert tail_quantile_bound(np.ones(50), 1e-4, 0.9) == pytest.approx(1.0)
+    assert np.isnan(tail_quantile_bound(np.array([np.nan]), 1e-4, 0.9))
+    assert tail_quantile_bound(np.arange(1.0, 9.0), 1e-4, 0.9, 32) >= 8.0  # 8 windows, one block
