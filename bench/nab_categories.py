@@ -8,8 +8,8 @@ later row counts once (no point adjustment). Counts are pooled per category (one
 matrix). Also prints the alarmed rows of every ``artificialNoAnomaly`` series (all false),
 and the share of normal windows at or over the threshold beside the declared
 ``false_alarm_target``. ``--set false_alarm_target=0 --set score_margin=1.5 --set
-level_follow=0 --set calibration_trim=0.2 --set adapt_below=1.0 --set adapt_calm=0`` gives
-the scoring before issue 11. Not a timed test: a report for docs/models.md.
+level_follow=0 --set calibration_trim=0.2 --set adapt_calm=0 --set fold_shrinkage=0 --set
+threshold_confidence=0`` gives the scoring before issue 11. Not a timed test: a report for docs/models.md.
 """
 
 from __future__ import annotations

@@ -185,7 +185,10 @@ def test_daemon_holds_the_level_of_a_faulty_channel() -> None:
     """The daemon's InferenceEngine holds the level of a channel scoring at or over
     ``level_hold`` after each batch, as ``model score`` does: during a 6-std shift of
     channels b and c their level moves less than with level_hold 0 (not nothing: the hold
-    is released by every window that scores below the threshold meanwhile)."""
+    is released by every window that scores below the threshold meanwhile: the more, the
+    higher the device's threshold; since the cross-fitting folds are shrunk like the device's
+    profile (``fold_shrinkage``), this 300-reading calibration's distance threshold is
+    higher, and the move is 0.86x and 0.45x of the unheld one, against 0.65x and 0.24x)."""
     steps = 300
     x, _ = plant(3, steps + 400, steps, fault=(steps + 50, steps + 400))
     moved = {}
@@ -203,5 +206,5 @@ def test_daemon_holds_the_level_of_a_faulty_channel() -> None:
             state = window.state
         assert state is not None and state.level is not None and state.norm is not None
         moved[hold] = (state.norm[0] - state.norm[2]) / state.norm[1]
-    assert np.all(np.abs(moved[1.0][1:]) < 0.75 * np.abs(moved[0.0][1:]))  # measured 0.65x and 0.25x
+    assert np.all(np.abs(moved[1.0][1:]) < 0.9 * np.abs(moved[0.0][1:]))  # measured 0.86x and 0.45x
     assert np.all(moved[0.0][1:] > 0.5)

@@ -20,17 +20,35 @@ def rank_k_distance(diff: np.ndarray, basis: np.ndarray, inv_eig: np.ndarray, in
     return np.asarray((inside + rest * inv_rest) / diff.shape[1])
 
 
-def fit_profile(flat: np.ndarray, settings: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Mean, top eigen-directions, their inverse eigenvalues and the inverse rest variance
-    of the shrunk covariance of ``flat [M, F]`` (``shrinkage``, ``shrinkage_auto`` and
-    ``max_rank`` from ``settings``)."""
-    m, f = flat.shape
+def _moments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = flat.shape[0]
     mu = flat.mean(axis=0)
     centred = flat - mu
-    cov = centred.T @ centred / max(m - 1, 1)
+    return mu, centred, centred.T @ centred / max(m - 1, 1)
+
+
+def _intensity(centred: np.ndarray, cov: np.ndarray, settings: Mapping[str, float]) -> float:
     lam = settings["shrinkage"]
     if settings["shrinkage_auto"] > 0:  # OAS for the effectively independent windows
         lam = max(lam, oas_shrinkage(cov, effective_samples(centred)))
+    return float(lam)
+
+
+def profile_shrinkage(flat: np.ndarray, settings: Mapping[str, float]) -> float:
+    """The covariance shrinkage intensity ``fit_profile(flat, settings)`` uses."""
+    _, centred, cov = _moments(flat)
+    return _intensity(centred, cov, settings)
+
+
+def fit_profile(flat: np.ndarray, settings: Mapping[str, float],
+                shrinkage: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mean, top eigen-directions, their inverse eigenvalues and the inverse rest variance
+    of the shrunk covariance of ``flat [M, F]`` (``shrinkage``, ``shrinkage_auto`` and
+    ``max_rank`` from ``settings``; a given ``shrinkage`` intensity replaces both, e.g. a
+    cross-fitting fold's, which must be regularised like the profile it stands in for)."""
+    f = flat.shape[1]
+    mu, centred, cov = _moments(flat)
+    lam = _intensity(centred, cov, settings) if shrinkage is None else shrinkage
     shrunk = (1.0 - lam) * cov + (lam * np.trace(cov) / f + 1e-6) * np.eye(f)
     eig, vec = np.linalg.eigh(shrunk)  # ascending
     k = int(min(f, settings["max_rank"]))

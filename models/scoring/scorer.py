@@ -31,25 +31,19 @@ Per window, three statistics:
   that is smaller (``C*D + 1 <= 2 * max_rank``, e.g. the bundled model's 1-3 channel
   devices), as the packed lower triangle of the same precision matrix.
 
-Each is divided by its calibrated threshold, ``quantile(score_quantile) * score_margin``
-over the calibration windows (flatness: at least 0.5). Nobody guarantees that a real
-device's calibration stretch is fault-free, and one level shift or spike burst in it
-would set these quantiles (on the example site: residual threshold 6.36 instead of 0.10,
-F1 0.166 instead of 0.50). So ``calibrate`` first drops the windows whose residual or
-distance is far out on the high side of the stretch's own robust spread (robust z of the
-log-statistic above ``calibration_trim_z``, 8; models.scoring.trim), at most
-``calibration_trim`` (20 %) of them, then fits the profile and takes the quantiles on
-the rest; it returns the count (the daemon exports it as ``score_trim_windows_total``). A clean
-stretch loses nothing; a large normal event can lose its most extreme windows (measured
-in docs/models.md). ``calibration_trim = 0`` turns it off. ``holdout`` > 0 (off by default):
-the distance quantile also covers the last ``holdout`` of the calibration windows measured
-against a profile fitted without them. The window score is the largest ratio,
+Each is divided by its calibrated threshold: the value a normal window exceeds with
+probability ``false_alarm_target``, from held-out calibration statistics
+(``_target_thresholds``, models.scoring.tail; flatness: at least 0.5), or, with the
+target 0, the in-sample ``score_quantile`` x ``score_margin``. Optional, off by default
+(``calibration_trim`` 0; models.scoring.trim): windows far out on the high side of the
+stretch's own robust spread are dropped before the fit (``calibrate`` returns the count,
+the daemon's ``score_trim_windows_total``; docs/models.md has why it is off). The window score is the largest ratio,
 ``max(max_c r_c / r_thr_c, max_c f_c / f_thr_c, m / m_thr)``, so **1.0 means "at the
 alert threshold"**. A sustained shift moves the embedding away from normal for as long
 as it lasts, even where the reconstruction follows the new level; the joint distance
 also sees a channel leave its usual relation to the others (humidity against
 temperature). The profile's mean follows slow normal change (``adapt_rate`` per window)
-from windows scoring below ``adapt_below`` only.
+from windows scoring below ``adapt_below`` (the alert threshold) only.
 
 Scores become raise/clear alert states (models.scoring.decision), alike for the daemon and ``model score``.
 Settings live in models.scoring.settings, the readings calibration (step 1) in
@@ -65,10 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from models.scoring.profile import fit_profile, profile_distance, rank_k_distance
+from models.scoring.profile import fit_profile, profile_distance, profile_shrinkage, rank_k_distance
 from models.scoring.settings import settings_from
 from models.scoring.state import DeviceScoreState, packed_precision, unpack_index
-from models.scoring.tail import fold_slices, tail_quantile
+from models.scoring.tail import fold_slices, tail_quantile, tail_quantile_bound
 from models.scoring.trim import diagonal_distance, trim_mask
 
 __all__ = ["DeviceScoreState", "ScoreResult", "WindowScorer", "packed_precision"]
@@ -198,21 +192,28 @@ class WindowScorer:
         (``calibration_folds`` contiguous blocks, ``gap`` windows either side left out),
         and the residuals (the model never trained on the device). Each statistic is first
         scaled by its own tail quantile, then both are multiplied by the tail quantile of
-        the largest scaled statistic, so the *window score* (their maximum) meets the
-        target, not each statistic alone. Times ``score_margin`` (1.0: none)."""
+        the largest scaled statistic (its upper ``threshold_confidence`` bound), so the
+        *window score* (their maximum) meets the target, not each statistic alone. Times
+        ``score_margin`` (1.0: none)."""
         m, c = res.shape
         target, margin = self.settings["false_alarm_target"], self.settings["score_margin"]
         held = profile_distance(flat, *profile)
         folds = int(self.settings["calibration_folds"])
         if folds >= 2:
+            # each fold's profile is shrunk as the device's own (its fewer windows would
+            # shrink it harder and understate the distances the device's profile will see)
+            lam = profile_shrinkage(flat, self.settings) if self.settings["fold_shrinkage"] > 0 else None
             for train, block in fold_slices(m, folds, gap):
                 if train.size >= 8:
-                    held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings))
+                    held[block] = profile_distance(flat[block], *fit_profile(flat[train], self.settings, lam))
         quantile = partial(tail_quantile, alpha=target, log_scale=self.settings["tail_log"] > 0,
                            xi_max=self.settings["tail_shape_max"])  # models.scoring.tail
         d_scale = max(quantile(held), 1e-3)
         r_scale = np.array([max(quantile(res[:, j]), 1e-4) for j in range(c)])
-        joint = max(quantile(np.maximum(held / d_scale, (res / r_scale).max(axis=1))), 1.0) * margin
+        joint_values, conf = np.maximum(held / d_scale, (res / r_scale).max(axis=1)), self.settings["threshold_confidence"]
+        q = (tail_quantile_bound(joint_values, target, conf, gap, self.settings["tail_log"] > 0,
+                                 xi_max=self.settings["tail_shape_max"]) if conf > 0 else quantile(joint_values))
+        joint = max(q, 1.0) * margin
         return (r_scale * joint).astype(np.float32), float(d_scale * joint)
 
     def _quantile_thresholds(
@@ -373,10 +374,10 @@ class WindowScorer:
 
     def _adapt(self, sts: list[DeviceScoreState], emb: np.ndarray, scores: np.ndarray) -> None:
         """Let each state's embedding mean follow slow normal change (EWMA, rate
-        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below`` (well
-        inside the threshold) that come after at least ``adapt_calm`` such windows in a row
-        (``state.calm``): no window of an excursion, nor the windows still holding its
-        readings, ever teaches the profile, so a sustained fault stays detected."""
+        ``adapt_rate`` per window), fed only by windows scoring below ``adapt_below`` (the
+        threshold: a gate inside the normal range feeds it a biased part of normal) that come
+        after at least ``adapt_calm`` such windows in a row (``state.calm``): no window of an
+        excursion, nor the windows still holding its readings, teaches it."""
         rate = self.settings["adapt_rate"]
         below, need = self.settings["adapt_below"], int(self.settings["adapt_calm"])
         groups: dict[int, list[int]] = {}

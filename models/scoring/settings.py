@@ -14,6 +14,8 @@ DEFAULTS: dict[str, float] = {
     "calibration_windows": 1008,
     "false_alarm_target": 1e-4,
     "calibration_folds": 5,
+    "fold_shrinkage": 1.0,
+    "threshold_confidence": 0.9,
     "score_quantile": 0.995,
     "score_margin": 1.0,
     "raise": 1.0,
@@ -26,7 +28,7 @@ DEFAULTS: dict[str, float] = {
     "max_rank": 32,
     "holdout": 0.0,
     "adapt_rate": 0.003,
-    "adapt_below": 0.5,
+    "adapt_below": 1.0,
     "adapt_calm": 32,
     "level_follow": 1.0,
     "level_hold": 1.0,
@@ -42,11 +44,17 @@ the device's normal behaviour scores at or over 1.0 (1e-4: one window per 10,000
 windows); thresholds are set for it on held-out calibration statistics
 (models.scoring.tail). 0 selects the thresholds from before it: the in-sample
 ``score_quantile`` x ``score_margin``. ``calibration_folds``: cross-fitting folds for the
-held-out distances. ``score_margin``: a factor on every threshold (1.0 with a target).
+held-out distances; ``fold_shrinkage`` 1: each fold's profile is shrunk with the device
+profile's own intensity (0: its own, larger for fewer windows, which understated the
+distances the device's profile meets). ``threshold_confidence``: the window-score
+threshold is this upper bound (a block bootstrap of the held-out values) of the tail
+quantile rather than its point estimate (0), so one calibration stretch's sampling
+luck sets it less often too low. ``score_margin``: a factor on every threshold (1.0 with a target).
 ``shrinkage``: the least covariance shrinkage; ``shrinkage_auto`` 1: the OAS intensity for
 the calibration's effectively independent windows where larger. ``adapt_rate``,
 ``adapt_below``, ``adapt_calm``: the profile mean follows windows scoring below
-``adapt_below`` after ``adapt_calm`` of them in a row. ``level_follow``: how fast each
+``adapt_below`` after ``adapt_calm`` of them in a row (1.0, the alert threshold: a gate
+inside the normal range, 0.5, fed the mean a biased part of normal and it drifted). ``level_follow``: how fast each
 channel's standardisation level may follow the device (calibration stds per calibration
 length; models.scoring.level; 0 = frozen). ``level_hold``: while a window scores at or
 over it, the level does not follow the channels carrying that score (0 = always follow).
