@@ -52,7 +52,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from models import integrity
-from models.adapter_gate import AdapterRejected, _gate, _supervised, scorer_calibration_rows  # noqa: F401 (re-exported)
+from models.adapter_gate import (  # noqa: F401 (AdapterRejected re-exported)
+    STRENGTHS,
+    AdapterRejected,
+    _gate,
+    _supervised,
+    choose_strength,
+    scorer_calibration_rows,
+)
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing
 from models.feedback_training import (
@@ -131,7 +138,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
              device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True,
              label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN, train_rows: int | None = None,
-             gate: bool = True, feedback: Path | None = None, feedback_weight: float = 1.0) -> FinetuneResult:
+             gate: bool = True, feedback: Path | None = None, feedback_weight: float = 1.0,
+             level_shift: float = 1.0, anchor_weight: float = 1.0,
+             strengths: tuple[float, ...] = STRENGTHS) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
@@ -224,6 +233,14 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
     model = get_peft_model(base_model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = anchor_rec = anchor_emb = None
+    emb_scale = 1.0
+    if anchor_weight > 0:  # generic normal windows whose outputs must stay the base's
+        from models.synthetic import normal_windows
+        anchor = torch.from_numpy(normal_windows(seed + 7, 2048, T)[:, :, None])
+        with torch.no_grad(), model.disable_adapter():
+            anchor_rec, anchor_emb = model(anchor)
+        emb_scale = float(torch.mean(anchor_emb ** 2)) + 1e-9
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     def objective() -> tuple[float, float]:  # (validation loss, verdicts' term): early stopping on their sum
         fb = (feedback_objective(model, fb_confirmed, fb_false, fb_normal, weights, label_margin)
@@ -244,9 +261,16 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         total = sup_total = 0.0
         for i in range(0, len(order), batch_size):
             x = torch.from_numpy(train[order[i:i + batch_size]])
+            if level_shift > 0:  # each window at another level: learn the shape, not the training rows' level
+                x = x + torch.from_numpy(rng.uniform(-level_shift, level_shift, (len(x), 1, 1)).astype(np.float32))
             rec, _ = model(x)
             loss = torch.mean((rec - x) ** 2)
             total += float(loss.detach()) * len(x)
+            if anchor is not None and anchor_rec is not None and anchor_emb is not None:
+                j = torch.from_numpy(rng.integers(0, len(anchor), batch_size))
+                ra, ea = model(anchor[j])
+                loss = loss + anchor_weight * (torch.mean((ra - anchor_rec[j]) ** 2)
+                                               + torch.mean((ea - anchor_emb[j]) ** 2) / emb_scale)
             if supervised:
                 a = torch.from_numpy(sup_anomalous[rng.integers(0, len(sup_anomalous), sup_batch)])
                 n = torch.from_numpy(sup_normal[rng.integers(0, len(sup_normal), ref_batch)])
@@ -290,22 +314,30 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         except ValueError as exc:  # too few rows to calibrate the scorer
             evaluation["supervised"] = {"skipped": str(exc)}
 
+    strength = 1.0
     if gate:
-        try:
-            evaluation["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
-        except ValueError as exc:  # too few rows to calibrate the scorer on the training part
-            evaluation["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
-        reasons = [f"{r} (scorer calibrated on the {evaluation['gate'].get('calibration_rows')} first rows)"
-                   for r in evaluation["gate"]["reasons"]]
-        if verdicts is not None and verdicts.windows:
-            cal = scorer_calibration_rows(anomalous, split)
-            cal = min(cal, first) if first is not None and first >= T + 8 else cal
-            evaluation["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
+        def check() -> tuple[list[str], dict[str, Any]]:  # both gates on the model at its current strength
+            report: dict[str, Any] = {}
+            try:
+                report["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
+            except ValueError as exc:  # too few rows to calibrate the scorer on the training part
+                report["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
+            reasons = [f"{r} (scorer calibrated on the {report['gate'].get('calibration_rows')} first rows)"
+                       for r in report["gate"]["reasons"]]
+            if verdicts is not None and verdicts.windows:
+                cal = scorer_calibration_rows(anomalous, split)
+                cal = min(cal, first) if first is not None and first >= T + 8 else cal
+                report["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
                                                         verdicts, T, base_manifest)
-            reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
-                        for r in evaluation["feedback_gate"]["reasons"]]
-        if reasons:
-            raise AdapterRejected(f"adapter not exported: it {' and '.join(reasons)}")
+                reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
+                            for r in report["feedback_gate"]["reasons"]]
+            return reasons, report
+
+        strength, report, tried = choose_strength(model, strengths, check)
+        evaluation.update(report)
+        evaluation["gate"] |= {"strength": strength, "tried": tried}
+        if strength != 1.0:
+            evaluation["val_loss_exported"] = round(_loss(model, val), 6)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +352,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         "base_model": f"{base_manifest.get('name')}@{base_manifest.get('version')}",
         "base_sha256": weights_sha256(base_manifest),
         "lora_targets": target_modules,
-        "lora": {"r": rank, "alpha": alpha, "scaling": alpha / rank, "target_modules": target_modules},
+        "lora": {"r": rank, "alpha": alpha, "scaling": alpha / rank, "target_modules": target_modules,
+                 "strength": strength},
         "thresholds": base_manifest.get("thresholds", {}),
         "training": {
             "method": "LoRA (peft), self-supervised reconstruction of normal windows"
