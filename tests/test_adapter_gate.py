@@ -15,6 +15,7 @@ pytest.importorskip("peft")
 from train_fixtures import make_torch_base, write_site_csv  # noqa: E402
 
 from gateway.cli import main  # noqa: E402
+from models.adapter_gate import LOG_SCORE_MARGIN  # noqa: E402
 from models.finetune import AdapterRejected, finetune  # noqa: E402
 
 
@@ -47,10 +48,9 @@ def test_adapter_that_raises_false_alarms_is_not_exported(base: Path, tmp_path: 
 
 
 def test_weaker_strength_that_passes_is_exported(base: Path, tmp_path: Path) -> None:
-    """The same site with the default strengths (1, 0.5, 0.25): at 1 the false alarms rise,
-    at 0.5 the normal validation scores do (mean log-score -0.270 -> -0.258, measured), at
-    0.25 neither, and recall rises (0.804 -> 0.879): exported at 0.25, every try in the
-    manifest. With the recipe before issue 11 point 3 (no level augmentation, no anchor)
+    """The same site with the default strengths (1, 0.5, 0.25): at 1 the false alarms rise, at
+    0.5 they do not and recall rises (0.804 -> 0.879, measured): exported at 0.5, each try in
+    the manifest. With the recipe before issue 11 point 3 (no level augmentation, no anchor)
     every strength raises the false alarms: refused, one line naming each strength."""
     csv_path = tmp_path / "site.csv"
     write_site_csv(csv_path)
@@ -58,13 +58,11 @@ def test_weaker_strength_that_passes_is_exported(base: Path, tmp_path: Path) -> 
                   rank=4, alpha=8, progress=False)
     result = finetune(base, csv_path, tmp_path / "a", **common)
     gate = result.manifest["evaluation"]["gate"]
-    assert result.manifest["lora"]["strength"] == gate["strength"] == 0.25
-    assert [t["strength"] for t in gate["tried"]] == [1.0, 0.5, 0.25]
+    assert result.manifest["lora"]["strength"] == gate["strength"] == 0.5
+    assert [t["strength"] for t in gate["tried"]] == [1.0, 0.5] and gate["tried"][1]["reasons"] == []
     assert "raises the false-alarm rate" in gate["tried"][0]["reasons"][0]
-    assert "raises the normal validation rows' scores" in gate["tried"][1]["reasons"][0]
     b, a = gate["base"], gate["adapter"]
-    assert a["false_alarm_rate"] <= b["false_alarm_rate"] and a["recall"] >= b["recall"]
-    assert a["log_score"] <= b["log_score"]
+    assert a["false_alarm_rate"] <= b["false_alarm_rate"] and a["recall"] > b["recall"]
     with pytest.raises(AdapterRejected) as refused:
         finetune(base, csv_path, tmp_path / "b", level_shift=0.0, anchor_weight=0.0, **common)
     message = str(refused.value)
@@ -100,6 +98,9 @@ def test_strength_scales_the_adapter_delta(base: Path, tmp_path: Path) -> None:
 
 
 def test_adapter_that_does_no_harm_is_exported_with_its_gate_figures(base: Path, tmp_path: Path) -> None:
+    """No alarm on the validation rows with either model, so the scores' distribution decides:
+    at full strength the adapter raises the mean log-score of the normal validation rows by
+    0.041 (refused), at 0.5 by 0.005, within the margin (measured): exported at 0.5."""
     t = np.arange(800)
     values = np.stack([np.sin(2 * np.pi * t / 10), np.cos(2 * np.pi * t / 7)], axis=1)
     result = finetune(base, values, tmp_path / "a", epochs=4, progress=False, max_windows=400)
@@ -107,6 +108,8 @@ def test_adapter_that_does_no_harm_is_exported_with_its_gate_figures(base: Path,
     assert gate["passed"] and gate["reasons"] == [] and gate["calibration_rows"] == 600
     assert gate["adapter"]["false_alarm_rate"] <= gate["base"]["false_alarm_rate"]
     assert gate["base"]["recall"] is None  # no labelled rows to measure recall on
+    assert gate["strength"] == 0.5 and "raises the normal validation rows' scores" in gate["tried"][0]["reasons"][0]
+    assert gate["adapter"]["log_score"] <= gate["base"]["log_score"] + LOG_SCORE_MARGIN
     assert (tmp_path / "a" / "adapter_model.safetensors").exists()
 
 
