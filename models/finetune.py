@@ -303,17 +303,6 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
 
     evaluation: dict[str, Any] = {"val_loss_before": round(before, 6), "val_loss_after": round(after, 6),
                                   "val_windows": int(len(val)), "loss": "MSE of reconstruction, standardised units"}
-    if data.labels is not None and supervised_metrics and data.labels[split:].any():
-        try:
-            evaluation["supervised"] = {
-                "split": "validation rows (after the training rows), scored as the gateway does; the scorer "
-                         "calibrates on the first calibration_rows rows",
-                **_supervised({"base": load_model(base_dir), "adapter": model}, values, data.labels, split, T,
-                              base_manifest),
-            }
-        except ValueError as exc:  # too few rows to calibrate the scorer
-            evaluation["supervised"] = {"skipped": str(exc)}
-
     strength = 1.0
     if gate:
         def check() -> tuple[list[str], dict[str, Any]]:  # both gates on the model at its current strength
@@ -338,6 +327,18 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         evaluation["gate"] |= {"strength": strength, "tried": tried}
         if strength != 1.0:
             evaluation["val_loss_exported"] = round(_loss(model, val), 6)
+
+    # the supervised metrics describe the adapter as exported (at the strength the gate kept)
+    if data.labels is not None and supervised_metrics and data.labels[split:].any():
+        try:
+            evaluation["supervised"] = {
+                "split": "validation rows (after the training rows), scored as the gateway does; the scorer "
+                         "calibrates on the first calibration_rows rows",
+                **_supervised({"base": load_model(base_dir), "adapter": model}, values, data.labels, split, T,
+                              base_manifest),
+            }
+        except ValueError as exc:  # too few rows to calibrate the scorer
+            evaluation["supervised"] = {"skipped": str(exc)}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ev = result.manifest["evaluation"]
     print(f"adapter {args.name}@{args.version} written to {result.out_dir}")
     print(f"validation loss {result.val_loss_before:.5f} -> {result.val_loss_after:.5f} "
-          f"({result.epochs_run} epochs, best {result.best_epoch})")
+          f"({result.epochs_run} epochs, best {result.best_epoch})"
+          + (f"; {ev['val_loss_exported']:.5f} at the strength exported" if "val_loss_exported" in ev else ""))
     sup = ev.get("supervised", {})
     if "adapter" in sup:
         b, a = sup["base"], sup["adapter"]
