@@ -125,7 +125,7 @@ def main() -> int:
     print(f"{args.runs} runs, {y.size} scored rows, {y.mean() * 100:.0f} % anomalous")
     for name, a in (("model", alerts), ("PCA T2+Q", pcas)):
         m = point_metrics(y, np.concatenate(a))
-        print(f"{name:<9} F1 {m.f1:.3f}  false-alarm {m.false_alarm_rate:.3f}  missed-alarm {m.missed_alarm_rate:.3f}")
+        print(f"{name:<9} F1 {m.f1:.4f}  false-alarm {m.false_alarm_rate:.4f}  missed-alarm {m.missed_alarm_rate:.4f}")
     if args.adapter:
         kept = {s: strengths.count(s) for s in sorted(set(strengths), reverse=True) if s > 0}
         print(f"per-run adapters: {sum(kept.values())} exported (strength: count {kept}), "
