@@ -14,9 +14,11 @@ Recipe (:func:`finetune`):
    than a quarter of their values missing, are left out of training and of the validation
    loss: the adapter learns the site's *normal* behaviour (self-supervised reconstruction).
 5. LoRA on the base's ``lora_targets`` (nn.Linear only; the base has LayerNorm, no
-   BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss, a
-   tqdm progress bar per epoch, early stopping on the validation loss with ``patience``,
-   and the best epoch's adapter kept.
+   BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss of
+   windows moved by a random level (+-``level_shift``) plus ``anchor_weight`` x the change
+   of the outputs on generic normal windows (issue 11 point 3: the adapter must not learn
+   the training rows' level), tqdm per epoch, early stopping on the validation loss with
+   ``patience``, the best epoch kept; the gate picks its strength (models.adapter_gate).
    When rows of the *training part* are labelled anomalous, a supervised term is added
    (weight ``label_weight``, 0 turns it off): whole-device windows ending on a labelled
    row must score at least ``label_margin`` x the high quantile of normal windows, in the
@@ -148,8 +150,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     ``[rows, channels]`` (unlabelled). ``label_weight``/``label_margin``: the supervised
     term, used only when the training part has labelled anomalous rows. ``train_rows``: use
     only the leading rows (a device's calibration stretch); the rest of the data is ignored.
-    ``gate``: refuse (``AdapterRejected``, nothing written) an adapter that raises the
-    false-alarm rate or lowers recall on its own validation rows (``_gate``), and, with
+    ``gate``: export the adapter at the first of ``strengths`` that does not raise the
+    false-alarm rate or lower recall on its own validation rows (``_gate``), else refuse
+    it (``AdapterRejected``, nothing written), and, with
     ``feedback`` (a gateway's state dir), one that still fires on an alert an operator
     marked a false alarm or no longer fires on a confirmed one (``models.feedback_training``;
     the verdicts also train, weight ``feedback_weight``).
@@ -161,8 +164,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     rng = np.random.default_rng(seed)
     if rank < 1 or alpha <= 0 or epochs < 1 or not 0.05 <= val_fraction <= 0.5 or stride < 1:
         raise ValueError("need rank >= 1, alpha > 0, epochs >= 1, 0.05 <= val_fraction <= 0.5, stride >= 1")
-    if label_weight < 0 or label_margin <= 1.0:
-        raise ValueError("need label_weight >= 0 and label_margin > 1")
+    if label_weight < 0 or label_margin <= 1.0 or level_shift < 0 or anchor_weight < 0 or not strengths \
+            or any(not 0 < s <= 1 for s in strengths):
+        raise ValueError("need label_weight, level_shift, anchor_weight >= 0, label_margin > 1, strengths in (0, 1]")
     base_dir = Path(base_dir)
     base_manifest = integrity.load_manifest(base_dir)
     integrity.verify_dir(base_dir, base_manifest)
