@@ -1,6 +1,7 @@
 """Does a site adapter detect better? Base vs self-supervised adapter vs supervised adapter vs PCA.
 
     .venv/bin/python bench/adapter_detection.py [--seeds 7,1,2,3] [--epochs 30] [--out DIR]
+        [--level-shift 1] [--anchor-weight 1]
         [--calibrate-on clean|training] [--base-only] [--set KEY=VALUE ...]
 
 Each site is ``models.example_site`` with another seed (seed 7 is the shipped example):
@@ -14,6 +15,10 @@ training part's labels. Reported: the point-wise metrics on the validation rows 
 scoring; base, adapter and PCA baseline calibrated on the same rows), and the
 component-wise separation (AUC, labelled vs normal validation rows) of the scorer's
 residual and distance statistics. Torch on 1 thread; about 1-2 minutes per site.
+
+The adapters are taken at full strength and ungated (``gate=False``: the figures of an
+adapter the gate would refuse are still shown); ``--level-shift 0 --anchor-weight 0`` trains
+them with the recipe before issue 11 point 3.
 
 ``--calibrate-on training`` calibrates the scorer on all training rows instead, faults
 included (what a real site gives when nobody checked its first weeks); ``--base-only``
@@ -38,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from models import integrity  # noqa: E402
+from models.adapter_gate import TorchSession  # noqa: E402
 from models.architecture import load_model  # noqa: E402
 from models.evaluate import point_metrics, run_model, score_recording, sliding_windows  # noqa: E402
 from models.example_site import write_example_site_csv  # noqa: E402
-from models.finetune import _TorchSession, finetune, load_peft, scorer_calibration_rows  # noqa: E402
+from models.finetune import finetune, load_peft, scorer_calibration_rows  # noqa: E402
 from models.manifest import base_model_dir  # noqa: E402
 from models.scoring.calibration import SeriesCalibration, fill_forward  # noqa: E402
 from models.scoring.scorer import DeviceScoreState, WindowScorer  # noqa: E402
@@ -65,7 +71,7 @@ def separation(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray, s
     calib = SeriesCalibration(x.shape[1], cal)
     calib.update(values[:cal])
     windows = sliding_windows(calib.standardize(x), T)
-    session = _TorchSession(model)
+    session = TorchSession(model)
     scorer, state = WindowScorer(None, **settings), DeviceScoreState(x.shape[1])
     cal_windows = calib.calibration_windows(T)
     scorer.calibrate_windows(state, cal_windows, run_model(session, cal_windows))
@@ -83,7 +89,7 @@ def site_metrics(model: torch.nn.Module, values: np.ndarray, labels: np.ndarray,
                  settings: dict[str, float], with_pca: bool) -> tuple[dict[str, float | int], dict[str, float | int]]:
     """Point-wise metrics of the model and the PCA baseline on rows >= split, the scorer
     calibrated on the first ``cal`` rows (what finetune's report runs)."""
-    s = score_recording(values, _TorchSession(model), T, calibration_rows=cal, settings=settings, with_pca=with_pca)
+    s = score_recording(values, TorchSession(model), T, calibration_rows=cal, settings=settings, with_pca=with_pca)
     evaluated = np.arange(len(labels)) >= split
     return (point_metrics(labels, s.alert, evaluated).as_dict(), point_metrics(labels, s.pca_alert, evaluated).as_dict())
 
@@ -95,6 +101,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep the CSVs and adapters here")
     ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     ap.add_argument("--label-weight", type=float, default=0.1, help="weight of the supervised term")
+    ap.add_argument("--level-shift", type=float, default=1.0,
+                    help="finetune's level augmentation (0: the recipe before issue 11 point 3)")
+    ap.add_argument("--anchor-weight", type=float, default=1.0,
+                    help="finetune's anchor to the base's outputs (0: the recipe before issue 11 point 3)")
     ap.add_argument("--calibrate-on", choices=("clean", "training"), default="clean",
                     help="scorer calibration rows: the training rows before the first fault, or all of them")
     ap.add_argument("--base-only", action="store_true", help="no adapters: the base model and PCA only")
@@ -132,7 +142,8 @@ def main() -> int:
         for variant, weight in (() if args.base_only else
                                 (("self-supervised", 0.0), ("supervised", args.label_weight))):
             res = finetune(base, data, root / f"site-{seed}-{variant}", rank=8, alpha=16, epochs=args.epochs,
-                           seed=0, name=f"site-{seed}", label_weight=weight, progress=False)
+                           seed=0, name=f"site-{seed}", label_weight=weight, progress=False, gate=False,
+                           level_shift=args.level_shift, anchor_weight=args.anchor_weight)
             sup = res.manifest["evaluation"]["supervised"]
             assert split == res.manifest["training"]["split"]["train_rows"]
             adapted = load_peft(base, res.out_dir)

@@ -72,23 +72,25 @@ def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def adapted_session(base: Path, x: np.ndarray, i: int) -> tuple[Any, bool]:
-    """``model finetune --train-rows 400`` on one run (defaults, gate on), as a session
-    (False: the gate refused it, the base model's session instead)."""
+def adapted_session(base: Path, x: np.ndarray, i: int) -> tuple[Any, float]:
+    """``model finetune --train-rows 400`` on one run (defaults, gate on), as a session, and
+    the strength it was exported at (0.0: the gate refused it; the base model's session
+    instead, as a gateway keeps serving the base)."""
     import tempfile
 
     import torch
 
+    from models.adapter_gate import TorchSession
     from models.architecture import load_model
-    from models.finetune import AdapterRejected, _TorchSession, finetune, load_peft
+    from models.finetune import AdapterRejected, finetune, load_peft
 
     torch.set_num_threads(1)
     out = Path(tempfile.mkdtemp(prefix=f"plant-adapter-{i}-"))
     try:
-        finetune(base, x, out, train_rows=400, progress=False, name=f"run-{i}")
+        result = finetune(base, x, out, train_rows=400, progress=False, name=f"run-{i}")
     except AdapterRejected:
-        return _TorchSession(load_model(base)), False
-    return _TorchSession(load_peft(base, out)), True
+        return TorchSession(load_model(base)), 0.0
+    return TorchSession(load_peft(base, out)), float(result.manifest["lora"]["strength"])
 
 
 def main() -> int:
@@ -105,13 +107,13 @@ def main() -> int:
     session = onnx_session(args.model / "model.onnx")
     settings = settings_from(manifest, **{k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     ys, alerts, pcas, pre, post = [], [], [], [], []
-    refused = 0
+    strengths: list[float] = []
     for i in range(args.runs):
         x, y = run(args.seed + i)
         scored = session
         if args.adapter:
-            scored, ok = adapted_session(args.model, x, i)
-            refused += not ok
+            scored, strength = adapted_session(args.model, x, i)
+            strengths.append(strength)
         r = score_recording(x, scored, manifest.window_length, 400, settings)
         ys.append(y[r.evaluated])
         alerts.append(r.alert[r.evaluated])
@@ -123,9 +125,11 @@ def main() -> int:
     print(f"{args.runs} runs, {y.size} scored rows, {y.mean() * 100:.0f} % anomalous")
     for name, a in (("model", alerts), ("PCA T2+Q", pcas)):
         m = point_metrics(y, np.concatenate(a))
-        print(f"{name:<9} F1 {m.f1:.3f}  false-alarm {m.false_alarm_rate:.3f}  missed-alarm {m.missed_alarm_rate:.3f}")
+        print(f"{name:<9} F1 {m.f1:.4f}  false-alarm {m.false_alarm_rate:.4f}  missed-alarm {m.missed_alarm_rate:.4f}")
     if args.adapter:
-        print(f"per-run adapters: {args.runs - refused} exported, {refused} refused by the gate (base kept)")
+        kept = {s: strengths.count(s) for s in sorted(set(strengths), reverse=True) if s > 0}
+        print(f"per-run adapters: {sum(kept.values())} exported (strength: count {kept}), "
+              f"{strengths.count(0.0)} refused by the gate (counted as the base, which a gateway keeps serving)")
     print(f"model: normal rows alarmed before the first anomaly {np.concatenate(pre).mean():.3f}, "
           f"after the last {np.concatenate(post).mean():.3f}")
     return 0

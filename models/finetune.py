@@ -14,9 +14,11 @@ Recipe (:func:`finetune`):
    than a quarter of their values missing, are left out of training and of the validation
    loss: the adapter learns the site's *normal* behaviour (self-supervised reconstruction).
 5. LoRA on the base's ``lora_targets`` (nn.Linear only; the base has LayerNorm, no
-   BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss, a
-   tqdm progress bar per epoch, early stopping on the validation loss with ``patience``,
-   and the best epoch's adapter kept.
+   BatchNorm, so nothing outside the adapter moves), AdamW, MSE reconstruction loss of
+   windows moved by a random level (+-``level_shift``) plus ``anchor_weight`` x the change
+   of the outputs on generic normal windows (issue 11 point 3: the adapter must not learn
+   the training rows' level), tqdm per epoch, early stopping on the validation loss with
+   ``patience``, the best epoch kept; the gate picks its strength (models.adapter_gate).
    When rows of the *training part* are labelled anomalous, a supervised term is added
    (weight ``label_weight``, 0 turns it off): whole-device windows ending on a labelled
    row must score at least ``label_margin`` x the high quantile of normal windows, in the
@@ -52,7 +54,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from models import integrity
-from models.adapter_gate import AdapterRejected, _gate, _supervised, scorer_calibration_rows  # noqa: F401 (re-exported)
+from models.adapter_gate import (  # noqa: F401 (AdapterRejected re-exported)
+    STRENGTHS,
+    AdapterRejected,
+    _gate,
+    _supervised,
+    choose_strength,
+    scorer_calibration_rows,
+)
 from models.architecture import LORA_TARGETS, PatchAutoencoder, load_model
 from models.evaluate import fill_missing
 from models.feedback_training import (
@@ -131,7 +140,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
              targets: list[str] | None = None, seed: int = 0, name: str = "site-adapter", version: str = "1",
              device_id: str | None = None, supervised_metrics: bool = True, progress: bool = True,
              label_weight: float = 0.1, label_margin: float = DEFAULT_MARGIN, train_rows: int | None = None,
-             gate: bool = True, feedback: Path | None = None, feedback_weight: float = 1.0) -> FinetuneResult:
+             gate: bool = True, feedback: Path | None = None, feedback_weight: float = 1.0,
+             level_shift: float = 1.0, anchor_weight: float = 1.0,
+             strengths: tuple[float, ...] = STRENGTHS) -> FinetuneResult:
     """Train a LoRA adapter for the base model in ``base_dir`` on a site's data; see the module docstring.
 
     ``data`` is a :class:`SiteData`, a CSV / JSON-lines path (read with ``channels``,
@@ -139,8 +150,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     ``[rows, channels]`` (unlabelled). ``label_weight``/``label_margin``: the supervised
     term, used only when the training part has labelled anomalous rows. ``train_rows``: use
     only the leading rows (a device's calibration stretch); the rest of the data is ignored.
-    ``gate``: refuse (``AdapterRejected``, nothing written) an adapter that raises the
-    false-alarm rate or lowers recall on its own validation rows (``_gate``), and, with
+    ``gate``: export the adapter at the first of ``strengths`` that does not raise the
+    false-alarm rate or lower recall on its own validation rows (``_gate``), else refuse
+    it (``AdapterRejected``, nothing written), and, with
     ``feedback`` (a gateway's state dir), one that still fires on an alert an operator
     marked a false alarm or no longer fires on a confirmed one (``models.feedback_training``;
     the verdicts also train, weight ``feedback_weight``).
@@ -152,8 +164,9 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     rng = np.random.default_rng(seed)
     if rank < 1 or alpha <= 0 or epochs < 1 or not 0.05 <= val_fraction <= 0.5 or stride < 1:
         raise ValueError("need rank >= 1, alpha > 0, epochs >= 1, 0.05 <= val_fraction <= 0.5, stride >= 1")
-    if label_weight < 0 or label_margin <= 1.0:
-        raise ValueError("need label_weight >= 0 and label_margin > 1")
+    if label_weight < 0 or label_margin <= 1.0 or level_shift < 0 or anchor_weight < 0 or not strengths \
+            or any(not 0 < s <= 1 for s in strengths):
+        raise ValueError("need label_weight, level_shift, anchor_weight >= 0, label_margin > 1, strengths in (0, 1]")
     base_dir = Path(base_dir)
     base_manifest = integrity.load_manifest(base_dir)
     integrity.verify_dir(base_dir, base_manifest)
@@ -224,6 +237,14 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none")
     model = get_peft_model(base_model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = anchor_rec = anchor_emb = None
+    emb_scale = 1.0
+    if anchor_weight > 0:  # generic normal windows whose outputs must stay the base's
+        from models.synthetic import normal_windows
+        anchor = torch.from_numpy(normal_windows(seed + 7, 2048, T)[:, :, None])
+        with torch.no_grad(), model.disable_adapter():
+            anchor_rec, anchor_emb = model(anchor)
+        emb_scale = float(torch.mean(anchor_emb ** 2)) + 1e-9
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     def objective() -> tuple[float, float]:  # (validation loss, verdicts' term): early stopping on their sum
         fb = (feedback_objective(model, fb_confirmed, fb_false, fb_normal, weights, label_margin)
@@ -244,9 +265,16 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         total = sup_total = 0.0
         for i in range(0, len(order), batch_size):
             x = torch.from_numpy(train[order[i:i + batch_size]])
+            if level_shift > 0:  # each window at another level: learn the shape, not the training rows' level
+                x = x + torch.from_numpy(rng.uniform(-level_shift, level_shift, (len(x), 1, 1)).astype(np.float32))
             rec, _ = model(x)
             loss = torch.mean((rec - x) ** 2)
             total += float(loss.detach()) * len(x)
+            if anchor is not None and anchor_rec is not None and anchor_emb is not None:
+                j = torch.from_numpy(rng.integers(0, len(anchor), batch_size))
+                ra, ea = model(anchor[j])
+                loss = loss + anchor_weight * (torch.mean((ra - anchor_rec[j]) ** 2)
+                                               + torch.mean((ea - anchor_emb[j]) ** 2) / emb_scale)
             if supervised:
                 a = torch.from_numpy(sup_anomalous[rng.integers(0, len(sup_anomalous), sup_batch)])
                 n = torch.from_numpy(sup_normal[rng.integers(0, len(sup_normal), ref_batch)])
@@ -279,6 +307,32 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
 
     evaluation: dict[str, Any] = {"val_loss_before": round(before, 6), "val_loss_after": round(after, 6),
                                   "val_windows": int(len(val)), "loss": "MSE of reconstruction, standardised units"}
+    strength = 1.0
+    if gate:
+        def check() -> tuple[list[str], dict[str, Any]]:  # both gates on the model at its current strength
+            report: dict[str, Any] = {}
+            try:
+                report["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
+            except ValueError as exc:  # too few rows to calibrate the scorer on the training part
+                report["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
+            reasons = [f"{r} (scorer calibrated on the {report['gate'].get('calibration_rows')} first rows)"
+                       for r in report["gate"]["reasons"]]
+            if verdicts is not None and verdicts.windows:
+                cal = scorer_calibration_rows(anomalous, split)
+                cal = min(cal, first) if first is not None and first >= T + 8 else cal
+                report["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
+                                                        verdicts, T, base_manifest)
+                reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
+                            for r in report["feedback_gate"]["reasons"]]
+            return reasons, report
+
+        strength, report, tried = choose_strength(model, strengths, check)
+        evaluation.update(report)
+        evaluation["gate"] |= {"strength": strength, "tried": tried}
+        if strength != 1.0:
+            evaluation["val_loss_exported"] = round(_loss(model, val), 6)
+
+    # the supervised metrics describe the adapter as exported (at the strength the gate kept)
     if data.labels is not None and supervised_metrics and data.labels[split:].any():
         try:
             evaluation["supervised"] = {
@@ -289,23 +343,6 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
             }
         except ValueError as exc:  # too few rows to calibrate the scorer
             evaluation["supervised"] = {"skipped": str(exc)}
-
-    if gate:
-        try:
-            evaluation["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
-        except ValueError as exc:  # too few rows to calibrate the scorer on the training part
-            evaluation["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
-        reasons = [f"{r} (scorer calibrated on the {evaluation['gate'].get('calibration_rows')} first rows)"
-                   for r in evaluation["gate"]["reasons"]]
-        if verdicts is not None and verdicts.windows:
-            cal = scorer_calibration_rows(anomalous, split)
-            cal = min(cal, first) if first is not None and first >= T + 8 else cal
-            evaluation["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
-                                                        verdicts, T, base_manifest)
-            reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
-                        for r in evaluation["feedback_gate"]["reasons"]]
-        if reasons:
-            raise AdapterRejected(f"adapter not exported: it {' and '.join(reasons)}")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,7 +357,8 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
         "base_model": f"{base_manifest.get('name')}@{base_manifest.get('version')}",
         "base_sha256": weights_sha256(base_manifest),
         "lora_targets": target_modules,
-        "lora": {"r": rank, "alpha": alpha, "scaling": alpha / rank, "target_modules": target_modules},
+        "lora": {"r": rank, "alpha": alpha, "scaling": alpha / rank, "target_modules": target_modules,
+                 "strength": strength},
         "thresholds": base_manifest.get("thresholds", {}),
         "training": {
             "method": "LoRA (peft), self-supervised reconstruction of normal windows"

@@ -86,7 +86,10 @@ def test_finetune_cli_then_install(base: Path, tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "adapter"
     rc = main(["model", "finetune", "--base", str(base), "--data", str(csv_path), "--channels", "temp_c,rh",
                "--timestamp-column", "time", "--out", str(out), "--epochs", "3", "--rank", "2",
-               "--name", "site-a", "--no-progress"])
+               "--name", "site-a", "--no-progress", "--skip-gate"])
+    # --skip-gate: this 3-epoch rank-2 adapter raises its normal validation rows' scores at
+    # every strength (mean log-score -0.974 -> -0.902 at 1; no alarm with either model), so
+    # the gate refuses it (issue 11 point 3); this test is about the CLI and the store
     assert rc == 0
     assert "validation loss" in capsys.readouterr().out
     store = ModelStore(tmp_path / "store")

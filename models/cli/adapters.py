@@ -28,6 +28,17 @@ def _default_base() -> Path:
     return base_model_dir()
 
 
+def _strengths(text: str) -> tuple[float, ...]:
+    """``--strengths 1,0.5,0.25`` -> (1.0, 0.5, 0.25); each in (0, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise UserError(f"--strengths: {exc}") from exc
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise UserError("--strengths: give fractions in (0, 1], strongest first, e.g. 1,0.5,0.25")
+    return values
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Train a LoRA adapter on a site's CSV or recording."""
     _train_imports()
@@ -47,13 +58,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, val_fraction=args.val_fraction, stride=args.stride, seed=args.seed,
             name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
             label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows,
-            gate=not args.skip_gate, feedback=args.feedback, feedback_weight=args.feedback_weight)
+            gate=not args.skip_gate, feedback=args.feedback, feedback_weight=args.feedback_weight,
+            level_shift=args.level_shift, anchor_weight=args.anchor_weight, strengths=_strengths(args.strengths))
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
     print(f"adapter {args.name}@{args.version} written to {result.out_dir}")
     print(f"validation loss {result.val_loss_before:.5f} -> {result.val_loss_after:.5f} "
-          f"({result.epochs_run} epochs, best {result.best_epoch})")
+          f"({result.epochs_run} epochs, best {result.best_epoch})"
+          + (f"; {ev['val_loss_exported']:.5f} at the strength exported" if "val_loss_exported" in ev else ""))
     sup = ev.get("supervised", {})
     if "adapter" in sup:
         b, a = sup["base"], sup["adapter"]
@@ -64,7 +77,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         b, a = gate["base"], gate["adapter"]
         print(f"validation false alarms (scorer calibrated on the training rows): {b['false_alarm_rate']:.4f} -> "
               f"{a['false_alarm_rate']:.4f}; normal windows over threshold {b['normal_windows_over_threshold']:.4f} -> "
-              f"{a['normal_windows_over_threshold']:.4f}")
+              f"{a['normal_windows_over_threshold']:.4f}; mean log-score {b['log_score']:.3f} -> {a['log_score']:.3f}")
+        print(f"exported at strength {gate['strength']:g} of the trained adapter"
+              + "".join(f" (at {t['strength']:g}: {'; '.join(t['reasons'])})" for t in gate["tried"] if t["reasons"]))
     fb = result.manifest["training"].get("feedback")
     if fb is not None:
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(fb["skipped"].items()))
@@ -158,6 +173,15 @@ def add_adapter_commands(model_sub: Any) -> None:
                         "false alarm or no longer fires on a confirmed fault")
     p.add_argument("--feedback-weight", type=float, default=1.0,
                    help="weight of the operators' verdicts in the margin term (default 1; 0: gate only)")
+    p.add_argument("--level-shift", type=float, default=1.0,
+                   help="each training window is moved by a random level in +-this many stds, so the adapter "
+                        "learns shapes, not the training rows' level (default 1; 0 turns it off)")
+    p.add_argument("--anchor-weight", type=float, default=1.0,
+                   help="weight of the term keeping the outputs on generic normal windows the base's "
+                        "(default 1; 0 turns it off)")
+    p.add_argument("--strengths", default="1,0.5,0.25",
+                   help="fractions of the trained adapter the gate tries, strongest first; the first that passes "
+                        "is exported (default 1,0.5,0.25; 1 = all or nothing)")
     p.add_argument("--train-rows", type=int, default=None,
                    help="use only the leading N rows (a device's calibration stretch); the rest is ignored")
     p.add_argument("--val-fraction", type=float, default=0.25, help="last part of the rows (by time) validates")
