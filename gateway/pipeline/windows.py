@@ -154,7 +154,7 @@ class DeviceWindow:
 
     def latest(self) -> np.ndarray:
         """The newest row ``[C]`` (a view; valid until the next push)."""
-        return self._values[self._pos - 1]
+        return self._ring.values[self._row, self._pos - 1]
 
     def values(self) -> np.ndarray:
         """The window ``[T, C]`` in time order (a copy)."""

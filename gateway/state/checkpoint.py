@@ -74,6 +74,7 @@ class CheckpointStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA cache_size=-256")  # KiB; written, rarely read: 2 MB by default, kept for good (bench/RESULTS.md 22)
         conn.executescript(_SCHEMA)
         conn.execute("SELECT count(*) FROM devices").fetchone()
         return conn
