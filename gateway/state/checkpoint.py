@@ -132,13 +132,17 @@ class BlobBuffer:
 
     def add(self, blob: bytes) -> memoryview:
         n = len(blob)
+        self.nbytes += n
+        if n > self.chunk_bytes:  # a map of its own; the current one stays open for the next blobs
+            own = mmap.mmap(-1, n)
+            own.write(blob)
+            return memoryview(own).toreadonly()
         if self._map is None or self._view is None or self._used + n > len(self._map):
-            self._map = mmap.mmap(-1, max(self.chunk_bytes, n))
+            self._map = mmap.mmap(-1, self.chunk_bytes)
             self._view = memoryview(self._map)
             self._used = 0
         start, self._used = self._used, self._used + n
         self._view[start:self._used] = blob
-        self.nbytes += n
         return self._view[start:self._used].toreadonly()
 
 
