@@ -9,7 +9,10 @@ handlers, the bundled model). Its devices are filled by driving the pipeline fro
 thread with readings built straight as RawUplinks (162 per device: calibration 32 steps +
 128 windows, bench/_common.py, so every device ends calibrated with a full window); the
 soak then feeds the running pipeline thread at ``--rate`` readings/s round-robin over the
-same devices (each reading scored). RSS is read from /proc/self/status (VmRSS).
+same devices (each reading scored). RSS is read from /proc/self/status (VmRSS); during the
+soak also every 0.2 s for its peak (a checkpoint's transient: every ``checkpoint_interval_s``,
+60 s by default, the state of the devices that changed is encoded at once, and the first
+one after the fill comes at the start of the soak).
 """
 
 from __future__ import annotations
@@ -113,7 +116,16 @@ def main() -> None:
                 fed[0] = n
                 time.sleep(0.005)
 
+        peak = [0.0]
+
+        def sample_peak() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_mb())
+                time.sleep(0.2)
+
         w0 = gw.metrics.get("windows_scored_total")
+        cp0, cps0 = gw.metrics.get("checkpoints_total"), gw.metrics.get("checkpoint_seconds_total")
+        threading.Thread(target=sample_peak, daemon=True).start()
         th = threading.Thread(target=feed, daemon=True)
         samples = [(0.0, rss_mb())]
         t_soak = time.monotonic()
@@ -132,6 +144,9 @@ def main() -> None:
         growth = (samples[-1][1] - first) / first * 100
         print(f"soak {args.soak:.0f} s at {args.rate:.0f} readings/s: {fed[0]} readings, {scored:.0f} windows scored; "
               f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB; growth after the first sample {growth:+.2f} %")
+        print(f"  peak RSS during the soak (0.2 s samples) {peak[0]:.1f} MB; "
+              f"{gw.metrics.get('checkpoints_total') - cp0:.0f} checkpoints, "
+              f"{gw.metrics.get('checkpoint_seconds_total') - cps0:.2f} s spent in them (capture + write)")
         gw.stop()
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from gateway.alerts.policy import AlertPolicy, AlertPolicyConfig
 from gateway.metrics import Metrics
 from gateway.pipeline.inference import InferenceEngine
 from gateway.pipeline.windows import WindowStore
-from gateway.state.checkpoint import Checkpointer, CheckpointStore
+from gateway.state.checkpoint import BlobBuffer, Checkpointer, CheckpointStore
 from gateway.state.codec import DeviceStateCodec, StateFormatError
 from gateway.types import RadioMeta, Reading
 from models.manifest import base_model_dir
@@ -172,6 +173,36 @@ def test_a_checkpoint_round_trip_restores_position_and_devices(runtime: ModelRun
     seq, report = cp2.restore()
     cp2.close()
     assert seq == 1234 and report is not None and report.devices == 5 and report.score_profiles == 5
+
+
+def test_blob_buffer_copies_blobs_into_memory_maps_released_with_their_views() -> None:
+    buf = BlobBuffer(chunk_bytes=64)
+    blobs = [bytes([i]) * n for i, n in enumerate((10, 40, 30, 200, 5))]
+    views = [buf.add(b) for b in blobs]
+    assert [bytes(v) for v in views] == blobs and buf.nbytes == sum(map(len, blobs))
+    assert all(v.readonly for v in views)
+    maps = {id(v.obj) for v in views}
+    assert len(maps) == 3  # 10 + 40 in the first map, 30 in the next, 200 alone (larger than a chunk); 5 fits after 30
+    gone = weakref.ref(views[3].obj)
+    del views[3]
+    buf = BlobBuffer()  # the buffer's own reference to its current map goes too
+    assert gone() is None
+
+
+def test_a_background_checkpoint_writes_each_devices_blob_and_keeps_none(runtime: ModelRuntime, tmp_path: Path) -> None:
+    parts = Parts(runtime)
+    parts.feed(readings(0, STEPS + 5))
+    store = CheckpointStore(tmp_path / "cp.sqlite", parts.metrics)
+    cp = Checkpointer(store, parts.codec, parts.metrics, 0.0)
+    for d in DEVICES:
+        cp.mark(d)
+    expected = {d: parts.codec.dump_device(d, parts.codec.model_key()) for d in DEVICES}
+    assert cp.capture(77)
+    parts.feed(readings(STEPS + 5, STEPS + 8))  # the pipeline goes on while the writer commits
+    cp._queue.join()
+    assert sorted(store.devices()) == sorted(expected.values())
+    assert cp._failed is None and cp._queue.empty()
+    cp.close()
 
 
 def test_a_checkpoint_from_an_older_model_says_what_it_kept(runtime: ModelRuntime, tmp_path: Path) -> None:

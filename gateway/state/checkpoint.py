@@ -8,10 +8,14 @@ checkpoint whole. A file SQLite cannot read is moved aside (``.corrupt-<time>``)
 gateway starts without state (counted, logged), never stays down.
 
 ``Checkpointer`` runs on the pipeline thread: it remembers which devices changed
-(``mark``), ``capture(seq)`` copies only those (``gateway.state.tree.snapshot``, about
-20 µs each; the pipeline pauses for the copy only) and hands them to its writer thread,
-which encodes and commits them; the previous checkpoint's rows of the other devices stay valid,
-because they did not change. One write at a time: while one runs, a due capture waits.
+(``mark``), ``capture(seq)`` encodes only those (``gateway.state.tree.pack``, about 50 µs
+each; the pipeline pauses for the encoding only) into ``BlobBuffer`` (anonymous memory
+maps, not the malloc heap) and hands them to its writer thread, which commits them; the
+previous checkpoint's rows of the other devices stay valid, because they did not change.
+Memory: with 10,000 devices changing every minute a capture is about 40 MB of blobs; in
+memory maps it goes back to the system when the write is done (as Python objects or
+heap bytes it stayed in the process as fragmented free memory: +87 MB RSS after the
+first checkpoint, bench/RESULTS.md 22). One write at a time: while one runs, a due capture waits.
 A failed write (disk full) is kept and merged into the next one. ``on_written(seq)`` runs
 after each commit (the ingest log then deletes the segments the checkpoint covers).
 """
@@ -19,6 +23,7 @@ after each commit (the ingest log then deletes the segments the checkpoint cover
 from __future__ import annotations
 
 import logging
+import mmap
 import queue
 import sqlite3
 import threading
@@ -26,11 +31,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.metrics import Metrics
 from gateway.state.codec import DeviceStateCodec, RestoreReport
-from gateway.state.tree import pack, snapshot
+from gateway.state.tree import pack
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ class CheckpointStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA cache_size=-256")  # KiB; written, rarely read: 2 MB by default, kept for good (bench/RESULTS.md 22)
         conn.executescript(_SCHEMA)
         conn.execute("SELECT count(*) FROM devices").fetchone()
         return conn
@@ -86,7 +91,7 @@ class CheckpointStore:
         for (blob,) in self._conn.execute("SELECT blob FROM devices ORDER BY last_seen"):
             yield bytes(blob)
 
-    def write(self, seq: int, model_key: str, model_ref: str, rows: dict[str, tuple[float, bytes]],
+    def write(self, seq: int, model_key: str, model_ref: str, rows: dict[str, tuple[float, bytes | memoryview]],
               deletes: set[str]) -> None:
         """One transaction: upsert ``rows`` (id -> (last seen, blob)), delete ``deletes``, move
         the position to ``seq``. Raises sqlite3.Error (nothing changed) on failure."""
@@ -111,12 +116,42 @@ class CheckpointStore:
         self._conn.close()
 
 
+class BlobBuffer:
+    """Device blobs copied into anonymous memory maps of ``chunk_bytes`` each (a blob
+    larger than that gets a map of its own); ``add`` returns a read-only view of the copy.
+    The maps are unmapped when the last view of them is dropped, so a checkpoint's blobs
+    leave no freed-but-kept memory in the process. One thread fills it; the views may
+    then be read on another."""
+
+    def __init__(self, chunk_bytes: int = 1 << 20) -> None:
+        self.chunk_bytes = chunk_bytes
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._used = 0
+        self.nbytes = 0
+
+    def add(self, blob: bytes) -> memoryview:
+        n = len(blob)
+        self.nbytes += n
+        if n > self.chunk_bytes:  # a map of its own; the current one stays open for the next blobs
+            own = mmap.mmap(-1, n)
+            own.write(blob)
+            return memoryview(own).toreadonly()
+        if self._map is None or self._view is None or self._used + n > len(self._map):
+            self._map = mmap.mmap(-1, self.chunk_bytes)
+            self._view = memoryview(self._map)
+            self._used = 0
+        start, self._used = self._used, self._used + n
+        self._view[start:self._used] = blob
+        return self._view[start:self._used].toreadonly()
+
+
 @dataclass
 class _Batch:
     seq: int
     model_key: str
     model_ref: str
-    rows: dict[str, tuple[float, Any]]  # (last seen, device tree snapshot; bytes once encoded)
+    rows: dict[str, tuple[float, bytes | memoryview]]  # (last seen, the device's blob)
     deletes: set[str]
 
 
@@ -194,15 +229,16 @@ class Checkpointer:
                 return False
         key = self.codec.model_key()
         dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted(), set()
-        rows: dict[str, tuple[float, Any]] = {}
+        rows: dict[str, tuple[float, bytes | memoryview]] = {}
         deletes: set[str] = set()
+        blobs = BlobBuffer()
         for device_id in dirty:
             tree = self.codec.device_tree(device_id, key)
             if tree is None:
                 deletes.add(device_id)
-            else:  # a private copy here; encoded on the writer thread (the pipeline's pause is the copy)
+            else:  # encoded here (the pipeline's pause); the writer thread only commits
                 window = self.codec.windows.get(device_id)
-                rows[device_id] = (window.last_timestamp if window is not None else 0.0, snapshot(tree))
+                rows[device_id] = (window.last_timestamp if window is not None else 0.0, blobs.add(pack(tree)))
         batch = _Batch(seq, key, self.codec.model_ref(), rows, deletes)
         with self._lock:
             failed, self._failed = self._failed, None
@@ -240,14 +276,12 @@ class Checkpointer:
                     return
                 self._write(batch)
             finally:
+                batch = None  # its blobs (memory maps) go now, not when the next batch comes
                 self._busy.clear()
                 self._queue.task_done()
 
     def _write(self, batch: _Batch) -> None:
         started = time.perf_counter()
-        for device_id, (ts, value) in batch.rows.items():
-            if not isinstance(value, bytes):
-                batch.rows[device_id] = (ts, pack(value))
         try:
             self.store.write(batch.seq, batch.model_key, batch.model_ref, batch.rows, batch.deletes)
         except sqlite3.Error as exc:
