@@ -1,6 +1,6 @@
 """Cost of scoring a window next to the raw model, one core (issue 11: < 1 ms per window).
 
-    .venv/bin/python bench/scoring_cost.py
+    .venv/bin/python bench/scoring_cost.py [--set KEY=VALUE ...]
 
 Per window, at batch 1 and 64, C = 1 and 8: the ONNX model alone (1 intra-op thread), the
 scorer (``WindowScorer.score_details``), and the level tracker's update for one reading
@@ -12,6 +12,7 @@ the old in-sample ones (and without ``threshold_confidence``'s bootstrap). Best 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting")
+    sets = {k: float(v) for k, v in (kv.split("=", 1) for kv in ap.parse_args().set)}
     manifest = load_manifest(base_model_dir())
     session = onnx_session(base_model_dir() / "model.onnx")
     t = manifest.window_length
@@ -48,11 +52,12 @@ def main() -> int:
         cal = rng.normal(size=(977, t, c)).astype(np.float32)  # 1008 calibration readings
         r, e = session.run(None, {"window": cal})
         outs = {"reconstruction": r, "embedding": e}
-        new, old = WindowScorer(manifest), WindowScorer(manifest, false_alarm_target=0.0, level_follow=0.0)
+        new = WindowScorer(manifest, **sets)
+        old = WindowScorer(manifest, **{**sets, "false_alarm_target": 0.0, "level_follow": 0.0})
         st = new.new_state(c)
         t_new = timed(lambda: new.calibrate_windows(new.new_state(c), cal, outs), 3)
         t_old = timed(lambda: old.calibrate_windows(old.new_state(c), cal, outs), 3)
-        point = WindowScorer(manifest, threshold_confidence=0.0)  # the tail's point estimate, no bootstrap
+        point = WindowScorer(manifest, **{**sets, "threshold_confidence": 0.0})  # the tail's point estimate, no bootstrap
         t_point = timed(lambda: point.calibrate_windows(point.new_state(c), cal, outs), 3)
         new.calibrate_windows(st, cal, outs)
         for n in (1, 64):

@@ -94,6 +94,27 @@ def test_restored_devices_score_from_their_first_reading_exactly_as_without_the_
     assert restored.metrics.get("devices_calibrated_total") == 0
 
 
+def test_the_cross_channel_fit_round_trips_and_restored_devices_score_as_without_the_restart() -> None:
+    """``cross_channel`` 1 (models.scoring.cross): the score state's cross-channel fit and
+    threshold travel in the blob, and the restored devices score exactly as before."""
+    runtime = ModelRuntime.load(base_model_dir(), ["cpu"])
+    runtime.manifest = {**runtime.manifest, "thresholds": {**runtime.manifest.get("thresholds", {}), "cross_channel": 1}}
+    straight, first = Parts(runtime), Parts(runtime)
+    history = readings(0, STEPS + 40)
+    later = readings(STEPS + 40, STEPS + 90, shift_from=STEPS + 60)
+    straight.feed(history)
+    first.feed(history)
+    restored = Parts(runtime)
+    report = restored.codec.restore_devices(first.codec.dump_devices(DEVICES))
+    assert (report.devices, report.score_profiles, report.recalibrating) == (5, 5, 0)
+    before = first.engine.export_device(first.store.get(DEVICES[0]))["score"]
+    after = restored.engine.export_device(restored.store.get(DEVICES[0]))["score"]
+    assert before.cross is not None and before.cross.shape == (2 + 4,)
+    np.testing.assert_array_equal(after.cross, before.cross)
+    assert after.cross_threshold == before.cross_threshold
+    assert restored.feed(later) == straight.feed(later)
+
+
 def test_a_device_still_calibrating_continues_where_it_stopped(runtime: ModelRuntime) -> None:
     straight, first = Parts(runtime), Parts(runtime)
     history = readings(0, STEPS // 2)

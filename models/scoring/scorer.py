@@ -59,17 +59,16 @@ from typing import Any
 
 import numpy as np
 
+from models.scoring.cross import cross_features, cross_terms, fit_cross
 from models.scoring.profile import fit_profile, profile_distance, profile_shrinkage, rank_k_distance
 from models.scoring.settings import settings_from
 from models.scoring.state import DeviceScoreState, packed_precision, unpack_index
 from models.scoring.tail import fold_slices, tail_quantile, tail_quantile_bound
-from models.scoring.trim import diagonal_distance, trim_mask
+from models.scoring.trim import calibration_keep
 
 __all__ = ["DeviceScoreState", "ScoreResult", "WindowScorer", "packed_precision"]
 
 _EPS = 1e-9
-TRIM_PASSES = 4
-"""At most this many fits when calibration windows are trimmed (``_calibration_keep``)."""
 MAX_FALLBACK_WINDOWS = 256
 """At most this many scored windows are kept by an uncalibrated state (every k-th):
 about 256 * (C*D + 2C) * 4 bytes, 147 KiB at C = 8, until it calibrates."""
@@ -135,10 +134,12 @@ class WindowScorer:
         residuals: np.ndarray,
         flatness: np.ndarray | None = None,
         gap: int = 32,
+        cross: np.ndarray | None = None,
     ) -> int:
         """Fit ``state`` from calibration windows: ``embeddings [M, C, D]``, ``residuals [M, C]``,
-        ``flatness [M, C]`` (None: the flatline check is off for this state). Returns how many
-        windows were dropped as anomalous (``calibration_trim``; see ``_calibration_keep``).
+        ``flatness [M, C]`` (None: the flatline check is off for this state), ``cross [M, C]``
+        (models.scoring.cross features; used with ``cross_channel`` 1 and C >= 2). Returns how many
+        windows were dropped as anomalous (``calibration_trim``; see models.scoring.trim.calibration_keep).
 
         The device's embedding vector is the concatenation of its channels' embeddings
         (``C*D`` values), so the distance sees how channels move together (humidity
@@ -153,22 +154,27 @@ class WindowScorer:
         if c != state.n_channels:
             raise ValueError(f"state has {state.n_channels} channels, calibration windows have {c}")
         flat = emb.reshape(m, c * d)
-        keep = self._calibration_keep(flat, res)
+        keep = calibration_keep(flat, res, self.settings)
         trimmed = int(m - keep.sum())
         if trimmed:
             flat, res, m = flat[keep], res[keep], int(keep.sum())
             flatness = None if flatness is None else np.asarray(flatness)[keep]
+            cross = None if cross is None else np.asarray(cross)[keep]
+        xfit, xheld = (fit_cross(cross, self.settings, gap) if cross is not None and c >= 2
+                       and self.settings["cross_channel"] > 0 else (None, None))
         mu, basis, inv_eig, inv_rest = fit_profile(flat, self.settings)
         f, k = basis.shape
         fl = None if flatness is None else np.asarray(flatness, dtype=np.float64)
         if self.settings["false_alarm_target"] > 0:
-            residual_threshold, distance_threshold = self._target_thresholds(
-                flat, res, (mu, basis, inv_eig, inv_rest), gap)
+            residual_threshold, distance_threshold, cross_threshold = self._target_thresholds(
+                flat, res, (mu, basis, inv_eig, inv_rest), gap, xheld)
             flat_threshold = (np.full(c, np.inf, dtype=np.float32) if fl is None
                               else np.maximum(fl.max(axis=0) * 1.5, 0.5).astype(np.float32))
         else:  # legacy: in-sample quantile x margin
             residual_threshold, flat_threshold, distance_threshold = self._quantile_thresholds(
                 flat, res, fl, (mu, basis, inv_eig, inv_rest))
+            cross_threshold = (float(max(np.quantile(xheld, self.settings["score_quantile"]), 1e-3)
+                                     * self.settings["score_margin"]) if xheld is not None else float("nan"))
         if f + 1 <= 2 * k:  # the packed F x F precision is no larger than the low-rank form
             tail = [packed_precision(basis, inv_eig, inv_rest).astype(np.float32)]
             state.rank = 0
@@ -179,14 +185,17 @@ class WindowScorer:
         state.dim = f
         state.inv_rest = inv_rest
         state.distance_threshold = distance_threshold
+        state.cross, state.cross_threshold = xfit, cross_threshold
         state.calibrated, state.calm = True, 0
         state._emb = state._res = state._flat = None
         return trimmed
 
     def _target_thresholds(
-        self, flat: np.ndarray, res: np.ndarray, profile: tuple[np.ndarray, np.ndarray, np.ndarray, float], gap: int
-    ) -> tuple[np.ndarray, float]:
-        """Residual ``[C]`` and distance thresholds a normal window exceeds with probability
+        self, flat: np.ndarray, res: np.ndarray, profile: tuple[np.ndarray, np.ndarray, np.ndarray, float], gap: int,
+        cross: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, float]:
+        """Residual ``[C]``, distance and cross-channel (held-out ``cross [M]`` given, else NaN)
+        thresholds a normal window exceeds with probability
         ``false_alarm_target`` (models.scoring.tail), from statistics the fit did not see:
         each calibration window's distance to a profile fitted on the other folds
         (``calibration_folds`` contiguous blocks, ``gap`` windows either side left out),
@@ -211,10 +220,13 @@ class WindowScorer:
         d_scale = max(quantile(held), 1e-3)
         r_scale = np.array([max(quantile(res[:, j]), 1e-4) for j in range(c)])
         joint_values, conf = np.maximum(held / d_scale, (res / r_scale).max(axis=1)), self.settings["threshold_confidence"]
+        x_scale = float("nan") if cross is None else max(quantile(cross), 1e-3)
+        if cross is not None:
+            joint_values = np.maximum(joint_values, cross / x_scale)
         q = (tail_quantile_bound(joint_values, target, conf, gap, self.settings["tail_log"] > 0,
                                  xi_max=self.settings["tail_shape_max"]) if conf > 0 else quantile(joint_values))
         joint = max(q, 1.0) * margin
-        return (r_scale * joint).astype(np.float32), float(d_scale * joint)
+        return (r_scale * joint).astype(np.float32), float(d_scale * joint), float(x_scale * joint)
 
     def _quantile_thresholds(
         self, flat: np.ndarray, res: np.ndarray, flatness: np.ndarray | None,
@@ -235,31 +247,6 @@ class WindowScorer:
                     else np.maximum(np.quantile(flatness, q, axis=0) * margin, 0.5).astype(np.float32))
         return residual, flat_thr, float(max(np.quantile(dist, q), 1e-3) * margin)
 
-    def _calibration_keep(self, flat: np.ndarray, res: np.ndarray) -> np.ndarray:
-        """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
-        and residuals ``res [M, C]`` (models.scoring.trim; all True when ``calibration_trim``
-        is 0). First pass: the residuals, the coordinate-wise robust distance and the
-        distance to a profile fitted on every window; then, while the kept set changes (at
-        most ``TRIM_PASSES`` fits), the residuals and the distance to a profile refitted on
-        the windows kept so far (an outlying stretch can widen the first fit's covariance
-        enough to hide in it). At most ``calibration_trim`` of the windows are dropped."""
-        frac, bound = self.settings["calibration_trim"], self.settings["calibration_trim_z"]
-        keep = np.ones(flat.shape[0], dtype=bool)
-        cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
-        if cap < 1 or flat.shape[0] - cap < 8:
-            return keep
-        first = profile_distance(flat, *fit_profile(flat, self.settings))
-        keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
-        if keep.all():
-            return keep
-        for _ in range(TRIM_PASSES - 1):
-            refit = profile_distance(flat, *fit_profile(flat[keep], self.settings))
-            again = trim_mask(np.column_stack([res, refit]), frac, bound)
-            if np.array_equal(again, keep):
-                break
-            keep = again
-        return keep
-
     def calibrate_windows(
         self, state: DeviceScoreState, inputs: np.ndarray, outputs: Mapping[str, np.ndarray]
     ) -> int:
@@ -268,7 +255,8 @@ class WindowScorer:
         number of windows dropped as anomalous (``calibrate``)."""
         x = np.asarray(inputs, dtype=np.float32)
         residual = self.statistics(x, np.asarray(outputs["reconstruction"], dtype=np.float32))
-        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x), gap=x.shape[1])
+        return self.calibrate(state, np.asarray(outputs["embedding"]), residual, self.flatness(x), gap=x.shape[1],
+                              cross=cross_features(x))
 
     def score_details(
         self, inputs: np.ndarray, outputs: Mapping[str, np.ndarray], states: Sequence[DeviceScoreState]
@@ -342,7 +330,13 @@ class WindowScorer:
             # flatline check (states calibrated without flatness: threshold inf, ratio 0)
             res_ratio = np.maximum(res_ratio, flatline[idx] / fthr)
             channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
-            total = np.maximum(res_ratio.max(axis=1), ratio)
+            xs = [j for j, s in enumerate(sts) if s.cross is not None]
+            if xs:  # the cross-channel statistic (models.scoring.cross), per channel over its threshold
+                xthr = np.array([[sts[j].cross_threshold] for j in xs])
+                rows = idx[xs]
+                channel_scores[rows] = np.maximum(channel_scores[rows], cross_terms(
+                    cross_features(x[rows]), [sts[j].cross for j in xs]) / xthr)  # type: ignore[misc]
+            total = np.maximum(channel_scores[idx].max(axis=1), ratio)
             distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
             self._adapt(sts, flat, total)
         residual[~finite] = np.nan

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, float] = {
     "tail_shape_max": 0.5,
     "calibration_trim": 0.0,
     "calibration_trim_z": 8.0,
+    "cross_channel": 0.0,
 }
 """Scoring settings used where the manifest's ``thresholds`` do not give one.
 
@@ -65,7 +66,9 @@ shape the fit may take (models.scoring.tail; docs/models.md has both measured).
 score-calibration windows that may be dropped as anomalous before the profile and
 thresholds are fitted (0, the default, turns trimming off: it dropped rare normal events,
 docs/models.md); ``calibration_trim_z``: the robust log-z beyond which a window counts as
-anomalous (models.scoring.trim)."""
+anomalous (models.scoring.trim). ``cross_channel`` 1: devices with 2 or more channels
+also get the model-free cross-channel statistic (models.scoring.cross; 0, the default:
+measured in docs/models.md, issue 11)."""
 
 
 def settings_from(manifest: Any = None, **overrides: float) -> dict[str, float]:

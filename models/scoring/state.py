@@ -44,6 +44,8 @@ class DeviceScoreState:
     rank: int = 0  # K of the low-rank form; 0: packed precision
     inv_rest: float = 0.0  # 1/variance of the remaining directions
     distance_threshold: float = math.nan
+    cross: np.ndarray | None = field(default=None, repr=False)  # models.scoring.cross fit; None: off
+    cross_threshold: float = math.nan
     calm: int = 0  # consecutive scored windows below adapt_below (gates _adapt)
 
     def reset(self) -> None:
@@ -52,6 +54,7 @@ class DeviceScoreState:
         self._emb = self._res = self._flat = None
         self.profile, self.dim, self.rank = None, 0, 0
         self.inv_rest, self.distance_threshold, self.calm = 0.0, math.nan, 0
+        self.cross, self.cross_threshold = None, math.nan
 
     def _part(self, start: int, stop: int | None) -> np.ndarray | None:
         return None if self.profile is None else self.profile[start:stop]

@@ -25,8 +25,14 @@ start and their alert fraction rose from 0.005 to 0.08.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from models.scoring.profile import fit_profile, profile_distance
+
+TRIM_PASSES = 4
+"""At most this many fits when calibration windows are trimmed (``calibration_keep``)."""
 MIN_LOG_SCALE = 0.1
 """Floor of the robust log-scale spread (1.4826 * MAD): with z_bound 4, a statistic must be
 at least e^0.4 = 1.5x its median before a window can be dropped."""
@@ -68,4 +74,30 @@ def trim_mask(stats: np.ndarray, max_fraction: float, z_bound: float) -> np.ndar
     if over.size > cap:
         over = over[np.argsort(z[over])[::-1][:cap]]
     keep[over] = False
+    return keep
+
+
+def calibration_keep(flat: np.ndarray, res: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
+    """Calibration windows to fit on ``[M]`` (bool), from the embeddings ``flat [M, F]``
+    and residuals ``res [M, C]`` (``trim_mask``; all True when ``calibration_trim``
+    is 0). First pass: the residuals, the coordinate-wise robust distance and the
+    distance to a profile fitted on every window; then, while the kept set changes (at
+    most ``TRIM_PASSES`` fits), the residuals and the distance to a profile refitted on
+    the windows kept so far (an outlying stretch can widen the first fit's covariance
+    enough to hide in it). At most ``calibration_trim`` of the windows are dropped."""
+    frac, bound = settings["calibration_trim"], settings["calibration_trim_z"]
+    keep = np.ones(flat.shape[0], dtype=bool)
+    cap = int(frac * flat.shape[0]) if frac > 0.0 else 0
+    if cap < 1 or flat.shape[0] - cap < 8:
+        return keep
+    first = profile_distance(flat, *fit_profile(flat, settings))
+    keep = trim_mask(np.column_stack([res, diagonal_distance(flat), first]), frac, bound)
+    if keep.all():
+        return keep
+    for _ in range(TRIM_PASSES - 1):
+        refit = profile_distance(flat, *fit_profile(flat[keep], settings))
+        again = trim_mask(np.column_stack([res, refit]), frac, bound)
+        if np.array_equal(again, keep):
+            break
+        keep = again
     return keep
