@@ -59,7 +59,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             name=args.name, version=args.version, device_id=args.device, progress=not args.no_progress,
             label_weight=args.label_weight, label_margin=args.label_margin, train_rows=args.train_rows,
             gate=not args.skip_gate, feedback=args.feedback, feedback_weight=args.feedback_weight,
-            level_shift=args.level_shift, anchor_weight=args.anchor_weight, strengths=_strengths(args.strengths))
+            level_shift=args.level_shift,
+            anchor_weight=args.anchor_weight if args.anchor_weight is not None else (0.0 if args.feedback else 1.0),
+            strengths=_strengths(args.strengths))
     except (SiteDataError, IntegrityError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     ev = result.manifest["evaluation"]
@@ -176,9 +178,10 @@ def add_adapter_commands(model_sub: Any) -> None:
     p.add_argument("--level-shift", type=float, default=1.0,
                    help="each training window is moved by a random level in +-this many stds, so the adapter "
                         "learns shapes, not the training rows' level (default 1; 0 turns it off)")
-    p.add_argument("--anchor-weight", type=float, default=1.0,
+    p.add_argument("--anchor-weight", type=float, default=None,
                    help="weight of the term keeping the outputs on generic normal windows the base's "
-                        "(default 1; 0 turns it off)")
+                        "(default 1, or 0 with --feedback: the operators' verdicts are meant to move the "
+                        "outputs, and the anchor held the marked false alarm above the threshold; 0 turns it off)")
     p.add_argument("--strengths", default="1,0.5,0.25",
                    help="fractions of the trained adapter the gate tries, strongest first; the first that passes "
                         "is exported (default 1,0.5,0.25; 1 = all or nothing)")
