@@ -309,10 +309,12 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
                                   "val_windows": int(len(val)), "loss": "MSE of reconstruction, standardised units"}
     strength = 1.0
     if gate:
+        reference = load_model(base_dir)  # the base, as the gates compare with it at every strength
+
         def check() -> tuple[list[str], dict[str, Any]]:  # both gates on the model at its current strength
             report: dict[str, Any] = {}
             try:
-                report["gate"] = _gate(load_model(base_dir), model, values, data.labels, split, T, base_manifest)
+                report["gate"] = _gate(reference, model, values, data.labels, split, T, base_manifest)
             except ValueError as exc:  # too few rows to calibrate the scorer on the training part
                 report["gate"] = {"skipped": str(exc), "passed": True, "reasons": []}
             reasons = [f"{r} (scorer calibrated on the {report['gate'].get('calibration_rows')} first rows)"
@@ -320,7 +322,7 @@ def finetune(base_dir: Path, data: SiteData | Path | np.ndarray, out_dir: Path, 
             if verdicts is not None and verdicts.windows:
                 cal = scorer_calibration_rows(anomalous, split)
                 cal = min(cal, first) if first is not None and first >= T + 8 else cal
-                report["feedback_gate"] = feedback_gate(load_model(base_dir), model, values, data.timestamps, cal,
+                report["feedback_gate"] = feedback_gate(reference, model, values, data.timestamps, cal,
                                                         verdicts, T, base_manifest)
                 reasons += [f"{r} (scorer calibrated on the {cal} rows before the first judged alert)"
                             for r in report["feedback_gate"]["reasons"]]

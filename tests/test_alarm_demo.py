@@ -90,13 +90,20 @@ def test_profile_mean_does_not_drift_on_a_stationary_node(session, manifest) -> 
 
 
 def test_tail_quantile_bound_covers_the_estimates_spread() -> None:
-    """``tail_quantile_bound``: the vectorised tail fit is the scalar one row by row; the
+    """``tail_quantile_bound``: the tail fit does not depend on a row's order, is the order
+    statistic inside the sample and extrapolates beyond it; the
     upper bound lies above the point estimate, by less the more the sample holds, is
     deterministic, and takes degenerate samples."""
     rng = np.random.default_rng(3)
     rows = np.sort(rng.standard_normal((5, 400)), axis=1)
-    for alpha in (1e-4, 0.2):
-        assert np.allclose(_gpd_quantiles(rows[:, ::-1].copy(), alpha), [_gpd_quantile(r, alpha) for r in rows])
+    shuffled = rng.permuted(rows, axis=1)
+    for alpha in (1e-4, 0.2):  # a row's order does not matter, row by row or in one call
+        assert np.array_equal(_gpd_quantiles(shuffled, alpha), _gpd_quantiles(rows, alpha))
+        assert [_gpd_quantile(r, alpha) for r in shuffled] == _gpd_quantiles(rows, alpha).tolist()
+    # inside the sample: the split-conformal order statistic, rank ceil((n + 1)(1 - alpha))
+    assert _gpd_quantile(rows[0], 0.2) == rows[0][int(np.ceil(401 * 0.8)) - 1]
+    # beyond it: a tail extrapolated past the sample's largest value, larger for a rarer target
+    assert rows[0][-1] < _gpd_quantile(rows[0], 1e-3) < _gpd_quantile(rows[0], 1e-4)
     widths = []
     for n in (300, 3000):
         v = np.exp(rng.standard_normal(n) * 0.3)

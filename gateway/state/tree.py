@@ -33,31 +33,6 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def snapshot(tree: Any) -> Any:
-    """A copy of ``tree`` that shares nothing mutable with it (arrays, lists, dicts and
-    dataclasses copied; numbers and strings shared), for ``pack`` on another thread while
-    the owner keeps changing the original. Cheaper than ``pack`` (no encoding)."""
-    if tree is None or isinstance(tree, (bool, int, float, str)):
-        return tree
-    if isinstance(tree, np.ndarray):
-        return tree.copy()
-    if isinstance(tree, array):
-        return array(tree.typecode, tree)
-    if isinstance(tree, (list, tuple)):
-        return [snapshot(v) for v in tree]
-    if isinstance(tree, dict):
-        return {k: snapshot(v) for k, v in tree.items()}
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        cls = type(tree)
-        inst = cls.__new__(cls)
-        for f in _fields(cls):
-            object.__setattr__(inst, f, snapshot(getattr(tree, f)))
-        return inst
-    if isinstance(tree, np.generic):
-        return tree.item()
-    raise TypeError(f"cannot snapshot {type(tree).__name__}")
-
-
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 

@@ -330,13 +330,14 @@ class WindowScorer:
             # flatline check (states calibrated without flatness: threshold inf, ratio 0)
             res_ratio = np.maximum(res_ratio, flatline[idx] / fthr)
             channel_scores[idx] = np.maximum(res_ratio, ratio[:, None] * share)
-            xs = [j for j, s in enumerate(sts) if s.cross is not None]
+            total = np.maximum(res_ratio.max(axis=1), ratio)
+            xs = [j for j, s in enumerate(sts) if s.cross is not None] if self.settings["cross_channel"] > 0 else []
             if xs:  # the cross-channel statistic (models.scoring.cross), per channel over its threshold
                 xthr = np.array([[sts[j].cross_threshold] for j in xs])
                 rows = idx[xs]
                 channel_scores[rows] = np.maximum(channel_scores[rows], cross_terms(
                     cross_features(x[rows]), [sts[j].cross for j in xs]) / xthr)  # type: ignore[misc]
-            total = np.maximum(channel_scores[idx].max(axis=1), ratio)
+                total[xs] = np.maximum(total[xs], channel_scores[rows].max(axis=1))
             distance[idx], distance_ratio[idx], score[idx] = dist, ratio, total
             self._adapt(sts, flat, total)
         residual[~finite] = np.nan

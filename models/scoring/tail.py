@@ -35,27 +35,12 @@ MIN_TAIL = 10
 
 
 def _gpd_quantile(x: np.ndarray, alpha: float, xi_max: float = 0.5) -> float:
-    """Upper ``alpha`` quantile of sorted ``x`` (finite, ascending): empirical where
+    """Upper ``alpha`` quantile of the finite sample ``x``: empirical where
     ``(n + 1)(1 - alpha)`` is within the sample, else peaks over threshold with a
-    generalised Pareto tail (method of moments; shape clipped to [0, 0.5], so the tail is
-    never taken as bounded and never as heavier than a variance allows)."""
-    n = x.size
-    rank = math.ceil((n + 1) * (1.0 - alpha))
-    k = min(n - 1, max(MIN_TAIL, int(TAIL_FRACTION * n)))
-    if rank <= n - k or k < 3:
-        return float(x[min(max(rank, 1), n) - 1])
-    u = float(x[n - k - 1])
-    y = x[n - k :] - u
-    m = float(y.mean())
-    v = float(y.var(ddof=1))
-    if m <= 0.0:
-        return float(x[-1])
-    xi = min(max(0.5 * (1.0 - m * m / v), 0.0), xi_max) if v > 0.0 else 0.0
-    sigma = m * (1.0 - xi)  # the GPD mean is sigma / (1 - xi)
-    ratio = (k / n) / alpha
-    if xi < 1e-6:
-        return u + sigma * math.log(ratio)
-    return u + sigma / xi * (ratio**xi - 1.0)
+    generalised Pareto tail (method of moments; shape clipped to [0, ``xi_max``], so the
+    tail is never taken as bounded and never as heavier than a variance allows). One row
+    of ``_gpd_quantiles``."""
+    return float(_gpd_quantiles(np.asarray(x, dtype=np.float64)[None, :], alpha, xi_max)[0])
 
 
 def tail_quantile(values: np.ndarray, alpha: float, log_scale: bool = True, floor: float = 1e-12,
@@ -70,8 +55,8 @@ def tail_quantile(values: np.ndarray, alpha: float, log_scale: bool = True, floo
     if v.size == 0:
         return math.nan
     if log_scale:
-        return float(math.exp(_gpd_quantile(np.sort(np.log(np.maximum(v, floor))), alpha, xi_max)))
-    return _gpd_quantile(np.sort(v), alpha, xi_max)
+        return float(math.exp(_gpd_quantile(np.log(np.maximum(v, floor)), alpha, xi_max)))
+    return _gpd_quantile(v, alpha, xi_max)
 
 
 def effective_samples(rows: np.ndarray) -> float:
@@ -116,8 +101,8 @@ def fold_slices(m: int, folds: int, gap: int) -> list[tuple[np.ndarray, slice]]:
 
 
 def _gpd_quantiles(xs: np.ndarray, alpha: float, xi_max: float = 0.5) -> np.ndarray:
-    """``_gpd_quantile`` of each row of ``xs [B, n]`` (rows in any order), vectorised; only
-    each row's largest ``k + 1`` values are sorted."""
+    """The upper ``alpha`` quantile of each row of ``xs [B, n]`` (rows in any order; see
+    ``_gpd_quantile``); only each row's largest ``k + 1`` values are sorted."""
     b, n = xs.shape
     rank = math.ceil((n + 1) * (1.0 - alpha))
     k = min(n - 1, max(MIN_TAIL, int(TAIL_FRACTION * n)))
