@@ -24,8 +24,9 @@ import numpy as np
 from models.pca_baseline import PCABaseline
 from models.scoring.calibration import SeriesCalibration, fill_forward
 from models.scoring.decision import Hysteresis, debounced_flags
-from models.scoring.level import LevelTracker, window_level
+from models.scoring.level import LevelTracker
 from models.scoring.scorer import DeviceScoreState, WindowScorer
+from models.scoring.stream import score_stream
 
 
 def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
@@ -35,10 +36,6 @@ def alert_flags(scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray
     rule = Hysteresis(raise_at=settings["raise"], clear_at=settings["clear"],
                       raise_after=int(settings["raise_after"]), clear_after=int(settings["clear_after"]))
     return debounced_flags(np.asarray(scores, dtype=np.float64), rule)
-
-
-STREAM_BATCH = 64
-"""Windows scored per call after calibration, in time order, as the daemon's batches."""
 
 
 @dataclass
@@ -86,53 +83,50 @@ def score_recording(
     with_pca: bool = True,
 ) -> RecordingScores:
     """Score every row of ``values [L, C]`` (physical units, NaN = missing) as the daemon would."""
-    x = fill_missing(values)
-    n_rows, n_ch = x.shape
+    # the daemon's window store keeps float32 readings: score those, so that every window
+    # sees what the daemon's would (models.scoring.stream)
+    raw = fill_missing(values).astype(np.float32)
+    n_rows, n_ch = raw.shape
     t = window_length
     if calibration_rows < t + 8 or calibration_rows >= n_rows:
         raise ValueError(
             f"calibration rows must be in [{t + 8}, {n_rows - 1}] (T = {t}, {n_rows} rows), got {calibration_rows}"
         )
     cal = SeriesCalibration(n_ch, calibration_rows)
-    if not cal.update(values[:calibration_rows]):
+    if not cal.update(np.asarray(values[:calibration_rows], dtype=np.float32)):
         cal.freeze()  # the calibration rows had gaps: use their finite readings
-    z = cal.standardize(x)
-    windows = sliding_windows(z, t)  # window i ends at row i + t - 1
     scorer = WindowScorer(None, **dict(settings))
-    n_cal = calibration_rows - t + 1  # windows ending inside the calibration rows
     # the daemon's path: calibration windows from the retained calibration readings
     cal_windows = cal.calibration_windows(t)
     cal.release()
     state = DeviceScoreState(n_ch)
     scorer.calibrate_windows(state, cal_windows, run_model(session, cal_windows))
-    rest = slice(n_cal, None)
+    rate = settings["level_follow"]
+    tracker = LevelTracker(n_ch, calibration_rows, rate) if rate > 0 else None
+    # every window from the one ending at the last calibration row (the daemon scores it
+    # too: the reading that froze the calibration makes it due), one at a time as far as
+    # the state goes, the model batched (models.scoring.stream)
+    first = calibration_rows - 1
+    seq, seq_channels = score_stream(raw, first, cal.mean, cal.std, scorer, state, tracker,
+                                     lambda w: run_model(session, w), t)
     score = np.full(n_rows, np.nan, dtype=np.float32)
     channel_scores = np.full((n_rows, n_ch), np.nan, dtype=np.float32)
-    rate, hold_at = settings["level_follow"], settings["level_hold"]
-    tracker = LevelTracker(n_ch, calibration_rows, rate) if rate > 0 else None
-    levels = window_level(windows[n_cal:]) if tracker is not None else None  # level of the window ending at each row
-    for start in range(n_cal, len(windows), STREAM_BATCH):
-        part = slice(start, min(start + STREAM_BATCH, len(windows)))
-        batch = windows[part]
-        if tracker is not None and levels is not None:  # the level follows the device (models.scoring.level)
-            offsets = tracker.update(levels[part.start - n_cal : part.stop - n_cal])
-            batch = batch - offsets[:, None, :].astype(np.float32)
-        res = scorer.score_details(batch, run_model(session, batch), [state] * (part.stop - part.start))
-        rows = slice(part.start + t - 1, part.stop + t - 1)
-        score[rows] = res.score
-        channel_scores[rows] = res.channel_scores
-        if tracker is not None:  # a channel at the alert threshold is not followed (level_hold)
-            tracker.hold_from(float(res.score[-1]), res.channel_scores[-1], hold_at)
+    score[calibration_rows:], channel_scores[calibration_rows:] = seq[1:], seq_channels[1:]
+    decided = np.full(n_rows, np.nan, dtype=np.float32)
+    decided[first:] = seq  # that first score counts towards a raise, as in the daemon
+    alert = alert_flags(decided, settings)
+    alert[:calibration_rows] = False
     pca_score = np.full(n_rows, np.nan, dtype=np.float32)
     if with_pca:
         pca = PCABaseline()  # the fixed reference: its own 99.5 % x 1.5 thresholds, frozen levels
         pca.fit(cal_windows)
-        pca_score[calibration_rows:] = pca.score(windows[rest])
+        windows = sliding_windows(cal.standardize(raw), t)  # window i ends at row i + t - 1
+        pca_score[calibration_rows:] = pca.score(windows[calibration_rows - t + 1 :])  # ending after calibration
     evaluated = np.zeros(n_rows, dtype=bool)
     evaluated[calibration_rows:] = True
     return RecordingScores(
         score=score,
-        alert=alert_flags(score, settings),
+        alert=alert,
         channel_scores=channel_scores,
         pca_score=pca_score,
         pca_alert=alert_flags(pca_score, settings) if with_pca else np.zeros(n_rows, dtype=bool),

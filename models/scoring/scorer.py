@@ -356,7 +356,7 @@ class WindowScorer:
         diff = flat - prof[:, :f]
         rthr, fthr, tail = prof[:, f : f + c], prof[:, f + c : f + 2 * c], prof[:, f + 2 * c :]
         if rank == 0:
-            precision = tail[:, unpack_index(f)]
+            precision = np.ascontiguousarray(tail[:, unpack_index(f)])  # contiguous: einsum sums each row alike in any batch
             p_diff = np.einsum("nfg,ng->nf", precision, diff)
             return diff, rthr, fthr, np.einsum("nf,nf->n", diff, p_diff) / f, p_diff
         basis = np.ascontiguousarray(tail[:, : f * rank].reshape(len(sts), f, rank))
