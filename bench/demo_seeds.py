@@ -13,7 +13,7 @@ statistics of the window whose score the alert reports).
 
 ``--offline``: the same simulated nodes (firmware_bridge.sensor_nodes, LPP-quantised
 temperature and humidity, the demo's fault on node 3), scored with
-models.evaluate.score_recording (the daemon's scoring, batches of 64) instead of the live
+models.evaluate.score_recording (the daemon's scoring, window by window) instead of the live
 pipeline: deterministic, faster, and free of the wall clock. The simulated day starts at
 each of ``--days`` quarter-day phases (the live demo starts at the wall-clock time of
 day). Also prints the healthy windows' rate at or over 1.0 (the false-alarm target is

@@ -3,12 +3,16 @@
 ``score_recording`` applies exactly the daemon's scoring to a recorded series: per-device
 value calibration on the first ``calibration_rows`` rows (``SeriesCalibration``), sliding
 windows of T rows (stride 1, the window ending at row t scores row t), the ONNX model,
-``WindowScorer`` calibrated on the windows that end inside the calibration rows, and the
-raise/clear hysteresis. Each channel's level follows the device at the bounded rate of
-``level_follow`` (models.scoring.level), fed row by row; the daemon feeds it reading by
-reading and applies it from its next batch, so the two can differ by a batch's worth of
-one bounded step. The PCA baseline (``PCABaseline``) is calibrated on the same windows,
-with its own fixed thresholds (99.5 % quantile x 1.5) and frozen levels: the reference.
+``WindowScorer`` calibrated on the windows cut from the calibration rows, and the
+raise/clear hysteresis. From the window ending at the last calibration row on (the daemon
+scores that one too), each window is standardised with the level its own reading's step
+left (``level_follow``, models.scoring.level) and scored against the state every earlier
+window left (the level hold, the profile's adaptation), as the daemon's per-reading path
+does; models.scoring.stream does that with batched model calls, and the scores equal the
+daemon's on a recording without gaps (tests/test_offline_equals_daemon.py; readings are
+rounded to float32 as in the daemon's window store). The PCA baseline (``PCABaseline``) is
+calibrated on the same windows, with its own fixed thresholds (99.5 % quantile x 1.5) and
+frozen levels: the reference.
 Rows before the end of calibration get score NaN and no alert; metrics
 count only the rows after it.
 """

@@ -100,7 +100,7 @@ def test_a_windows_score_does_not_depend_on_what_shares_its_call(channels: int) 
     einsum sum the rows of a batch in another order than a row alone (C = 1-3, the packed
     form: 19 of 100 distances differed in the last bit)."""
     from models.scoring.scorer import WindowScorer
-    from models.scoring.stream import _clone
+    from models.scoring.stream import _proxies
 
     manifest = load_manifest(base_model_dir())
     runtime = ModelRuntime.load(base_model_dir(), ["CPUExecutionProvider"])
@@ -111,7 +111,7 @@ def test_a_windows_score_does_not_depend_on_what_shares_its_call(channels: int) 
     scorer.calibrate_windows(state, cal, runtime.run(cal))
     x = (np.cumsum(rng.standard_normal((64, 32, channels)), axis=1) * 0.4 + rng.normal(0, 1.5, (64, 1, 1))).astype(np.float32)
     out = runtime.run(x)
-    together = scorer.score_details(x, out, [_clone(state) for _ in range(len(x))])
+    together = scorer.score_details(x, out, _proxies(state, len(x))[1])
     for i in range(len(x)):
-        alone = scorer.score_details(x[i : i + 1], {k: v[i : i + 1] for k, v in out.items()}, [_clone(state)])
+        alone = scorer.score_details(x[i : i + 1], {k: v[i : i + 1] for k, v in out.items()}, _proxies(state, 1)[1])
         assert together.score[i] == alone.score[0] and np.array_equal(together.channel_scores[i], alone.channel_scores[0])

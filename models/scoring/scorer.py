@@ -381,10 +381,15 @@ class WindowScorer:
             st.calm = st.calm + 1 if ok else 0
             if ok and st.calm > need and rate > 0.0:
                 groups.setdefault(id(st), []).append(j)
-        for members in groups.values():
+        single = [m[0] for m in groups.values() if len(m) == 1]  # a state once in the batch (the daemon's rounds)
+        if single:  # one array step for all of them: bit for bit the step below (a one-row mean is the row)
+            fed = [sts[j] for j in single]
+            mus = np.stack([s.mu for s in fed])  # type: ignore[misc]
+            for st, mu in zip(fed, (mus + (1.0 - (1.0 - rate) ** 1) * (emb[single] - mus)).astype(np.float32)):
+                st.mu = mu
+        for members in (m for m in groups.values() if len(m) > 1):
             st = sts[members[0]]
-            assert st.mu is not None
-            # k sequential EWMA steps, applied to the mean difference of the batch
+            assert st.mu is not None  # k sequential EWMA steps, applied to the mean difference of the batch
             weight = 1.0 - (1.0 - rate) ** len(members)
             st.mu = (st.mu + weight * (emb[members] - st.mu).mean(axis=0)).astype(np.float32)
 

@@ -48,56 +48,104 @@ MAX_BLOCK = 512
 RunModel = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
-def _clone(st: DeviceScoreState) -> DeviceScoreState:
-    """A copy of a calibrated state whose profile (and so its mean) can change alone."""
-    out = object.__new__(DeviceScoreState)
-    for name in DeviceScoreState.__slots__:  # type: ignore[attr-defined]
-        if not name.startswith("__"):
-            object.__setattr__(out, name, getattr(st, name))
-    if st.profile is not None:
-        out.profile = st.profile.copy()
-    return out
+_SLOTS = tuple(n for n in DeviceScoreState.__slots__ if not n.startswith("__"))  # type: ignore[attr-defined]
 
 
-def _gate(scores: np.ndarray, below: float) -> np.ndarray:
-    """0: unscored (NaN: the state is left as it is), 1: feeds the calm count, 2: resets it."""
-    return np.where(np.isnan(scores), 0, np.where(scores < below, 1, 2))
+def _proxies(state: DeviceScoreState, n: int) -> tuple[np.ndarray, list[DeviceScoreState]]:
+    """``n`` copies of a calibrated state, each with its own row of ``profiles [n, P]`` (so
+    each window can be scored against its own profile mean in one call)."""
+    assert state.profile is not None
+    profiles = np.repeat(state.profile[None], n, axis=0)
+    out = []
+    for i in range(n):
+        p = object.__new__(DeviceScoreState)
+        for name in _SLOTS:
+            object.__setattr__(p, name, getattr(state, name))
+        p.profile = profiles[i]
+        out.append(p)
+    return profiles, out
+
+
+def _guess_states(settings: Mapping[str, float], mu: np.ndarray, calm: int, flat: np.ndarray,
+                  guess: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The profile mean ``[k, F]`` and calm count ``[k]`` before each window if the windows
+    scored ``guess [k]``: the arithmetic of ``WindowScorer._adapt`` for one window at a time.
+    Only a guess: ``_score_sequence`` checks it against what ``score_details`` really did."""
+    rate, below, need = settings["adapt_rate"], settings["adapt_below"], int(settings["adapt_calm"])
+    weight = 1.0 - (1.0 - rate) ** 1
+    k = len(guess)
+    mus = np.empty((k, mu.size), dtype=np.float32)
+    calms = np.empty(k, dtype=np.int64)
+    for i, g in enumerate(guess.tolist()):
+        mus[i], calms[i] = mu, calm
+        if g != g:  # NaN: an unscored window leaves the state as it is
+            continue
+        ok = g < below
+        calm = calm + 1 if ok else 0
+        if ok and calm > need and rate > 0.0:
+            mu = (mu + weight * (flat[i] - mu)).astype(np.float32)
+    return mus, calms
+
+
+def _first_hold_change(hold: np.ndarray, scores: np.ndarray, channel_scores: np.ndarray, hold_at: float) -> int:
+    """Index of the first window after which ``LevelTracker.hold_from`` changes ``hold``
+    (each window's score with ``hold`` as it was), or -1."""
+    if hold_at <= 0:
+        return -1
+    # with nothing held, only a window at or over the threshold can hold something
+    candidates = np.flatnonzero(scores >= hold_at) if not hold.any() else range(len(scores))
+    probe = LevelTracker(hold.size, 1, 0.0)
+    for i in candidates:
+        probe.hold = hold
+        probe.hold_from(float(scores[i]), channel_scores[i], hold_at)
+        if not np.array_equal(probe.hold, hold):
+            return int(i)
+    return -1
 
 
 def _score_sequence(scorer: WindowScorer, state: DeviceScoreState, x: np.ndarray, outputs: Mapping[str, np.ndarray],
-                    stop: Callable[[int, float, np.ndarray], bool]) -> tuple[int, np.ndarray, np.ndarray, DeviceScoreState]:
-    """Score ``x [n, T, C]`` (model ``outputs``) in order from ``state``, each window against
-    the state all earlier ones left. ``stop(i, score, channel_scores)`` is asked for each
-    window in order; the first True ends the sequence after that window. Returns how many
-    windows were scored, their scores ``[k]`` and channel scores ``[k, C]``, and the state
-    after the last of them."""
+                    hold: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Score ``x [n, T, C]`` (model ``outputs``) in order, each window against the state all
+    earlier ones left, starting from ``state`` (updated to the state after the last window
+    scored). ``hold``: the level hold the block's steps assumed (None: no level tracker);
+    scoring stops after the first window that changes it (unless it is the block's last).
+    Returns how many windows were scored, their scores ``[k]`` and channel scores ``[k, C]``."""
     n = x.shape[0]
-    below = scorer.settings["adapt_below"]
-    emb = np.asarray(outputs["embedding"], dtype=np.float32)
-    flat = emb.reshape(n, -1)
+    hold_at = scorer.settings["level_hold"]
+    flat = np.asarray(outputs["embedding"], dtype=np.float32).reshape(n, -1)
+    f = state.dim
+    profiles, proxies = _proxies(state, n)
     scores = np.empty(n, dtype=np.float32)
     channel_scores = np.empty((n, x.shape[2]), dtype=np.float32)
     guess = np.zeros(n, dtype=np.float32)  # first guess: every window calm
+    assert state.mu is not None
+    mu, calm = state.mu.copy(), state.calm
     start = 0
     while start < n:
-        run = _clone(state)
-        pres: list[DeviceScoreState] = []
-        for i in range(start, n):
-            pres.append(_clone(run))
-            if i + 1 < n and not np.isnan(guess[i]):  # the next window's state under this guess
-                scorer._adapt([run], flat[i : i + 1], guess[i : i + 1])
-        res = scorer.score_details(x[start:], {k: v[start:] for k, v in outputs.items()}, pres)
-        wrong = np.flatnonzero(_gate(res.score, below) != _gate(guess[start:], below))
-        last = n - 1 if wrong.size == 0 else start + int(wrong[0])  # the states up to here were right
-        for i in range(start, last + 1):
-            j = i - start
-            scores[i], channel_scores[i] = res.score[j], res.channel_scores[j]
-            if stop(i, float(res.score[j]), res.channel_scores[j]):
-                return i + 1, scores[: i + 1], channel_scores[: i + 1], pres[j]
-        state = pres[last - start]  # after the window scoring applied the real adaptation
-        guess[last + 1 :] = res.score[last + 1 - start :]
+        mus, calms = _guess_states(scorer.settings, mu, calm, flat[start:], guess[start:])
+        profiles[start:, :f] = mus
+        for p, c in zip(proxies[start:], calms.tolist()):
+            p.calm = c
+        res = scorer.score_details(x[start:], {k: v[start:] for k, v in outputs.items()}, proxies[start:])
+        # window i's state was right if every earlier window left the state the guess gave the next
+        after = profiles[start:, :f]  # score_details adapted each proxy's own row
+        same = np.all(after[:-1] == mus[1:], axis=1) & (np.array([p.calm for p in proxies[start:-1]]) == calms[1:])
+        wrong = np.flatnonzero(~same)
+        last = n - 1 if wrong.size == 0 else start + int(wrong[0])
+        change = -1 if hold is None else _first_hold_change(hold, res.score[: last + 1 - start],
+                                                            res.channel_scores[: last + 1 - start], hold_at)
+        stop = 0 <= change and start + change + 1 < n
+        if stop:  # the next window's level step would have another hold: the block ends here
+            last = start + change
+        k = last + 1 - start
+        scores[start : last + 1], channel_scores[start : last + 1] = res.score[:k], res.channel_scores[:k]
+        mu, calm = profiles[last, :f].copy(), proxies[last].calm
+        guess[last + 1 :] = res.score[k:]
         start = last + 1
-    return n, scores, channel_scores, state
+        if stop:
+            break
+    state.mu, state.calm = mu, calm
+    return start, scores[:start], channel_scores[:start]
 
 
 def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray, scorer: WindowScorer,
@@ -132,19 +180,8 @@ def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray,
             level[lo - pos :] = mean + offsets * std
         x = ((windows[pos : pos + n].transpose(0, 2, 1).astype(np.float64) - level[:, None, :]) / std).astype(np.float32)
         hold = None if tracker is None else tracker.hold.copy()
-
-        def hold_changes(i: int, s: float, cs: np.ndarray, n: int = n, hold: np.ndarray | None = hold) -> bool:
-            """The hold after window ``i`` of the block differs from the one its steps assumed."""
-            if hold is None or i + 1 >= n:
-                return False
-            probe = LevelTracker(c, 1, 0.0)
-            probe.hold = hold
-            probe.hold_from(s, cs, hold_at)
-            return not np.array_equal(probe.hold, hold)
-
-        k, s, cs, after = _score_sequence(scorer, state, x, run(x), hold_changes)
+        k, s, cs = _score_sequence(scorer, state, x, run(x), hold)
         score[pos : pos + k], channel_scores[pos : pos + k] = s, cs
-        state.profile, state.calm = after.profile, after.calm
         if tracker is not None:
             if offsets is not None and pos + k - 1 >= lo:
                 tracker.offset = offsets[pos + k - 1 - lo].copy()
