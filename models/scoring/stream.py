@@ -53,15 +53,17 @@ _SLOTS = tuple(n for n in DeviceScoreState.__slots__ if not n.startswith("__")) 
 
 def _proxies(state: DeviceScoreState, n: int) -> tuple[np.ndarray, list[DeviceScoreState]]:
     """``n`` copies of a calibrated state, each with its own row of ``profiles [n, P]`` (so
-    each window can be scored against its own profile mean in one call)."""
+    each window can be scored against its own profile mean in one call). Only the mean
+    (``profiles[:, :F]``) and ``calm`` ever change in them."""
     assert state.profile is not None
     profiles = np.repeat(state.profile[None], n, axis=0)
+    values = [(name, getattr(state, name)) for name in _SLOTS if name != "profile"]
     out = []
-    for i in range(n):
+    for row in profiles:
         p = object.__new__(DeviceScoreState)
-        for name in _SLOTS:
-            object.__setattr__(p, name, getattr(state, name))
-        p.profile = profiles[i]
+        for name, v in values:
+            object.__setattr__(p, name, v)
+        p.profile = row
         out.append(p)
     return profiles, out
 
@@ -83,7 +85,7 @@ def _guess_states(settings: Mapping[str, float], mu: np.ndarray, calm: int, flat
         ok = g < below
         calm = calm + 1 if ok else 0
         if ok and calm > need and rate > 0.0:
-            mu = (mu + weight * (flat[i] - mu)).astype(np.float32)
+            mu = mu + weight * (flat[i] - mu)  # float32 throughout, as _adapt's
     return mus, calms
 
 
@@ -104,17 +106,19 @@ def _first_hold_change(hold: np.ndarray, scores: np.ndarray, channel_scores: np.
 
 
 def _score_sequence(scorer: WindowScorer, state: DeviceScoreState, x: np.ndarray, outputs: Mapping[str, np.ndarray],
-                    hold: np.ndarray | None) -> tuple[int, np.ndarray, np.ndarray]:
+                    hold: np.ndarray | None,
+                    proxies: tuple[np.ndarray, list[DeviceScoreState]]) -> tuple[int, np.ndarray, np.ndarray]:
     """Score ``x [n, T, C]`` (model ``outputs``) in order, each window against the state all
     earlier ones left, starting from ``state`` (updated to the state after the last window
     scored). ``hold``: the level hold the block's steps assumed (None: no level tracker);
     scoring stops after the first window that changes it (unless it is the block's last).
-    Returns how many windows were scored, their scores ``[k]`` and channel scores ``[k, C]``."""
+    ``proxies``: ``_proxies(state, >= n)`` (reused block after block). Returns how many
+    windows were scored, their scores ``[k]`` and channel scores ``[k, C]``."""
     n = x.shape[0]
     hold_at = scorer.settings["level_hold"]
     flat = np.asarray(outputs["embedding"], dtype=np.float32).reshape(n, -1)
     f = state.dim
-    profiles, proxies = _proxies(state, n)
+    profiles, proxies = proxies[0][:n], proxies[1][:n]
     scores = np.empty(n, dtype=np.float32)
     channel_scores = np.empty((n, x.shape[2]), dtype=np.float32)
     guess = np.zeros(n, dtype=np.float32)  # first guess: every window calm
@@ -168,6 +172,7 @@ def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray,
     score = np.full(m, np.nan, dtype=np.float32)
     channel_scores = np.full((m, c), np.nan, dtype=np.float32)
     pos, block = 0, MIN_BLOCK
+    proxies = _proxies(state, min(MAX_BLOCK, m))
     while pos < m:
         n = min(block, m - pos)
         level = np.broadcast_to(mean, (n, c)).copy()
@@ -180,7 +185,7 @@ def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray,
             level[lo - pos :] = mean + offsets * std
         x = ((windows[pos : pos + n].transpose(0, 2, 1).astype(np.float64) - level[:, None, :]) / std).astype(np.float32)
         hold = None if tracker is None else tracker.hold.copy()
-        k, s, cs = _score_sequence(scorer, state, x, run(x), hold)
+        k, s, cs = _score_sequence(scorer, state, x, run(x), hold, proxies)
         score[pos : pos + k], channel_scores[pos : pos + k] = s, cs
         if tracker is not None:
             if offsets is not None and pos + k - 1 >= lo:
