@@ -89,36 +89,38 @@ def _guess_states(settings: Mapping[str, float], mu: np.ndarray, calm: int, flat
     return mus, calms
 
 
-def _first_hold_change(hold: np.ndarray, scores: np.ndarray, channel_scores: np.ndarray, hold_at: float) -> int:
-    """Index of the first window after which ``LevelTracker.hold_from`` changes ``hold``
-    (each window's score with ``hold`` as it was), or -1."""
-    if hold_at <= 0:
-        return -1
-    # with nothing held, only a window at or over the threshold can hold something
-    candidates = np.flatnonzero(scores >= hold_at) if not hold.any() else range(len(scores))
-    probe = LevelTracker(hold.size, 1, 0.0)
-    for i in candidates:
-        probe.hold = hold
-        probe.hold_from(float(scores[i]), channel_scores[i], hold_at)
-        if not np.array_equal(probe.hold, hold):
-            return int(i)
-    return -1
+def _holds_after(start: np.ndarray, scores: np.ndarray, channel_scores: np.ndarray, hold_at: float) -> list[np.ndarray]:
+    """The level hold after each window ``[k]`` (``LevelTracker.hold_from`` in turn from
+    ``start``); an unchanged hold is the same array object as the one before it."""
+    out: list[np.ndarray] = []
+    hold = start
+    probe = LevelTracker(start.size, 1, 0.0)
+    for s, cs in zip(scores.tolist(), channel_scores):
+        # with nothing held, only a window at or over the threshold can hold something
+        if hold_at > 0 and (hold.any() or s >= hold_at):
+            probe.hold = hold
+            probe.hold_from(s, cs, hold_at)
+            if not np.array_equal(probe.hold, hold):
+                hold = probe.hold
+        out.append(hold)
+    return out
 
 
 def _score_sequence(scorer: WindowScorer, state: DeviceScoreState, x: np.ndarray, outputs: Mapping[str, np.ndarray],
-                    hold: np.ndarray | None,
-                    proxies: tuple[np.ndarray, list[DeviceScoreState]]) -> tuple[int, np.ndarray, np.ndarray]:
+                    holds: list[np.ndarray] | None, proxies: tuple[np.ndarray, list[DeviceScoreState]],
+                    ) -> tuple[int, np.ndarray, np.ndarray]:
     """Score ``x [n, T, C]`` (model ``outputs``) in order, each window against the state all
     earlier ones left, starting from ``state`` (updated to the state after the last window
-    scored). ``hold``: the level hold the block's steps assumed (None: no level tracker);
-    scoring stops after the first window that changes it (unless it is the block's last).
-    ``proxies``: ``_proxies(state, >= n)`` (reused block after block). Returns how many
-    windows were scored, their scores ``[k]`` and channel scores ``[k, C]``."""
+    scored). ``holds[j]``: the level hold window j's level step assumed (None: no level
+    tracker); scoring stops after the first window that leaves another hold than the next
+    one assumed. ``proxies``: ``_proxies(state, >= n)`` (reused block after block).
+    Returns how many windows were scored, and the scores ``[n]`` and channel scores
+    ``[n, C]`` of all: exact for those, a prediction for the rest."""
     n = x.shape[0]
     hold_at = scorer.settings["level_hold"]
     flat = np.asarray(outputs["embedding"], dtype=np.float32).reshape(n, -1)
     f = state.dim
-    profiles, proxies = proxies[0][:n], proxies[1][:n]
+    profiles, proxies_n = proxies[0][:n], proxies[1][:n]
     scores = np.empty(n, dtype=np.float32)
     channel_scores = np.empty((n, x.shape[2]), dtype=np.float32)
     guess = np.zeros(n, dtype=np.float32)  # first guess: every window calm
@@ -128,28 +130,30 @@ def _score_sequence(scorer: WindowScorer, state: DeviceScoreState, x: np.ndarray
     while start < n:
         mus, calms = _guess_states(scorer.settings, mu, calm, flat[start:], guess[start:])
         profiles[start:, :f] = mus
-        for p, c in zip(proxies[start:], calms.tolist()):
+        for p, c in zip(proxies_n[start:], calms.tolist()):
             p.calm = c
-        res = scorer.score_details(x[start:], {k: v[start:] for k, v in outputs.items()}, proxies[start:])
+        res = scorer.score_details(x[start:], {k: v[start:] for k, v in outputs.items()}, proxies_n[start:])
+        scores[start:], channel_scores[start:] = res.score, res.channel_scores
         # window i's state was right if every earlier window left the state the guess gave the next
         after = profiles[start:, :f]  # score_details adapted each proxy's own row
-        same = np.all(after[:-1] == mus[1:], axis=1) & (np.array([p.calm for p in proxies[start:-1]]) == calms[1:])
+        same = np.all(after[:-1] == mus[1:], axis=1) & (np.array([p.calm for p in proxies_n[start:-1]]) == calms[1:])
         wrong = np.flatnonzero(~same)
         last = n - 1 if wrong.size == 0 else start + int(wrong[0])
-        change = -1 if hold is None else _first_hold_change(hold, res.score[: last + 1 - start],
-                                                            res.channel_scores[: last + 1 - start], hold_at)
-        stop = 0 <= change and start + change + 1 < n
-        if stop:  # the next window's level step would have another hold: the block ends here
-            last = start + change
-        k = last + 1 - start
-        scores[start : last + 1], channel_scores[start : last + 1] = res.score[:k], res.channel_scores[:k]
-        mu, calm = profiles[last, :f].copy(), proxies[last].calm
-        guess[last + 1 :] = res.score[k:]
+        stop = False
+        if holds is not None:
+            left = _holds_after(holds[start], res.score[: last + 1 - start], res.channel_scores[: last + 1 - start],
+                                hold_at)
+            for j, h in enumerate(left):
+                if start + j + 1 < n and not np.array_equal(h, holds[start + j + 1]):
+                    last, stop = start + j, True  # the next window's level step assumed another hold
+                    break
+        mu, calm = profiles[last, :f].copy(), proxies_n[last].calm
+        guess[last + 1 :] = res.score[last + 1 - start :]
         start = last + 1
         if stop:
             break
     state.mu, state.calm = mu, calm
-    return start, scores[:start], channel_scores[:start]
+    return start, scores, channel_scores
 
 
 def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray, scorer: WindowScorer,
@@ -173,25 +177,41 @@ def score_stream(raw: np.ndarray, first: int, mean: np.ndarray, std: np.ndarray,
     channel_scores = np.full((m, c), np.nan, dtype=np.float32)
     pos, block = 0, MIN_BLOCK
     proxies = _proxies(state, min(MAX_BLOCK, m))
+    predicted: tuple[np.ndarray, np.ndarray] | None = None  # scores of the windows after a cut, from its pass
     while pos < m:
         n = min(block, m - pos)
         level = np.broadcast_to(mean, (n, c)).copy()
-        lo = max(pos, 1)  # the first window (row ``first``) takes no level step
-        offsets = None
-        if tracker is not None and lo < pos + n:  # the block's level steps, with the hold as it stands
+        holds: list[np.ndarray] | None = None
+        if tracker is not None:
+            # the hold each window's level step will find: the one in force, or where the
+            # last block was cut at a change of hold, the holds its other scores predict
+            holds = [tracker.hold] * n
+            if predicted is not None and n > 1:
+                p_s, p_cs = predicted[0][: n - 1], predicted[1][: n - 1]
+                after = _holds_after(tracker.hold, p_s, p_cs, hold_at)
+                for j in range(1, n):
+                    holds[j] = after[min(j, len(after)) - 1] if after else holds[j]
+            lo = max(pos, 1)  # the first window (row ``first``) takes no level step
+            offsets = np.empty((pos + n - lo, c))
             trial = LevelTracker(c, 1, 0.0)
-            trial.offset, trial.step, trial.hold = tracker.offset, tracker.step, tracker.hold
-            offsets = trial.update(np.median(levels[lo : pos + n], axis=-1))
+            trial.offset, trial.step = tracker.offset, tracker.step
+            j = lo
+            while j < pos + n:  # runs of windows that assume the same hold
+                e = j + 1
+                while e < pos + n and holds[e - pos] is holds[j - pos]:
+                    e += 1
+                trial.hold = holds[j - pos]
+                offsets[j - lo : e - lo] = trial.update(np.median(levels[j:e], axis=-1))
+                j = e
             level[lo - pos :] = mean + offsets * std
         x = ((windows[pos : pos + n].transpose(0, 2, 1).astype(np.float64) - level[:, None, :]) / std).astype(np.float32)
-        hold = None if tracker is None else tracker.hold.copy()
-        k, s, cs = _score_sequence(scorer, state, x, run(x), hold, proxies)
-        score[pos : pos + k], channel_scores[pos : pos + k] = s, cs
-        if tracker is not None:
-            if offsets is not None and pos + k - 1 >= lo:
+        k, s, cs = _score_sequence(scorer, state, x, run(x), holds, proxies)
+        score[pos : pos + k], channel_scores[pos : pos + k] = s[:k], cs[:k]
+        if tracker is not None and holds is not None:
+            if pos + k - 1 >= lo:
                 tracker.offset = offsets[pos + k - 1 - lo].copy()
-            tracker.hold_from(float(s[-1]), cs[-1], hold_at)  # the windows before it left the hold as it was
+            tracker.hold = _holds_after(holds[k - 1], s[k - 1 : k], cs[k - 1 : k], hold_at)[0].copy()
+        predicted = (s[k:], cs[k:]) if k < n else None
         block = min(2 * block, MAX_BLOCK) if k == n else MIN_BLOCK
         pos += k
     return score, channel_scores
-
