@@ -48,7 +48,7 @@ MAX_BLOCK = 512
 RunModel = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
-_SLOTS = tuple(n for n in DeviceScoreState.__slots__ if not n.startswith("__"))  # type: ignore[attr-defined]
+_SLOTS = tuple(n for n in DeviceScoreState.__slots__ if not n.startswith("__"))
 
 
 def _proxies(state: DeviceScoreState, n: int) -> tuple[np.ndarray, list[DeviceScoreState]]:
