@@ -7,30 +7,33 @@ one (its batches run in device rounds): a window's score sets the level hold
 profile's adaptation (``WindowScorer._adapt``: ``adapt_rate``, ``adapt_below``,
 ``adapt_calm``) that the next window's distance is measured against. So each window
 depends on every score before it. Scoring one window per model call would copy that at
-about 30x the cost; scoring blocks of windows with one state per block (what ``model
-score`` did until bench/RESULTS.md 26) changed the figures while a device sat at the
-threshold. Here the blocks are speculative and checked:
+the cost of a model call and a ``score_details`` call per window; scoring blocks of windows
+with one state per block (what ``model score`` did until bench/RESULTS.md 26) changed the
+figures while a device sat at the threshold. Here the blocks are speculative and checked:
 
-- *Model inputs.* A block's level steps are taken with the hold as it stands; the model
-  runs once over the block. The hold only changes where a score crosses ``level_hold`` or
-  the held channels change, so scoring the block sequentially (below) finds the first
-  window after which the hold differs: the windows up to it are kept, the rest of the block
-  is standardised again from there and re-run (blocks shrink to ``MIN_BLOCK`` after such a
-  break and double while none comes, up to ``MAX_BLOCK``).
+- *Model inputs.* A block's level steps assume a hold for each window: the one in force,
+  or, after a block was cut at a change of hold, the holds that the cut block's remaining
+  scores predict (their inputs differ only by the held channels' bounded level steps). The
+  model runs once over the block. Scoring it in order (below) finds the first window after
+  which the real hold differs from what the next window assumed: the windows up to it are
+  kept, the rest is standardised again and re-run (the next block starts at ``MIN_BLOCK``
+  windows and doubles while no cut comes, up to ``MAX_BLOCK``).
 - *Scores.* Given the model outputs, a window's score depends on the state before it only
-  through the profile mean and the calm count, which change by one adaptation step per
-  window, decided by whether the window scored below ``adapt_below`` (its *gate*). Each
-  pass guesses every gate (first: all calm; then the previous pass's scores), builds the
-  state before each window by the scorer's own ``_adapt`` under those guesses, and scores
-  all windows at once in one ``score_details`` call with one state per window. Up to and
-  including the first window whose real gate differs from the guess, every window saw the
-  state the daemon's would have; the next pass starts after it. Usually one pass covers a
-  block, two around an excursion.
+  through the profile mean and the calm count (``_adapt``). Each pass guesses the state
+  before every window (first: every window calm; then the previous pass's scores) and
+  scores them all in one ``score_details`` call, one state copy per window, whose own
+  ``_adapt`` then moves each copy as the daemon's state would move after that window. Up
+  to and including the first window whose copy did not end where the guess for the next
+  window began, every window saw the daemon's state; the next pass starts after it.
+  Usually one pass covers a block. A guess that is wrong only costs a pass, never a
+  wrong score.
 
 Every window thus goes through the same arithmetic as in the daemon (the same level steps,
-the same standardisation expression, the scorer's own ``score_details`` and ``_adapt``),
-and ONNX Runtime's CPU outputs do not depend on the batch (bench/RESULTS.md 23), so the
-scores equal the daemon's (tests/test_offline_equals_daemon.py).
+the same standardisation expression, the scorer's own ``score_details`` and ``_adapt``), a
+window's ``score_details`` row does not depend on the others in the call, and ONNX Runtime's
+CPU outputs do not depend on the batch (bench/RESULTS.md 23), so the scores equal the
+daemon's bit for bit (tests/test_offline_equals_daemon.py). With another runtime (the
+PyTorch session of ``model finetune``'s gate) they are equal up to its batch rounding.
 """
 
 from __future__ import annotations
