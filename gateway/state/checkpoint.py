@@ -9,20 +9,21 @@ gateway starts without state (counted, logged), never stays down.
 
 ``Checkpointer`` runs on the pipeline thread: it remembers which devices changed
 (``mark``), ``capture(seq)`` encodes only those (``gateway.state.tree.pack``, about 50 µs
-each; the pipeline pauses for the encoding only) into ``BlobBuffer`` (anonymous memory
-maps, not the malloc heap), one slice of about ``slice_bytes`` (1 MB) at a time, and hands
-each slice to its writer thread, which inserts it into one open transaction and commits
-after the last; the previous checkpoint's rows of the other devices stay valid, because
-they did not change. Memory: with 10,000 devices changing every minute a checkpoint is
-about 40 MB of blobs; at most ``_QUEUED`` slices wait for the writer (capture blocks on the
-queue), so about 4 MB are in memory at once, each slice's maps unmapped once SQLite has it
-(its page cache spills to the WAL file). Holding all of them at once was the 197 MB peak of
-bench/RESULTS.md 22; as Python objects or heap bytes they stayed in the process as
-fragmented free memory (+87 MB RSS after the first checkpoint, RESULTS 22). One checkpoint
-at a time: while one is written, a due capture waits. A failed write (disk full) is rolled
-back whole and its devices are encoded again by the next capture (their rows in the file
-are older than its position). ``on_written(seq)`` runs after each commit (the ingest log
-then deletes the segments the checkpoint covers).
+each; the pipeline pauses for the encoding) into ``BlobBuffer`` (anonymous memory maps,
+not the malloc heap), one slice of about ``slice_bytes`` (256 KiB, about 67 devices) at a
+time, and hands each slice to its writer thread, which inserts it into one open
+transaction (SQLite's page cache spills to the WAL file) and commits after the last; the
+previous checkpoint's rows of the other devices stay valid, because they did not change.
+Memory: with 10,000 devices changing every minute a checkpoint is about 40 MB of blobs; at
+most ``_QUEUED`` slices wait for the writer (capture blocks on the queue), so 1-2 MB of
+them are in memory at once, each slice's maps unmapped once SQLite has it. Holding all of
+them at once was the 183-197 MB peak of bench/RESULTS.md 22 and 27; as Python objects or
+heap bytes they stayed in the process as fragmented free memory (+87 MB RSS after the
+first checkpoint, RESULTS 22). One checkpoint at a time: while one is written, a due
+capture waits. A failed write (disk full) is rolled back whole and its devices are
+encoded again by the next capture (their rows in the file are older than its position).
+``on_written(seq)`` runs after each commit (the ingest log then deletes the segments the
+checkpoint covers).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class Checkpointer:
 
     def __init__(self, store: CheckpointStore, codec: DeviceStateCodec, metrics: Metrics, interval_s: float,
                  on_written: Callable[[int], None] | None = None,
-                 barriers: list[Callable[[], object]] | None = None, slice_bytes: int = 1 << 20) -> None:
+                 barriers: list[Callable[[], object]] | None = None, slice_bytes: int = 1 << 18) -> None:
         """``barriers`` run before each capture: what must be durable elsewhere before the
         position may pass it (the telemetry of the readings the checkpoint covers); one
         returning False postpones the capture (counted, ``checkpoint_errors_total{op=barrier}``)."""
