@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -259,6 +260,32 @@ def test_a_checkpoint_in_slices_is_one_transaction_and_a_failed_one_goes_whole_i
     assert meta is not None and meta.seq == 9 and sorted(store.devices()) == sorted(expected.values())
     assert not cp._failed_ids and parts.metrics.get("checkpoints_total") == 1
     cp.close()
+
+
+def test_the_final_checkpoint_takes_the_devices_of_a_write_that_fails_while_it_waits(
+        runtime: ModelRuntime, tmp_path: Path) -> None:
+    parts = Parts(runtime)
+    parts.feed(readings(0, STEPS + 5))
+    store = CheckpointStore(tmp_path / "cp.sqlite", parts.metrics)
+    cp = Checkpointer(store, parts.codec, parts.metrics, 0.0)
+    put_rows, go = store.put_rows, threading.Event()
+
+    def slow_failure(rows: list[tuple[str, float, bytes | memoryview]]) -> None:
+        store.put_rows = put_rows  # type: ignore[method-assign]
+        go.wait(10)
+        raise sqlite3.OperationalError("disk full")
+
+    store.put_rows = slow_failure  # type: ignore[method-assign]
+    for d in DEVICES:
+        cp.mark(d)
+    assert cp.capture(5)  # its write is held, then fails
+    threading.Timer(0.2, go.set).start()  # after close() below has begun waiting
+    expected = {d: parts.codec.dump_device(d, parts.codec.model_key()) for d in DEVICES}
+    cp.close(seq=6)  # nothing marked since: only the failed write's devices can fill it
+    check = CheckpointStore(tmp_path / "cp.sqlite", Metrics())
+    meta = check.meta()
+    assert meta is not None and meta.seq == 6 and sorted(check.devices()) == sorted(expected.values())
+    check.close()
 
 
 def test_a_checkpoint_from_an_older_model_says_what_it_kept(runtime: ModelRuntime, tmp_path: Path) -> None:

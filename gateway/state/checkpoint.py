@@ -255,6 +255,8 @@ class Checkpointer:
         now). False when a write is still running (the dirty set is kept for the next capture)."""
         if not wait and self._busy.is_set():
             return False
+        if wait:  # the write in flight first: if it fails, its devices must be in this one
+            self._queue.join()
         started = time.perf_counter()
         self._last = time.monotonic()
         for barrier in self.barriers:
@@ -269,7 +271,6 @@ class Checkpointer:
         dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted() | failed, set()
         batch = _Batch(seq, key, self.codec.model_ref(), dirty)
         if wait:
-            self._queue.join()
             send: Callable[[_Slice], None] = self._write
         else:
             self._busy.set()  # cleared by the writer once the last slice is committed (or the batch failed)
