@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -222,8 +224,68 @@ def test_a_background_checkpoint_writes_each_devices_blob_and_keeps_none(runtime
     parts.feed(readings(STEPS + 5, STEPS + 8))  # the pipeline goes on while the writer commits
     cp._queue.join()
     assert sorted(store.devices()) == sorted(expected.values())
-    assert cp._failed is None and cp._queue.empty()
+    assert not cp._failed_ids and cp._queue.empty()
     cp.close()
+
+
+def test_a_checkpoint_in_slices_is_one_transaction_and_a_failed_one_goes_whole_into_the_next(
+        runtime: ModelRuntime, tmp_path: Path) -> None:
+    parts = Parts(runtime)
+    parts.feed(readings(0, STEPS + 5))
+    store = CheckpointStore(tmp_path / "cp.sqlite", parts.metrics)
+    cp = Checkpointer(store, parts.codec, parts.metrics, 0.0, slice_bytes=1)  # one device per slice
+    key = parts.codec.model_key()
+    for d in DEVICES:
+        cp.mark(d)
+    put_rows, calls = store.put_rows, []
+
+    def failing_third(rows: list[tuple[str, float, bytes | memoryview]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("disk full")
+        put_rows(rows)
+
+    store.put_rows = failing_third  # type: ignore[method-assign]
+    assert cp.capture(5)
+    cp._queue.join()
+    assert calls == [1, 1, 1]  # the rest of the batch skipped after the failure
+    assert store.meta() is None and list(store.devices()) == []  # rolled back whole: nothing of it in the file
+    assert parts.metrics.get("checkpoint_errors_total", op="write") == 1 and cp._failed_ids == set(DEVICES)
+    store.put_rows = put_rows  # type: ignore[method-assign]
+    parts.feed(readings(STEPS + 5, STEPS + 6))
+    expected = {d: parts.codec.dump_device(d, key) for d in DEVICES}
+    assert cp.capture(9)  # no device marked since: the failed ones are encoded again, as they are now
+    cp._queue.join()
+    meta = store.meta()
+    assert meta is not None and meta.seq == 9 and sorted(store.devices()) == sorted(expected.values())
+    assert not cp._failed_ids and parts.metrics.get("checkpoints_total") == 1
+    cp.close()
+
+
+def test_the_final_checkpoint_takes_the_devices_of_a_write_that_fails_while_it_waits(
+        runtime: ModelRuntime, tmp_path: Path) -> None:
+    parts = Parts(runtime)
+    parts.feed(readings(0, STEPS + 5))
+    store = CheckpointStore(tmp_path / "cp.sqlite", parts.metrics)
+    cp = Checkpointer(store, parts.codec, parts.metrics, 0.0)
+    put_rows, go = store.put_rows, threading.Event()
+
+    def slow_failure(rows: list[tuple[str, float, bytes | memoryview]]) -> None:
+        store.put_rows = put_rows  # type: ignore[method-assign]
+        go.wait(10)
+        raise sqlite3.OperationalError("disk full")
+
+    store.put_rows = slow_failure  # type: ignore[method-assign]
+    for d in DEVICES:
+        cp.mark(d)
+    assert cp.capture(5)  # its write is held, then fails
+    threading.Timer(0.2, go.set).start()  # after close() below has begun waiting
+    expected = {d: parts.codec.dump_device(d, parts.codec.model_key()) for d in DEVICES}
+    cp.close(seq=6)  # nothing marked since: only the failed write's devices can fill it
+    check = CheckpointStore(tmp_path / "cp.sqlite", Metrics())
+    meta = check.meta()
+    assert meta is not None and meta.seq == 6 and sorted(check.devices()) == sorted(expected.values())
+    check.close()
 
 
 def test_a_checkpoint_from_an_older_model_says_what_it_kept(runtime: ModelRuntime, tmp_path: Path) -> None:

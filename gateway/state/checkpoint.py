@@ -9,15 +9,21 @@ gateway starts without state (counted, logged), never stays down.
 
 ``Checkpointer`` runs on the pipeline thread: it remembers which devices changed
 (``mark``), ``capture(seq)`` encodes only those (``gateway.state.tree.pack``, about 50 µs
-each; the pipeline pauses for the encoding only) into ``BlobBuffer`` (anonymous memory
-maps, not the malloc heap) and hands them to its writer thread, which commits them; the
+each; the pipeline pauses for the encoding) into ``BlobBuffer`` (anonymous memory maps,
+not the malloc heap), one slice of about ``slice_bytes`` (256 KiB, about 67 devices) at a
+time, and hands each slice to its writer thread, which inserts it into one open
+transaction (SQLite's page cache spills to the WAL file) and commits after the last; the
 previous checkpoint's rows of the other devices stay valid, because they did not change.
-Memory: with 10,000 devices changing every minute a capture is about 40 MB of blobs; in
-memory maps it goes back to the system when the write is done (as Python objects or
-heap bytes it stayed in the process as fragmented free memory: +87 MB RSS after the
-first checkpoint, bench/RESULTS.md 22). One write at a time: while one runs, a due capture waits.
-A failed write (disk full) is kept and merged into the next one. ``on_written(seq)`` runs
-after each commit (the ingest log then deletes the segments the checkpoint covers).
+Memory: with 10,000 devices changing every minute a checkpoint is about 40 MB of blobs; at
+most ``_QUEUED`` slices wait for the writer (capture blocks on the queue), so 1-2 MB of
+them are in memory at once, each slice's maps unmapped once SQLite has it. Holding all of
+them at once was the 183-197 MB peak of bench/RESULTS.md 22 and 27; as Python objects or
+heap bytes they stayed in the process as fragmented free memory (+87 MB RSS after the
+first checkpoint, RESULTS 22). One checkpoint at a time: while one is written, a due
+capture waits. A failed write (disk full) is rolled back whole and its devices are
+encoded again by the next capture (their rows in the file are older than its position).
+``on_written(seq)`` runs after each commit (the ingest log then deletes the segments the
+checkpoint covers).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.metrics import Metrics
@@ -37,6 +43,8 @@ from gateway.state.codec import DeviceStateCodec, RestoreReport
 from gateway.state.tree import pack
 
 log = logging.getLogger(__name__)
+
+_QUEUED = 2  # slices waiting for the writer: the blobs in memory are (_QUEUED + 2) * slice_bytes at most
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,22 +103,37 @@ class CheckpointStore:
               deletes: set[str]) -> None:
         """One transaction: upsert ``rows`` (id -> (last seen, blob)), delete ``deletes``, move
         the position to ``seq``. Raises sqlite3.Error (nothing changed) on failure."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        self.begin()
         try:
-            conn.executemany("INSERT OR REPLACE INTO devices(device_id, last_seen, blob) VALUES (?, ?, ?)",
-                             [(k, ts, blob) for k, (ts, blob) in rows.items()])
-            conn.executemany("DELETE FROM devices WHERE device_id = ?", [(k,) for k in deletes])
-            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                             [("seq", str(seq)), ("model_key", model_key), ("model_ref", model_ref),
-                              ("written_at", repr(time.time()))])
-            conn.execute("COMMIT")
+            self.put_rows([(k, ts, blob) for k, (ts, blob) in rows.items()])
+            self.finish(seq, model_key, model_ref, deletes)
         except BaseException:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self.rollback()
             raise
+
+    # one checkpoint as a transaction written in slices: begin, put_rows..., finish (or rollback)
+    def begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def put_rows(self, rows: list[tuple[str, float, bytes | memoryview]]) -> None:
+        """Upsert (id, last seen, blob) rows inside the open transaction; SQLite spills what
+        exceeds its page cache to the WAL file, so a slice's blobs can go once this returns."""
+        self._conn.executemany("INSERT OR REPLACE INTO devices(device_id, last_seen, blob) VALUES (?, ?, ?)", rows)
+
+    def finish(self, seq: int, model_key: str, model_ref: str, deletes: set[str]) -> None:
+        """Delete ``deletes``, move the position to ``seq`` and commit the open transaction."""
+        conn = self._conn
+        conn.executemany("DELETE FROM devices WHERE device_id = ?", [(k,) for k in deletes])
+        conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                         [("seq", str(seq)), ("model_key", model_key), ("model_ref", model_ref),
+                          ("written_at", repr(time.time()))])
+        conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     def close(self) -> None:
         self._conn.close()
@@ -148,19 +171,30 @@ class BlobBuffer:
 
 @dataclass
 class _Batch:
+    """One checkpoint: its position, and every device in it (re-marked dirty if its write fails)."""
     seq: int
     model_key: str
     model_ref: str
-    rows: dict[str, tuple[float, bytes | memoryview]]  # (last seen, the device's blob)
-    deletes: set[str]
+    ids: set[str]
+    deletes: set[str] = field(default_factory=set)
+    begun: bool = False  # the writer opened its transaction
+    failed: bool = False  # a slice's write failed (the rest is skipped) or the capture raised (rolled back)
+
+
+@dataclass
+class _Slice:
+    batch: _Batch
+    rows: list[tuple[str, float, bytes | memoryview]]  # (device, last seen, its blob in this slice's BlobBuffer)
+    last: bool  # the batch's deletes and position go with it, then the commit
 
 
 class Checkpointer:
-    """See the module docstring. ``interval_s`` <= 0 checkpoints only at stop."""
+    """See the module docstring. ``interval_s`` <= 0 checkpoints only at stop. ``slice_bytes``:
+    blobs encoded before a slice goes to the writer (at most ``_QUEUED`` slices wait for it)."""
 
     def __init__(self, store: CheckpointStore, codec: DeviceStateCodec, metrics: Metrics, interval_s: float,
                  on_written: Callable[[int], None] | None = None,
-                 barriers: list[Callable[[], object]] | None = None) -> None:
+                 barriers: list[Callable[[], object]] | None = None, slice_bytes: int = 1 << 18) -> None:
         """``barriers`` run before each capture: what must be durable elsewhere before the
         position may pass it (the telemetry of the readings the checkpoint covers); one
         returning False postpones the capture (counted, ``checkpoint_errors_total{op=barrier}``)."""
@@ -170,14 +204,15 @@ class Checkpointer:
         self.metrics = metrics
         self.interval_s = interval_s
         self.on_written = on_written
+        self.slice_bytes = slice_bytes
         self.dirty: set[str] = set()
         codec.windows.drain_evicted()  # starts tracking evictions (also those a restore causes)
         self.seq = 0  # the position of the last capture
         self._last = time.monotonic()
-        self._failed: _Batch | None = None
-        self._lock = threading.Lock()  # guards _failed between the writer and the pipeline
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
-        self._busy = threading.Event()  # a batch is queued or being written
+        self._failed_ids: set[str] = set()  # devices of a write that failed: encoded again by the next capture
+        self._lock = threading.Lock()  # guards _failed_ids between the writer and the pipeline
+        self._queue: queue.Queue[_Slice | None] = queue.Queue(maxsize=_QUEUED)
+        self._busy = threading.Event()  # a capture's slices are queued or being written
         self._writer = threading.Thread(target=self._write_loop, name="checkpoint-writer", daemon=True)
         self._writer.start()
         for name, text in (("checkpoints_total", "Checkpoints committed"),
@@ -215,10 +250,13 @@ class Checkpointer:
 
     def capture(self, seq: int, wait: bool = False) -> bool:
         """Dump the changed devices as of log position ``seq`` (every reading up to it handled,
-        nothing pending) and write them (in the writer thread; ``wait``: here, now). False when
-        a write is still running (the dirty set is kept for the next capture)."""
+        nothing pending) and write them (in the writer thread, which commits slices of
+        ``slice_bytes`` into one transaction while the next slice is encoded; ``wait``: here,
+        now). False when a write is still running (the dirty set is kept for the next capture)."""
         if not wait and self._busy.is_set():
             return False
+        if wait:  # the write in flight first: if it fails, its devices must be in this one
+            self._queue.join()
         started = time.perf_counter()
         self._last = time.monotonic()
         for barrier in self.barriers:
@@ -228,33 +266,38 @@ class Checkpointer:
                             getattr(barrier, "__qualname__", barrier))
                 return False
         key = self.codec.model_key()
-        dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted(), set()
-        rows: dict[str, tuple[float, bytes | memoryview]] = {}
-        deletes: set[str] = set()
-        blobs = BlobBuffer()
-        for device_id in dirty:
-            tree = self.codec.device_tree(device_id, key)
-            if tree is None:
-                deletes.add(device_id)
-            else:  # encoded here (the pipeline's pause); the writer thread only commits
-                window = self.codec.windows.get(device_id)
-                rows[device_id] = (window.last_timestamp if window is not None else 0.0, blobs.add(pack(tree)))
-        batch = _Batch(seq, key, self.codec.model_ref(), rows, deletes)
-        with self._lock:
-            failed, self._failed = self._failed, None
-        if failed is not None:  # a write that failed: its rows are still the latest for devices not in this one
-            for k, v in failed.rows.items():
-                if k not in rows and k not in deletes:
-                    rows[k] = v
-            deletes |= {k for k in failed.deletes if k not in rows}
-        self.metrics.inc("checkpoint_seconds_total", time.perf_counter() - started)
-        self.seq = seq
+        with self._lock:  # a failed write's devices: their rows in the file are older than the position
+            failed, self._failed_ids = self._failed_ids, set()
+        dirty, self.dirty = self.dirty | self.codec.windows.drain_evicted() | failed, set()
+        batch = _Batch(seq, key, self.codec.model_ref(), dirty)
         if wait:
-            self._queue.join()
-            self._write(batch)
-            return True
-        self._busy.set()  # cleared by the writer once this batch is committed (or kept as failed)
-        self._queue.put(batch)
+            send: Callable[[_Slice], None] = self._write
+        else:
+            self._busy.set()  # cleared by the writer once the last slice is committed (or the batch failed)
+            send = self._queue.put  # blocks while _QUEUED slices wait: the blobs in memory stay bounded
+        rows: list[tuple[str, float, bytes | memoryview]] = []
+        blobs = BlobBuffer(self.slice_bytes)
+        waited = 0.0  # blocked on the writer (its own time is counted there)
+        try:
+            for device_id in dirty:
+                tree = self.codec.device_tree(device_id, key)
+                if tree is None:
+                    batch.deletes.add(device_id)
+                    continue
+                window = self.codec.windows.get(device_id)  # encoded here (the pipeline's pause)
+                rows.append((device_id, window.last_timestamp if window is not None else 0.0, blobs.add(pack(tree))))
+                if blobs.nbytes >= self.slice_bytes:
+                    t = time.perf_counter()
+                    send(_Slice(batch, rows, last=False))
+                    waited += time.perf_counter() - t
+                    rows, blobs = [], BlobBuffer(self.slice_bytes)
+        except BaseException:
+            batch.failed = True  # the writer rolls back what it wrote of it; its devices go into the next one
+            send(_Slice(batch, [], last=True))
+            raise
+        self.metrics.inc("checkpoint_seconds_total", time.perf_counter() - started - waited)
+        self.seq = seq
+        send(_Slice(batch, rows, last=True))
         return True
 
     def close(self, seq: int | None = None) -> None:
@@ -270,33 +313,56 @@ class Checkpointer:
     # ---- writer thread --------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
-            batch = self._queue.get()
+            item = self._queue.get()
+            last = item is not None and item.last
             try:
-                if batch is None:
+                if item is None:
                     return
-                self._write(batch)
+                self._write(item)
             finally:
-                batch = None  # its blobs (memory maps) go now, not when the next batch comes
-                self._busy.clear()
+                item = None  # its blobs (memory maps) go now, not when the next slice comes
+                if last:
+                    self._busy.clear()
                 self._queue.task_done()
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, piece: _Slice) -> None:
+        """Write one slice into its batch's transaction (the first opens it, the last commits)."""
+        batch = piece.batch
+        if batch.failed:
+            if piece.last:
+                self._give_up(batch)
+            return
         started = time.perf_counter()
         try:
-            self.store.write(batch.seq, batch.model_key, batch.model_ref, batch.rows, batch.deletes)
+            if not batch.begun:
+                batch.begun = True
+                self.store.begin()
+            self.store.put_rows(piece.rows)
+            if piece.last:
+                self.store.finish(batch.seq, batch.model_key, batch.model_ref, batch.deletes)
         except sqlite3.Error as exc:
+            batch.failed = True
             self.metrics.inc("checkpoint_errors_total", op="write")
-            log.error("checkpoint at log position %d not written (%s); kept for the next one", batch.seq, exc)
-            with self._lock:
-                if self._failed is None:
-                    self._failed = batch
+            log.error("checkpoint at log position %d not written (%s); its devices go into the next one", batch.seq, exc)
+            self._give_up(batch)
+            return
+        finally:
+            self.metrics.inc("checkpoint_seconds_total", time.perf_counter() - started)
+        if not piece.last:
             return
         self.metrics.inc("checkpoints_total")
-        self.metrics.inc("checkpoint_devices_written_total", len(batch.rows))
-        self.metrics.inc("checkpoint_seconds_total", time.perf_counter() - started)
+        self.metrics.inc("checkpoint_devices_written_total", len(batch.ids) - len(batch.deletes))
         self.metrics.set("checkpoint_seq", batch.seq)
         if self.on_written is not None:
             try:
                 self.on_written(batch.seq)
             except OSError as exc:
                 log.warning("ingest-log retention after checkpoint %d failed: %s", batch.seq, exc)
+
+    def _give_up(self, batch: _Batch) -> None:
+        """Roll back what was written of ``batch`` (once); its devices are encoded again by the next capture."""
+        if batch.begun:
+            batch.begun = False
+            self.store.rollback()
+        with self._lock:
+            self._failed_ids |= batch.ids
