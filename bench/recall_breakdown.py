@@ -3,6 +3,7 @@
     .venv/bin/python bench/recall_breakdown.py [--runs 34] [--set KEY=VALUE ...]
     .venv/bin/python bench/recall_breakdown.py --probe channel-distance     # measured, not kept
     .venv/bin/python bench/recall_breakdown.py --probe calibrated-rate      # measured, not kept
+    .venv/bin/python bench/recall_breakdown.py --clear-halflife 2           # measured, not kept
 
 Scores each run of ``bench/plant_lookalike.py`` as ``model score --calibration-rows 400``
 does (``models.evaluate.score_recording``) and splits, per anomaly kind of the generator
@@ -134,12 +135,29 @@ def score_loop(x: np.ndarray, session: Any, t: int, settings: Mapping[str, float
     return {"score": score, "carrier": carrier, "channel": channel}
 
 
+def two_score_flags(raise_scores: np.ndarray, clear_scores: np.ndarray, settings: Mapping[str, float]) -> np.ndarray:
+    """``models.scoring.decision.debounced_flags`` with the clear test on ``clear_scores``."""
+    raised, streak, out = False, 0, np.zeros(len(raise_scores), dtype=bool)
+    for i, (r, c) in enumerate(zip(raise_scores, clear_scores)):
+        if not np.isnan(r):
+            if (c < settings["clear"]) if raised else (r >= settings["raise"]):
+                streak += 1
+                if streak >= int(settings["clear_after"] if raised else settings["raise_after"]):
+                    raised, streak = not raised, 0
+            else:
+                streak = 0
+        out[i] = raised
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=34)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scoring setting")
     ap.add_argument("--probe", choices=("none", "channel-distance", "calibrated-rate"), default="none")
+    ap.add_argument("--clear-halflife", type=float, default=0.0, metavar="H",
+                    help="an open alarm may also clear on the score with recency_halflife H (0: off)")
     args = ap.parse_args()
     mdir = base_model_dir()
     manifest = load_manifest(mdir)
@@ -159,6 +177,9 @@ def main() -> int:
             ref = score_recording(x, session, t, CAL, settings, with_pca=False).score
             differ += int(np.sum(~np.isclose(ref, loop["score"], rtol=1e-5, equal_nan=True)))
         a = alert_flags(loop["score"], settings)
+        if args.clear_halflife > 0:
+            short = score_loop(x, session, t, {**settings, "recency_halflife": args.clear_halflife}, args.probe)
+            a = two_score_flags(loop["score"], np.fmin(loop["score"], short["score"]), settings)
         ev = np.arange(len(y)) >= CAL
         kind = KINDS[info["kind"]]
         b = alarm_breakdown(y, a, ev)
@@ -178,7 +199,7 @@ def main() -> int:
         ys.append(y[ev])
         alerts.append(a[ev])
     m = point_metrics(np.concatenate(ys), np.concatenate(alerts))
-    print(f"{args.runs} runs, probe {args.probe}, overrides {args.set or 'none'}")
+    print(f"{args.runs} runs, probe {args.probe}, overrides {args.set or 'none'}, clear half-life {args.clear_halflife or 'off'}")
     print(f"model F1 {m.f1:.4f}  false-alarm {m.false_alarm_rate:.4f}  missed-alarm {m.missed_alarm_rate:.4f}"
           + (f"  (loop vs score_recording: {differ} rows differ)" if args.probe == "none" else ""))
     print("| kind | runs | anomalous rows | missed: never detected (runs) | onset delay | cleared inside | "
