@@ -39,7 +39,9 @@ def ar1(rng: np.random.Generator, n: int, phi: float, std: float) -> np.ndarray:
         acc = phi * acc + e[i]; out[i] = acc
     return out
 
-def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def run(seed: int, info: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One seeded run: readings ``[L, 8]`` and labels ``[L]``; ``info`` (if given) gets the
+    anomaly's ``kind`` (0 valve, 1 cavitation, 2 subtle), ``severity``, ``start``, ``end``."""
     rng = np.random.default_rng(seed)
     L = int(rng.integers(1000, 1250))
     t = np.arange(L, dtype=float)
@@ -69,6 +71,8 @@ def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
     else:            # subtle: current and voltage relation changes, temperature rises faster
         x[:, 2] += sev * 0.25 * ramp; x[:, 6] -= sev * 1.5 * ramp; x[:, 4] += sev * 0.4 * ramp * (t - s) / d
     x[:, 7] = np.round(x[:, 7] / 0.5) * 0.5
+    if info is not None:
+        info.update(kind=int(kind), severity=float(sev), start=s, end=e)
     return x, y
 
 

@@ -194,3 +194,61 @@ def point_metrics(labels: np.ndarray, alerts: np.ndarray, evaluated: np.ndarray 
         events=len(runs),
         events_detected=detected,
     )
+
+
+@dataclass(frozen=True)
+class AlarmBreakdown:
+    """Where the missed and the false alarms of one series (or several, summed) are.
+
+    Missed anomalous rows: ``missed_undetected`` in labelled runs never alarmed,
+    ``missed_onset`` before the first alarm inside an alarmed run (detection delay),
+    ``missed_gap`` after it (an alarm that cleared while the labelled run went on).
+    False alarms (alarmed normal rows): ``false_before`` before the first labelled run,
+    ``false_drain`` continuing without a break from the end of a labelled run (the
+    alarm outlasting the fault: its readings still in the window, then the clear
+    hysteresis), ``false_other`` the rest (alarms raised on normal data)."""
+
+    missed_undetected: int = 0
+    missed_onset: int = 0
+    missed_gap: int = 0
+    false_before: int = 0
+    false_drain: int = 0
+    false_other: int = 0
+    events: int = 0
+    events_undetected: int = 0
+
+    def __add__(self, other: AlarmBreakdown) -> AlarmBreakdown:
+        return AlarmBreakdown(**{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__})
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+def alarm_breakdown(labels: np.ndarray, alerts: np.ndarray, evaluated: np.ndarray | None = None) -> AlarmBreakdown:
+    """Split the missed and false alarms of one series by cause (``AlarmBreakdown``), over
+    its ``evaluated`` rows (the rows after calibration, in time order)."""
+    y = np.asarray(labels, dtype=bool)
+    a = np.asarray(alerts, dtype=bool)
+    if evaluated is not None:
+        m = np.asarray(evaluated, dtype=bool)
+        y, a = y[m], a[m]
+    undetected = onset = gap = drain = 0
+    runs = _runs(y)
+    for s, e in runs:
+        hit = np.flatnonzero(a[s:e])
+        if hit.size == 0:
+            undetected += e - s
+            continue
+        onset += int(hit[0])
+        gap += int(np.sum(~a[s + int(hit[0]) : e]))
+        k = e
+        while k < y.size and a[k] and not y[k]:
+            k += 1
+        drain += k - e
+    false = int(np.sum(a & ~y))
+    before = int(np.sum(a[: runs[0][0]])) if runs else false
+    return AlarmBreakdown(
+        missed_undetected=undetected, missed_onset=onset, missed_gap=gap, false_before=before,
+        false_drain=drain, false_other=false - before - drain, events=len(runs),
+        events_undetected=sum(1 for s, e in runs if not a[s:e].any()),
+    )
