@@ -14,10 +14,14 @@ It also says which statistic carried the score on the detected rows and on the d
 residual, with the flatline check, or the embedding distance; the cross-channel statistic
 when ``--set cross_channel=1``).
 
-The probes re-run the scoring loop (the same steps as ``score_recording``: blocks of 64
-windows, level tracker with its hold, profile adaptation; the default loop is checked
-against ``score_recording`` and the number of rows that differ is printed) with one
-change each, scratch measurements behind docs/models.md "Fifth pass":
+Without a probe the missed and false rows come from ``score_recording`` itself (the
+daemon's per-window scoring, bench/RESULTS.md 26). Which statistic carried a score, and the
+probes, come from ``score_loop``: the per-block steps ``score_recording`` took before
+RESULTS 26 (blocks of 64 windows sharing one level hold and one profile state), which
+keep each statistic apart; the number of rows where its score differs from
+``score_recording``'s is printed. The probes add one change each to that loop, scratch
+measurements behind docs/models.md "Fifth pass" (compare a probe with ``--probe none
+--loop``, the loop's own figures):
 
 - ``channel-distance``: a per-channel embedding distance beside the model's statistics:
   each channel's D-dim embedding against its own calibrated profile (fitted and cross-fitted
@@ -47,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plant_lookalike import run  # noqa: E402
 
 from models.evaluate import (  # noqa: E402
-    STREAM_BATCH,
     AlarmBreakdown,
     alarm_breakdown,
     alert_flags,
@@ -67,6 +70,7 @@ from models.scoring.settings import settings_from  # noqa: E402
 from models.scoring.tail import fold_slices, tail_quantile, tail_quantile_bound  # noqa: E402
 
 CAL = 400
+STREAM_BATCH = 64  # score_loop's block: what score_recording used before bench/RESULTS.md 26
 KINDS = ("valve", "cavitation", "subtle")
 
 
@@ -90,7 +94,8 @@ def channel_profiles(emb: np.ndarray, settings: Mapping[str, float], gap: int) -
 
 
 def score_loop(x: np.ndarray, session: Any, t: int, settings: Mapping[str, float], probe: str) -> dict[str, np.ndarray]:
-    """``score_recording``'s steps, keeping which statistic carried each score; ``probe`` adds one change."""
+    """The per-block steps (one level hold and one profile state per 64 windows), keeping
+    which statistic carried each score; ``probe`` adds one change."""
     n_rows, c = x.shape
     cal = SeriesCalibration(c, CAL)
     cal.update(x[:CAL])
@@ -158,6 +163,8 @@ def main() -> int:
     ap.add_argument("--probe", choices=("none", "channel-distance", "calibrated-rate"), default="none")
     ap.add_argument("--clear-halflife", type=float, default=0.0, metavar="H",
                     help="an open alarm may also clear on the score with recency_halflife H (0: off)")
+    ap.add_argument("--loop", action="store_true",
+                    help="without a probe: alarms from score_loop (the baseline of a probe) instead of score_recording")
     args = ap.parse_args()
     mdir = base_model_dir()
     manifest = load_manifest(mdir)
@@ -173,10 +180,13 @@ def main() -> int:
         info: dict[str, Any] = {}
         x, y = run(args.seed + i, info)
         loop = score_loop(x, session, t, settings, args.probe)
-        if args.probe == "none":
-            ref = score_recording(x, session, t, CAL, settings, with_pca=False).score
-            differ += int(np.sum(~np.isclose(ref, loop["score"], rtol=1e-5, equal_nan=True)))
         a = alert_flags(loop["score"], settings)
+        if args.probe == "none":
+            rec = score_recording(x, session, t, CAL, settings, with_pca=False)
+            differ += int(np.sum(~np.isclose(rec.score, loop["score"], rtol=1e-5, equal_nan=True)))
+            if not args.loop:
+                a = rec.alert
+                loop["channel"] = np.argmax(np.nan_to_num(rec.channel_scores, nan=-np.inf), axis=1)
         if args.clear_halflife > 0:
             short = score_loop(x, session, t, {**settings, "recency_halflife": args.clear_halflife}, args.probe)
             a = two_score_flags(loop["score"], np.fmin(loop["score"], short["score"]), settings)
@@ -199,9 +209,10 @@ def main() -> int:
         ys.append(y[ev])
         alerts.append(a[ev])
     m = point_metrics(np.concatenate(ys), np.concatenate(alerts))
-    print(f"{args.runs} runs, probe {args.probe}, overrides {args.set or 'none'}, clear half-life {args.clear_halflife or 'off'}")
+    source = "score_loop" if args.loop or args.probe != "none" else "score_recording"
+    print(f"{args.runs} runs, alarms from {source}, probe {args.probe}, overrides {args.set or 'none'}, clear half-life {args.clear_halflife or 'off'}")
     print(f"model F1 {m.f1:.4f}  false-alarm {m.false_alarm_rate:.4f}  missed-alarm {m.missed_alarm_rate:.4f}"
-          + (f"  (loop vs score_recording: {differ} rows differ)" if args.probe == "none" else ""))
+          + (f"  (score_loop vs score_recording: {differ} rows differ)" if args.probe == "none" else ""))
     print("| kind | runs | anomalous rows | missed: never detected (runs) | onset delay | cleared inside | "
           "normal rows | false: before first | drain after end | other |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -9,8 +9,10 @@ device's normal score profile (models.scoring.scorer, the path ``model score`` t
 readings are then released. Due windows are grouped by (adapter, channel count), one ONNX
 Runtime call per group. From then on each reading moves the device's standardisation
 level by at most a bounded step (``level_follow``, models.scoring.level), so slow legitimate
-change is followed and an alarm can end once a fault does; windows are standardised with
-the level as it stands when their batch is scored.
+change is followed and an alarm can end once a fault does. Each window is standardised
+with the level its own reading reached, under the hold its device's previous score set
+(``score_groups``), so a device's scores do not depend on how its readings were batched;
+``model score`` reproduces them bit for bit (models.scoring.stream).
 
 ``swap_runtime`` replaces the model between batches (an attribute swap, atomic under the
 GIL); device score profiles are then re-learnt from the first ``calibration_windows``
